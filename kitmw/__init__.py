@@ -1,0 +1,57 @@
+"""kitmw: Go kit's cross-cutting concerns for any Python web stack.
+
+ASGI middlewares (``kitmw.AccessLog``, ``Metrics``, ``Tracing``, ``RateLimit``,
+``CircuitBreaker``, ``Auth``), their WSGI twins (``kitmw.wsgi``), one fused layer
+(``kitmw.stack``) and httpx transports (``kitmw.httpx``, ``kitmw.httpx2``).
+Submodules and optional extras are imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import BreakerOpen, ConfigError, KitmwError, RateLimited, Rejection, StorageError
+from .exchange import Exchange, Policy
+from .stack import stack
+
+if TYPE_CHECKING:
+    from .asgi import AccessLog, Auth, CircuitBreaker, Metrics, RateLimit, Tracing
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessLog",
+    "Auth",
+    "BreakerOpen",
+    "CircuitBreaker",
+    "ConfigError",
+    "Exchange",
+    "KitmwError",
+    "Metrics",
+    "Policy",
+    "RateLimit",
+    "RateLimited",
+    "Rejection",
+    "StorageError",
+    "Tracing",
+    "__version__",
+    "stack",
+]
+
+_MIDDLEWARES = {"AccessLog", "Auth", "CircuitBreaker", "Metrics", "RateLimit", "Tracing"}
+_SUBMODULES = {
+    "asgi", "auth", "breaker", "cli", "errors", "exchange", "httpx", "httpx2", "logging",
+    "metrics", "ratelimit", "routes", "testing", "tracing", "wsgi",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MIDDLEWARES:
+        value = getattr(importlib.import_module(".asgi", __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'kitmw' has no attribute {name!r}")
+    globals()[name] = value
+    return value

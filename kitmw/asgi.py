@@ -1,0 +1,315 @@
+"""The ASGI driver: one wrapped ``send`` for any number of policies.
+
+:class:`Middleware` runs a list of policies around an ASGI app. The per-concern classes
+(:class:`AccessLog`, :class:`Metrics`, :class:`Tracing`, :class:`RateLimit`,
+:class:`CircuitBreaker`, :class:`Auth`) are that driver with one policy, usable with
+``app.add_middleware(cls, **options)`` or by wrapping any ASGI app directly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from time import perf_counter_ns
+from typing import Any
+
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .errors import Rejection
+from .exchange import Exchange, Policy
+from .routes import django_route, starlette_route
+
+__all__ = [
+    "AccessLog",
+    "AsgiExchange",
+    "Auth",
+    "CircuitBreaker",
+    "Metrics",
+    "Middleware",
+    "RateLimit",
+    "Tracing",
+    "is_asgi",
+]
+
+_INTERNAL_ERROR = Rejection(500, "internal_error")
+
+
+def _is_django(app: Any) -> bool:
+    return type(app).__module__.startswith("django.")
+
+
+class AsgiExchange(Exchange):
+    """An exchange over an ASGI ``scope``: headers are read from the scope on demand."""
+
+    __slots__ = ("_root", "_router_kind", "_start_headers", "scope")
+    protocol = "asgi"
+
+    def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
+        super().__init__(scope.get("method", "GET"), scope.get("path", "/"))
+        self.scope = scope
+        self._root = root
+        self._router_kind = router_kind
+        self._start_headers: Any = None
+
+    def header(self, name: str) -> str | None:
+        key = name.encode("latin-1")
+        for k, v in self.scope.get("headers", ()):
+            if k == key or k.lower() == key:
+                return v.decode("latin-1")  # type: ignore[no-any-return]
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        key = name.encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.scope.get("headers", ()) if k.lower() == key]
+
+    def header_names(self) -> list[str]:
+        return [k.decode("latin-1").lower() for k, _ in self.scope.get("headers", ())]
+
+    @property
+    def client(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    @property
+    def query(self) -> str:
+        return self.scope.get("query_string", b"").decode("latin-1")  # type: ignore[no-any-return]
+
+    @property
+    def scheme(self) -> str:
+        return self.scope.get("scheme", "http")  # type: ignore[no-any-return]
+
+    @property
+    def native(self) -> Scope:
+        return self.scope
+
+    def _resolve_route(self) -> str | None:
+        kind = self._router_kind
+        if kind == _ROUTER_DJANGO:
+            path = self.scope.get("path", "/")
+            root_path = self.scope.get("root_path", "")
+            if root_path and path.startswith(root_path):
+                path = path[len(root_path):] or "/"
+            return django_route(path)
+        return starlette_route(self.scope, self._root)  # type: ignore[arg-type]
+
+    def set_user(self, principal: str, scopes: Any = (), claims: Any = None,
+                 user: Any = None) -> None:
+        super().set_user(principal, scopes, claims)
+        scope = self.scope
+        if user is not None:
+            scope["user"] = user
+        try:
+            from starlette.authentication import AuthCredentials
+        except ImportError:  # pragma: no cover
+            scope["auth"] = list(self.scopes)
+        else:
+            scope["auth"] = AuthCredentials(sorted(self.scopes))
+
+    def response_header(self, name: str) -> str | None:
+        key = name.encode("latin-1")
+        for k, v in self._start_headers or ():
+            if k.lower() == key:
+                return v.decode("latin-1")  # type: ignore[no-any-return]
+        return None
+
+
+_ROUTER_STARLETTE = 0
+_ROUTER_DJANGO = 1
+
+
+class Middleware:
+    """Run ``policies`` (outermost first) around an ASGI ``app`` with one wrapped ``send``.
+
+    :param app: the ASGI application.
+    :param policies: policy objects, outermost first.
+    :param handle_errors: answer an unhandled exception with a JSON 500 (carrying the
+        added headers such as ``X-Request-ID``) when nothing was sent yet, then re-raise.
+        ``None`` (default) does so unless a Starlette app outside kitmw will render it
+        (kitmw added with ``add_middleware``).
+    """
+
+    def __init__(self, app: ASGIApp, /, *policies: Policy, handle_errors: bool | None = None) -> None:
+        if not callable(app):
+            raise TypeError(f"app: expected an ASGI application, got {app!r}")
+        for policy in policies:
+            if not isinstance(policy, Policy):
+                raise TypeError(f"policies: expected kitmw policies, got {policy!r}")
+        self.app = app
+        self.policies: tuple[Policy, ...] = tuple(policies)
+        self.handle_errors = handle_errors
+        self._router_kind = _ROUTER_DJANGO if _is_django(app) else _ROUTER_STARLETTE
+        enters: list[tuple[Any, bool]] = []
+        for policy in self.policies:
+            cls = type(policy)
+            if cls._overrides("aenter"):
+                enters.append((policy.aenter, True))
+            else:
+                enters.append((policy.enter, False))
+        self._enters = tuple(enters)
+        exits: list[tuple[Any, bool]] = []
+        for policy in self.policies:
+            cls = type(policy)
+            if cls._overrides("aexit"):
+                exits.append((policy.aexit, True))
+            elif cls._overrides("exit"):
+                exits.append((policy.exit, False))
+            else:
+                exits.append((None, False))
+        self._exits = tuple(exits)
+        self._count_in = any(p.counts_request_bytes for p in self.policies)
+        self._ws = any(p.handles_websocket for p in self.policies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" and not (self._ws and scope["type"] == "websocket"):
+            await self.app(scope, receive, send)
+            return
+        ex = AsgiExchange(scope, scope.get("app") or self.app, self._router_kind)
+        handle_errors = self.handle_errors
+        if handle_errors is None:
+            handle_errors = "app" not in scope
+        ex.start_ns = perf_counter_ns()
+        entered = 0
+        started = False
+        try:
+            answer: Rejection | None = None
+            for enter, is_async in self._enters:
+                entered += 1
+                answer = (await enter(ex)) if is_async else enter(ex)
+                if answer is not None:
+                    break
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal started
+                kind = message["type"]
+                if kind == "http.response.start":
+                    started = True
+                    ex.status = message["status"]
+                    added = ex._added_headers
+                    if added:
+                        headers = list(message.get("headers", ()))
+                        headers.extend(added)
+                        message["headers"] = headers
+                        ex._start_headers = headers
+                    else:
+                        ex._start_headers = message.get("headers")
+                elif kind == "http.response.body":
+                    ex.bytes_out += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        ex.end_ns = perf_counter_ns()
+                elif kind == "http.response.pathsend":
+                    ex.end_ns = perf_counter_ns()
+                elif kind == "websocket.accept":
+                    ex.status = 101
+                    started = True
+                elif kind == "websocket.close" and not started:
+                    ex.status = 403
+                await send(message)
+
+            if answer is not None:
+                if scope["type"] == "websocket":
+                    await _close_websocket(answer, send_wrapper)
+                else:
+                    await _send_answer(answer, ex, send_wrapper)
+                return
+            if self._count_in:
+                inner_receive = receive
+
+                async def receive_wrapper() -> Message:
+                    message = await inner_receive()
+                    if message["type"] == "http.request":
+                        ex.bytes_in += len(message.get("body", b""))
+                    return message
+
+                receive = receive_wrapper
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            ex.error = exc
+            if not started:
+                ex.status = 500
+                if handle_errors and scope["type"] == "http":
+                    try:
+                        await _send_answer(_INTERNAL_ERROR, ex, send, add=True)
+                    except Exception:
+                        pass  # the client is gone; the original error is what matters
+            raise
+        finally:
+            if not ex.end_ns:
+                ex.end_ns = perf_counter_ns()
+            exits = self._exits
+            for i in range(entered - 1, -1, -1):
+                exit_, is_async = exits[i]
+                if exit_ is not None:
+                    if is_async:
+                        await exit_(ex)
+                    else:
+                        exit_(ex)
+
+
+async def _send_answer(answer: Rejection, ex: Exchange, send: Send, *, add: bool = False) -> None:
+    headers = answer.header_pairs()
+    if add and ex.added_headers:
+        headers.extend(ex.added_headers)
+    ex.status = answer.status
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _close_websocket(answer: Rejection, send: Send) -> None:
+    # 1008 (policy violation) for auth; 1013 (try again later) for limits and breakers.
+    code = 1008 if answer.status in (401, 403) else 1013
+    await send({"type": "websocket.close", "code": code, "reason": answer.code})
+
+
+def _policy(module: str, attr: str, options: dict[str, Any]) -> Policy:
+    import importlib
+
+    policy_cls = getattr(importlib.import_module(module, __package__), attr)
+    return policy_cls(**options)  # type: ignore[no-any-return]
+
+
+class AccessLog(Middleware):
+    """Access log and request id (:class:`kitmw.logging.AccessLogPolicy` options)."""
+
+    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+        super().__init__(app, _policy(".logging", "AccessLogPolicy", options), handle_errors=handle_errors)
+
+
+class Metrics(Middleware):
+    """Prometheus RED metrics and ``/metrics`` (:class:`kitmw.metrics.MetricsPolicy` options)."""
+
+    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+        super().__init__(app, _policy(".metrics", "MetricsPolicy", options), handle_errors=handle_errors)
+
+
+class Tracing(Middleware):
+    """OpenTelemetry server spans (:class:`kitmw.tracing.TracingPolicy` options)."""
+
+    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+        super().__init__(app, _policy(".tracing", "TracingPolicy", options), handle_errors=handle_errors)
+
+
+class RateLimit(Middleware):
+    """Rate limiting with ``limits`` (:class:`kitmw.ratelimit.RateLimitPolicy` options)."""
+
+    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+        super().__init__(app, _policy(".ratelimit", "RateLimitPolicy", options), handle_errors=handle_errors)
+
+
+class CircuitBreaker(Middleware):
+    """Circuit breaking with pybreaker (:class:`kitmw.breaker.BreakerPolicy` options)."""
+
+    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+        super().__init__(app, _policy(".breaker", "BreakerPolicy", options), handle_errors=handle_errors)
+
+
+class Auth(Middleware):
+    """Authentication and scopes (:class:`kitmw.auth.AuthPolicy` options)."""
+
+    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+        super().__init__(app, _policy(".auth", "AuthPolicy", options), handle_errors=handle_errors)
+
+
+def is_asgi(app: Any) -> bool:
+    """True if ``app`` looks like an ASGI application (an async callable)."""
+    if inspect.iscoroutinefunction(app):
+        return True
+    call = getattr(type(app), "__call__", None)
+    return call is not None and inspect.iscoroutinefunction(call)
