@@ -41,8 +41,21 @@ __all__ = [
 
 _MIDDLEWARES = {"AccessLog", "Auth", "CircuitBreaker", "Metrics", "RateLimit", "Tracing"}
 _SUBMODULES = {
-    "asgi", "auth", "breaker", "cli", "errors", "exchange", "httpx", "httpx2", "logging",
-    "metrics", "ratelimit", "routes", "testing", "tracing", "wsgi",
+    "asgi",
+    "auth",
+    "breaker",
+    "cli",
+    "errors",
+    "exchange",
+    "httpx",
+    "httpx2",
+    "logging",
+    "metrics",
+    "ratelimit",
+    "routes",
+    "testing",
+    "tracing",
+    "wsgi",
 }
 
 

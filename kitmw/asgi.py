@@ -86,12 +86,11 @@ class AsgiExchange(Exchange):
             path = self.scope.get("path", "/")
             root_path = self.scope.get("root_path", "")
             if root_path and path.startswith(root_path):
-                path = path[len(root_path):] or "/"
+                path = path[len(root_path) :] or "/"
             return django_route(path)
         return starlette_route(self.scope, self._root)  # type: ignore[arg-type]
 
-    def set_user(self, principal: str, scopes: Any = (), claims: Any = None,
-                 user: Any = None) -> None:
+    def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
         super().set_user(principal, scopes, claims)
         scope = self.scope
         if user is not None:
@@ -311,5 +310,5 @@ def is_asgi(app: Any) -> bool:
     """True if ``app`` looks like an ASGI application (an async callable)."""
     if inspect.iscoroutinefunction(app):
         return True
-    call = getattr(type(app), "__call__", None)
+    call = type(app).__call__ if callable(app) else None
     return call is not None and inspect.iscoroutinefunction(call)

@@ -39,8 +39,9 @@ class ConfigError(KitmwError, ValueError):
 class BreakerOpen(KitmwError):
     """The circuit breaker for this upstream is open; no request was sent."""
 
-    def __init__(self, message: str = "circuit breaker is open", *, retry_after: float = 0.0,
-                 name: str = "") -> None:
+    def __init__(
+        self, message: str = "circuit breaker is open", *, retry_after: float = 0.0, name: str = ""
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.name = name

@@ -147,8 +147,9 @@ class Exchange:
         route = self.route
         return UNMATCHED if route is None else route
 
-    def set_user(self, principal: str, scopes: Iterable[str] = (), claims: Any = None,
-                 user: Any = None) -> None:
+    def set_user(
+        self, principal: str, scopes: Iterable[str] = (), claims: Any = None, user: Any = None
+    ) -> None:
         """Record the authenticated principal; drivers also expose it to the app."""
         self.principal = principal
         self.scopes = frozenset(scopes)
