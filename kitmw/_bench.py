@@ -477,7 +477,7 @@ def run(
 
 def format_table(results: list[Result]) -> str:
     lines = [
-        "| configuration | µs/request | overhead µs | × bare Starlette |",
+        "| configuration | µs/request | overhead µs | ratio to bare Starlette |",
         "| --- | ---: | ---: | ---: |",
     ]
     for r in results:
