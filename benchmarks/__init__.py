@@ -1,0 +1,1 @@
+"""kitmw's performance harness: ``python -m benchmarks`` (see benchmarks/README.md)."""
