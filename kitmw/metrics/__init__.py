@@ -1,11 +1,42 @@
 """Prometheus RED metrics for servers and httpx clients, and the ``/metrics`` exposition.
 
-Every kitmw metric lives in one :class:`Instruments` object per registry
-(:func:`instruments`); the policies only look up cached label children on the hot path.
+* :class:`MetricsPolicy` (what ``kitmw.Metrics`` runs) and :class:`ClientMetricsPolicy`
+  (what the httpx transports run);
+* :func:`instruments`: every kitmw metric of one registry, created once and shared by
+  every policy (rate limit, breaker, httpx) that writes to that registry;
+* :func:`metrics_app` / :func:`metrics_wsgi_app`: the exposition on its own, to serve on
+  another port; :func:`render` for any other framework;
+* multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) and :func:`gunicorn_child_exit`.
+
+Metric and label names are a public contract: see ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
+from ._exposition import (
+    gunicorn_child_exit,
+    mark_process_dead,
+    metrics_app,
+    metrics_wsgi_app,
+    multiprocess_dir,
+    render,
+)
 from ._instruments import DEFAULT_BUCKETS, DEFAULT_SIZE_BUCKETS, Instruments, instruments
+from ._policy import KNOWN_METHODS, OTHER_METHOD, ClientMetricsPolicy, MetricsPolicy
 
-__all__ = ["DEFAULT_BUCKETS", "DEFAULT_SIZE_BUCKETS", "Instruments", "instruments"]
+__all__ = [
+    "DEFAULT_BUCKETS",
+    "DEFAULT_SIZE_BUCKETS",
+    "KNOWN_METHODS",
+    "OTHER_METHOD",
+    "ClientMetricsPolicy",
+    "Instruments",
+    "MetricsPolicy",
+    "gunicorn_child_exit",
+    "instruments",
+    "mark_process_dead",
+    "metrics_app",
+    "metrics_wsgi_app",
+    "multiprocess_dir",
+    "render",
+]

@@ -1,0 +1,175 @@
+"""The ``/metrics`` exposition: content negotiation, gzip, multiprocess mode, standalone apps.
+
+One function, :func:`render`, serves every entry point: the policy's ``expose`` path,
+the standalone ASGI app (:func:`metrics_app`) and the WSGI app (:func:`metrics_wsgi_app`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+from .._types import ASGIApp, Receive, Scope, Send, StartResponse, WSGIApp, WSGIEnviron
+
+__all__ = [
+    "gunicorn_child_exit",
+    "mark_process_dead",
+    "metrics_app",
+    "metrics_wsgi_app",
+    "multiprocess_dir",
+    "render",
+]
+
+# Below this size gzip costs more than it saves.
+_GZIP_MIN = 1024
+
+
+def multiprocess_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR`` when prometheus-client's multiprocess mode is on."""
+    # prometheus-client still honours the deprecated lower-case name.
+    env = os.environ
+    return env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir") or None
+
+
+def _collecting_registry(registry: CollectorRegistry) -> Any:
+    """The registry to expose: the given one, or every worker's files in multiprocess mode."""
+    if multiprocess_dir() is None:
+        return registry
+    from prometheus_client import multiprocess
+
+    # Per client_python's docs: a fresh registry per scrape, never one metrics are on.
+    fresh = CollectorRegistry()
+    multiprocess.MultiProcessCollector(fresh)  # type: ignore[no-untyped-call]
+    return fresh
+
+
+def render(
+    registry: CollectorRegistry | None = None,
+    accept: str | None = None,
+    accept_encoding: str | None = None,
+    query: str = "",
+) -> tuple[bytes, str, list[tuple[str, str]]]:
+    """Render ``registry`` for a scrape: ``(body, content type, extra headers)``.
+
+    ``accept`` picks the Prometheus text format or OpenMetrics (the only one that shows
+    exemplars), ``accept_encoding`` allows gzip, ``name[]=...`` in ``query`` restricts
+    the output to those metric families. With ``PROMETHEUS_MULTIPROC_DIR`` set, every
+    worker's values are collected from that directory instead.
+    """
+    source = _collecting_registry(REGISTRY if registry is None else registry)
+    encoder, content_type = choose_encoder(accept or "")
+    if query and "name" in query:
+        names = parse_qs(query).get("name[]")
+        if names:
+            source = source.restricted_registry(names)
+    body = encoder(source)
+    headers = [("Vary", "Accept, Accept-Encoding"), ("Cache-Control", "no-store")]
+    if accept_encoding and len(body) >= _GZIP_MIN and gzip_accepted(accept_encoding):
+        body = gzip.compress(body, compresslevel=6)
+        headers.append(("Content-Encoding", "gzip"))
+    return body, content_type, headers
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
+    return ",".join(v.decode("latin-1") for k, v in headers if k.lower() == name)
+
+
+def metrics_app(registry: CollectorRegistry | None = None) -> ASGIApp:
+    """A standalone ASGI app serving the exposition (to mount, or to run on another port).
+
+    It answers every path with the metrics (GET and HEAD; 405 otherwise), ignores
+    lifespan, and renders in a worker thread so a big scrape does not stall the loop.
+    """
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope.get("method", "GET") not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
+            return
+        raw = scope.get("headers", ())
+        body, content_type, extra = await render_async(
+            registry,
+            _header(raw, b"accept"),
+            _header(raw, b"accept-encoding"),
+            scope.get("query_string", b"").decode("latin-1"),
+        )
+        headers = [
+            (b"content-type", content_type.encode("latin-1")),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope.get("method") == "HEAD" else body})
+
+    return app
+
+
+async def render_async(
+    registry: CollectorRegistry | None, accept: str | None, accept_encoding: str | None, query: str = ""
+) -> tuple[bytes, str, list[tuple[str, str]]]:
+    """:func:`render` in a worker thread (it may read the multiprocess files from disk)."""
+    try:
+        from anyio import to_thread
+    except ImportError:  # pragma: no cover - anyio comes with starlette
+        return render(registry, accept, accept_encoding, query)
+    return await to_thread.run_sync(render, registry, accept, accept_encoding, query)
+
+
+def metrics_wsgi_app(registry: CollectorRegistry | None = None) -> WSGIApp:
+    """A standalone WSGI app serving the exposition (GET and HEAD; 405 otherwise)."""
+
+    def app(environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
+            return [b""]
+        body, content_type, extra = render(
+            registry,
+            environ.get("HTTP_ACCEPT"),
+            environ.get("HTTP_ACCEPT_ENCODING"),
+            environ.get("QUERY_STRING", ""),
+        )
+        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), *extra]
+        start_response("200 OK", headers)
+        return [b"" if method == "HEAD" else body]
+
+    return app
+
+
+def mark_process_dead(pid: int, path: str | None = None) -> None:
+    """Drop a dead worker's live gauges (in-progress, breaker state) in multiprocess mode.
+
+    A no-op when multiprocess mode is off, so a gunicorn config can call it unconditionally.
+    """
+    if path is None and multiprocess_dir() is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def gunicorn_child_exit(server: Any, worker: Any) -> None:
+    """gunicorn's ``child_exit`` hook: ``from kitmw.metrics import gunicorn_child_exit as child_exit``."""
+    mark_process_dead(worker.pid)

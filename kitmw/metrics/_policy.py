@@ -1,0 +1,267 @@
+"""The server and client metrics policies.
+
+The hot path only looks things up: method and status labels come from tables built
+in ``__init__``, the label children of each (method, route, status) are cached on the
+policy, and an exemplar dict is built only when a trace id is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from prometheus_client import CollectorRegistry
+
+from .._paths import PathMatcher
+from ..errors import ConfigError, KitmwError, Rejection
+from ..exchange import UNMATCHED, Exchange, Policy
+from ._exposition import render, render_async
+from ._instruments import instruments
+
+__all__ = ["ClientMetricsPolicy", "MetricsPolicy"]
+
+#: Methods kept as labels; anything else is counted as ``_OTHER`` (semconv's choice).
+KNOWN_METHODS: tuple[str, ...] = (
+    "CONNECT",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "OPTIONS",
+    "PATCH",
+    "POST",
+    "PUT",
+    "QUERY",
+    "TRACE",
+)
+OTHER_METHOD = "_OTHER"
+_METHOD_LABEL = {m: m for m in KNOWN_METHODS}
+_EXPOSE_METHODS = frozenset(("GET", "HEAD"))
+
+# Status label tables, indexed by status code (0 = no response: counted as 500).
+_STATUS = ("500", *tuple(str(code) for code in range(1, 600)))
+_STATUS_CLASS = ("5xx", *tuple(f"{code // 100}xx" for code in range(1, 600)))
+
+#: Bound on cached label children per policy: routes are templates, so this is never
+#: reached by honest traffic; past it the cache starts over (the metrics are unaffected).
+_MAX_CHILDREN = 4096
+
+#: Exception classes kept as the client ``status`` label when no response came back.
+CLIENT_ERROR_LABELS = frozenset(
+    (
+        "BreakerOpen",
+        "CloseError",
+        "ConnectError",
+        "ConnectTimeout",
+        "LocalProtocolError",
+        "PoolTimeout",
+        "ProtocolError",
+        "ProxyError",
+        "RateLimited",
+        "ReadError",
+        "ReadTimeout",
+        "RemoteProtocolError",
+        "TimeoutException",
+        "UnsupportedProtocol",
+        "WriteError",
+        "WriteTimeout",
+    )
+)
+
+
+def _status_label(status: int, table: tuple[str, ...]) -> str:
+    if 0 <= status < 600:
+        return table[status]
+    return str(status)
+
+
+class MetricsPolicy(Policy):
+    """Prometheus RED metrics of a server, and the ``/metrics`` exposition.
+
+    :param registry: prometheus-client registry (default its global ``REGISTRY``).
+        Every kitmw metric on one registry is created once, whatever the number of
+        apps and middleware instances.
+    :param expose: path answered with the exposition (GET/HEAD; text format or
+        OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``); ``None`` to not serve it.
+        That path is never counted.
+    :param buckets: latency histogram bounds in seconds; policies sharing a registry
+        must agree on them.
+    :param exclude_paths: paths neither counted nor timed (``"/health"``, ``"/static/*"``).
+    :param status_class: label ``"2xx"`` instead of ``"200"``.
+    :param counts_request_bytes: observe ``http_server_request_size_bytes`` (the driver
+        then counts the request body as it is read; it is never buffered).
+    """
+
+    name: ClassVar[str] = "metrics"
+    shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
+    counts_request_bytes: bool  # type: ignore[misc]  # an option here, not a constant
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        expose: str | None = "/metrics",
+        buckets: Sequence[float] | None = None,
+        exclude_paths: Iterable[str] | str | None = (),
+        status_class: bool = False,
+        counts_request_bytes: bool = True,
+    ) -> None:
+        if expose is not None and (not isinstance(expose, str) or not expose.startswith("/")):
+            raise ConfigError(f"expose: expected a path starting with '/' or None, got {expose!r}")
+        inst = instruments(registry)
+        self.registry = inst.registry
+        self.instruments = inst
+        inst.use_buckets("server_duration", buckets)
+        self.expose = expose
+        self.status_class = bool(status_class)
+        self.counts_request_bytes = bool(counts_request_bytes)
+        self._excluded = PathMatcher(exclude_paths) or None
+        self._status = _STATUS_CLASS if status_class else _STATUS
+        self._requests = inst.server_requests
+        self._duration = inst.server_duration
+        self._request_size = inst.server_request_size if counts_request_bytes else None
+        self._response_size = inst.server_response_size
+        gauge = inst.server_in_progress
+        self._in_progress = {m: gauge.labels(m) for m in (*KNOWN_METHODS, OTHER_METHOD)}
+        self._other_in_progress = self._in_progress[OTHER_METHOD]
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+
+    # -- exposition --------------------------------------------------------------------
+
+    @staticmethod
+    def _answer(body: bytes, content_type: str, headers: list[tuple[str, str]]) -> Rejection:
+        return Rejection(200, "metrics", tuple(headers), body=body, content_type=content_type)
+
+    # -- server side --------------------------------------------------------------------
+
+    def enter(self, ex: Exchange) -> Rejection | None:
+        if ex.path == self.expose and ex.method in _EXPOSE_METHODS:
+            return self._answer(
+                *render(self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query)
+            )
+        if self._excluded is not None and self._excluded(ex.path):
+            return None
+        self._in_progress.get(ex.method, self._other_in_progress).inc()
+        return None
+
+    async def aenter(self, ex: Exchange) -> Rejection | None:
+        if ex.path == self.expose and ex.method in _EXPOSE_METHODS:
+            # Off the event loop: multiprocess mode reads every worker's files.
+            rendered = await render_async(
+                self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query
+            )
+            return self._answer(*rendered)
+        if self._excluded is not None and self._excluded(ex.path):
+            return None
+        self._in_progress.get(ex.method, self._other_in_progress).inc()
+        return None
+
+    def exit(self, ex: Exchange) -> None:
+        method = ex.method
+        if ex.path == self.expose and method in _EXPOSE_METHODS:
+            return
+        if self._excluded is not None and self._excluded(ex.path):
+            return
+        method = _METHOD_LABEL.get(method, OTHER_METHOD)
+        self._in_progress[method].dec()
+        try:
+            route = ex.route_label()
+        except Exception:  # a router that cannot be walked must not fail the request
+            route = UNMATCHED
+        key = (method, route, _status_label(ex.status, self._status))
+        children = self._children.get(key)
+        if children is None:
+            children = self._make_children(key)
+        requests, duration, request_size, response_size = children
+        trace_id = ex.trace_id
+        if trace_id is None:
+            requests.inc()
+            duration.observe(ex.duration)
+        else:
+            _observe_with_exemplar(requests, duration, ex.duration, trace_id)
+        response_size.observe(ex.bytes_out)
+        if request_size is not None:
+            request_size.observe(ex.bytes_in)
+
+    def _make_children(self, key: tuple[str, str, str]) -> tuple[Any, Any, Any, Any]:
+        children = (
+            self._requests.labels(*key),
+            self._duration.labels(*key),
+            None if self._request_size is None else self._request_size.labels(*key),
+            self._response_size.labels(*key),
+        )
+        if len(self._children) >= _MAX_CHILDREN:
+            self._children.clear()
+        self._children[key] = children
+        return children
+
+
+class ClientMetricsPolicy(Policy):
+    """Prometheus RED metrics of outgoing httpx calls (for ``kitmw.httpx`` transports).
+
+    Labels ``method``, ``host`` (``host:port`` of the upstream) and ``status``: the
+    response status, or for a call that got no response the exception's class name when
+    it is a known transport error (``ConnectTimeout``, ``BreakerOpen``…), else ``"error"``.
+
+    :param registry: prometheus-client registry (default its global ``REGISTRY``).
+    :param buckets: latency histogram bounds in seconds.
+    :param status_class: label ``"2xx"`` instead of ``"200"``.
+    """
+
+    name: ClassVar[str] = "metrics"
+    shared_options: ClassVar[tuple[str, ...]] = ("registry",)
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        buckets: Sequence[float] | None = None,
+        status_class: bool = False,
+    ) -> None:
+        inst = instruments(registry)
+        self.registry = inst.registry
+        self.instruments = inst
+        inst.use_buckets("client_duration", buckets)
+        self._status = _STATUS_CLASS if status_class else _STATUS
+        self._requests = inst.client_requests
+        self._duration = inst.client_duration
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def exit(self, ex: Exchange) -> None:
+        status = ex.status
+        label = _status_label(status, self._status) if status else _error_label(ex.error)
+        key = (_METHOD_LABEL.get(ex.method, OTHER_METHOD), ex.host, label)
+        children = self._children.get(key)
+        if children is None:
+            children = (self._requests.labels(*key), self._duration.labels(*key))
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            self._children[key] = children
+        requests, duration = children
+        trace_id = ex.trace_id
+        if trace_id is None:
+            requests.inc()
+            duration.observe(ex.duration)
+        else:
+            _observe_with_exemplar(requests, duration, ex.duration, trace_id)
+
+
+def _error_label(error: BaseException | None) -> str:
+    if error is None:
+        return "error"
+    for cls in type(error).__mro__:
+        name = cls.__name__
+        if name in CLIENT_ERROR_LABELS:
+            return name
+        if cls is KitmwError or cls is Exception:
+            break
+    return "error"
+
+
+def _observe_with_exemplar(requests: Any, duration: Any, seconds: float, trace_id: str) -> None:
+    exemplar = {"trace_id": trace_id}
+    try:
+        requests.inc(1, exemplar)
+        duration.observe(seconds, exemplar)
+    except ValueError:  # an exemplar prometheus-client refuses (too long): count without it
+        requests.inc()
+        duration.observe(seconds)
