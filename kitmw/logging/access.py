@@ -1,0 +1,429 @@
+"""The access-log policies: request id in, one record out, for servers and clients.
+
+:class:`AccessLogPolicy` (server side) takes or makes the request id, echoes it on the
+response, binds the request context for every log record, and at exit emits exactly one
+record while that context is still bound. :class:`ClientLogPolicy` emits one record per
+outgoing call. Both are protocol-neutral: they see only the :class:`~kitmw.exchange.Exchange`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from random import getrandbits
+from typing import Any, ClassVar
+from urllib.parse import unquote_plus
+
+from .._paths import PathMatcher
+from ..errors import ConfigError, Rejection
+from ..exchange import Exchange, Policy
+from ._context import _current, _safe
+
+__all__ = [
+    "ACCESS_FIELDS",
+    "CLIENT_FIELDS",
+    "DEFAULT_REDACT",
+    "AccessLogPolicy",
+    "ClientLogPolicy",
+    "default_request_id",
+    "is_valid_request_id",
+    "redact_query",
+]
+
+#: Attributes :class:`AccessLogPolicy` puts on its record (plus ``query`` with ``log_query``).
+ACCESS_FIELDS = (
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "client",
+    "user_agent",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "principal",
+    "error",
+    "error_message",
+)
+#: Attributes :class:`ClientLogPolicy` puts on its record.
+CLIENT_FIELDS = (
+    "method",
+    "url",
+    "host",
+    "status",
+    "duration_ms",
+    "attempts",
+    "request_id",
+    "error",
+    "error_message",
+)
+
+#: Query parameter names (case-insensitive substrings) whose values are never logged.
+DEFAULT_REDACT = (
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "auth",
+    "session",
+    "signature",
+    "sig",
+    "code",
+    "credential",
+    "jwt",
+)
+
+_MAX_ID = 128
+# Lenient on purpose: UUIDs with or without dashes, nginx $request_id, ULIDs, W3C trace
+# ids, base64 ids all pass; CR/LF, spaces, quotes and non-ASCII can never reach a header
+# or a log line.
+_ID_CHECK = re.compile(r"[A-Za-z0-9._:+/=\-]{1,128}").fullmatch
+_TOKEN_CHECK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]+").fullmatch
+_STATE = "kitmw.access_log.token"
+_MAX_UA = 512
+_MAX_ERROR = 1000
+_SRC = __file__
+
+
+def is_valid_request_id(value: str) -> bool:
+    """True if ``value`` is an acceptable request id (1-128 of ``[A-Za-z0-9._:+/=-]``)."""
+    return len(value) <= _MAX_ID and _ID_CHECK(value) is not None
+
+
+def default_request_id() -> str:
+    """A new random request id: 32 lower-case hex digits, like nginx's ``$request_id``."""
+    return f"{getrandbits(128):032x}"
+
+
+def _logger(value: Any, option: str) -> logging.Logger:
+    if isinstance(value, logging.Logger):
+        return value
+    if isinstance(value, str) and value:
+        return logging.getLogger(value)
+    raise ConfigError(f"{option}: expected a logger name or a logging.Logger, got {value!r}")
+
+
+def _level(value: Any, option: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        level = logging.getLevelName(value.upper())
+        if isinstance(level, int):
+            return level
+    raise ConfigError(f"{option}: expected a logging level (int or name such as 'INFO'), got {value!r}")
+
+
+def _bool(value: Any, option: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{option}: expected True or False, got {value!r}")
+    return value
+
+
+def _redactor(value: Any) -> re.Pattern[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, re.Pattern):
+        return value
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(f"redact_query: expected parameter names or a compiled pattern, got {value!r}")
+    names = list(value)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"redact_query: every name must be a non-empty string, got {names!r}")
+    if not names:
+        return None
+    return re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
+
+
+def redact_query(query: str, pattern: re.Pattern[str] | None) -> str:
+    """``query`` with the values of parameters whose name matches ``pattern`` replaced."""
+    if not query or pattern is None:
+        return query
+    out = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if eq and value and pattern.search(unquote_plus(name)):
+            out.append(name + "=[REDACTED]")
+        else:
+            out.append(part)
+    return "&".join(out)
+
+
+def _error_fields(err: BaseException) -> tuple[str, str]:
+    try:
+        message = str(err)
+    except Exception:  # a broken __str__ must not break the log
+        message = "<unprintable>"
+    if len(message) > _MAX_ERROR:
+        message = message[:_MAX_ERROR] + "..."
+    return type(err).__name__, message
+
+
+def _emit(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    args: tuple[Any, ...],
+    fields: dict[str, Any],
+    err: BaseException | None,
+) -> None:
+    exc_info = None if err is None else (type(err), err, err.__traceback__)
+    # makeRecord + handle instead of logger.log(): no findCaller() stack walk, and the
+    # fields are known not to collide with LogRecord attributes, so no per-key check.
+    record = logger.makeRecord(logger.name, level, _SRC, 0, msg, args, exc_info, "exit")
+    record.__dict__.update(fields)
+    logger.handle(record)
+
+
+class AccessLogPolicy(Policy):
+    """Request id and one access-log record per request, emitted inside the request context.
+
+    :param logger: logger name or :class:`logging.Logger` (``"kitmw.access"``).
+    :param request_id_header: request and response header carrying the id (``X-Request-ID``).
+    :param exclude_paths: paths that get a request id but no access record (health checks).
+    :param generate: callable returning a new id (default: 32 random hex digits).
+    :param validate: an extra check on incoming ids (e.g. UUID only); the built-in safety
+        check (1-128 of ``[A-Za-z0-9._:+/=-]``) always applies first.
+    :param trust_request_id: take a well-formed incoming id (default); ``False`` always
+        generates one (an edge service facing untrusted callers).
+    :param reject_invalid: answer a malformed incoming id with 400 ``bad_request_id``
+        instead of replacing it.
+    :param use_trace_id: when no usable id came in and tracing runs outside, use the trace
+        id as the request id (one id to search for).
+    :param level: level of the record (INFO); ``error_level`` (ERROR) for 5xx and exceptions.
+    :param exc_info: attach the traceback of an application exception (off: the type and
+        message are in the ``error`` and ``error_message`` fields).
+    :param log_query: add the query string as ``query``, with secret values redacted.
+    :param redact_query: parameter names (substrings, case-insensitive) or a pattern.
+
+    The raw value of a rejected id is never logged or echoed. ``Authorization``, cookies
+    and bodies are never read.
+    """
+
+    __slots__ = (
+        "_error_level",
+        "_exc_info",
+        "_exclude",
+        "_generate",
+        "_header",
+        "_header_key",
+        "_level",
+        "_log_query",
+        "_logger",
+        "_redact",
+        "_reject",
+        "_trust",
+        "_use_trace_id",
+        "_validate",
+    )
+
+    name: ClassVar[str] = "access_log"
+    shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths",)
+    counts_request_bytes: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        logger: str | logging.Logger = "kitmw.access",
+        request_id_header: str = "X-Request-ID",
+        exclude_paths: Iterable[str] | str | None = (),
+        generate: Callable[[], str] = default_request_id,
+        validate: Callable[[str], bool] | None = None,
+        trust_request_id: bool = True,
+        reject_invalid: bool = False,
+        use_trace_id: bool = False,
+        level: int | str = logging.INFO,
+        error_level: int | str = logging.ERROR,
+        exc_info: bool = False,
+        log_query: bool = False,
+        redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
+    ) -> None:
+        self._logger = _logger(logger, "logger")
+        if not isinstance(request_id_header, str) or not _TOKEN_CHECK(request_id_header):
+            raise ConfigError(f"request_id_header: expected a header name, got {request_id_header!r}")
+        self._header = request_id_header
+        self._header_key = request_id_header.lower()
+        self._exclude = PathMatcher(exclude_paths, option="exclude_paths") or None
+        if not callable(generate):
+            raise ConfigError(f"generate: expected a callable returning a new id, got {generate!r}")
+        try:
+            sample = generate()
+        except Exception as exc:
+            raise ConfigError(f"generate: calling it failed: {exc!r}") from exc
+        if not isinstance(sample, str) or not is_valid_request_id(sample):
+            raise ConfigError(
+                f"generate: must return 1-128 characters of [A-Za-z0-9._:+/=-], returned {sample!r}"
+            )
+        self._generate = generate
+        if validate is not None and not callable(validate):
+            raise ConfigError(f"validate: expected a callable or None, got {validate!r}")
+        self._validate = validate
+        self._trust = _bool(trust_request_id, "trust_request_id")
+        self._reject = (
+            Rejection(400, "bad_request_id", detail=f"malformed {request_id_header} header")
+            if _bool(reject_invalid, "reject_invalid")
+            else None
+        )
+        self._use_trace_id = _bool(use_trace_id, "use_trace_id")
+        self._level = _level(level, "level")
+        self._error_level = _level(error_level, "error_level")
+        self._exc_info = _bool(exc_info, "exc_info")
+        self._log_query = _bool(log_query, "log_query")
+        self._redact = _redactor(redact_query)
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    @property
+    def request_id_header(self) -> str:
+        return self._header
+
+    def enter(self, ex: Exchange) -> Rejection | None:
+        rid = None
+        answer = None
+        if self._trust:
+            raw = ex.header(self._header_key)
+            if raw is not None:
+                if (
+                    len(raw) <= _MAX_ID
+                    and _ID_CHECK(raw) is not None
+                    and (self._validate is None or self._validate(raw))
+                ):
+                    rid = raw
+                else:
+                    answer = self._reject
+        if rid is None:
+            rid = (self._use_trace_id and ex.trace_id) or self._generate()
+        ex.request_id = rid
+        ex.add_response_header(self._header, rid)
+        ex.state[_STATE] = _current.set(ex)
+        return answer
+
+    def exit(self, ex: Exchange) -> None:
+        try:
+            err = ex.error
+            status = ex.status
+            level = self._error_level if (err is not None or status >= 500) else self._level
+            if self._logger.isEnabledFor(level) and not (self._exclude and self._exclude(ex.path)):
+                self._record(ex, level, err, status)
+        finally:
+            token = ex.state.pop(_STATE, None)
+            if token is not None:
+                try:
+                    _current.reset(token)
+                except ValueError:  # exit ran in another context than enter
+                    pass
+
+    def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
+        duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
+        path = ex.path
+        ua = ex.header("user-agent")
+        if ua is not None and len(ua) > _MAX_UA:
+            ua = ua[:_MAX_UA]
+        fields: dict[str, Any] = {
+            "method": ex.method,
+            "path": path,
+            "route": ex.route,
+            "status": status,
+            "duration_ms": round(duration_ms, 3),
+            "bytes_in": ex.bytes_in,
+            "bytes_out": ex.bytes_out,
+            "client": ex.client,
+            "user_agent": ua,
+            "request_id": ex.request_id,
+            "trace_id": ex.trace_id,
+            "span_id": ex.span_id,
+            "principal": ex.principal,
+            "error": None,
+            "error_message": None,
+        }
+        if self._log_query:
+            fields["query"] = redact_query(ex.query, self._redact)
+        if err is None:
+            msg = "%s %s %s %.1fms"
+            args: tuple[Any, ...] = (ex.method, _safe(path), status, duration_ms)
+        else:
+            fields["error"], fields["error_message"] = _error_fields(err)
+            msg = "%s %s %s %.1fms %s"
+            args = (ex.method, _safe(path), status, duration_ms, fields["error"])
+        _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)
+
+
+class ClientLogPolicy(Policy):
+    """One record per outgoing call (for the httpx transports), tagged with the request id.
+
+    :param logger: logger name or :class:`logging.Logger` (``"kitmw.client"``).
+    :param level: level of the record (INFO); ``error_level`` (ERROR) for failures and 5xx.
+    :param exc_info: attach the traceback of a failed call.
+    :param log_query: keep the query string in ``url``, with secret values redacted
+        (default: the URL is logged without its query string).
+    :param redact_query: parameter names (substrings, case-insensitive) or a pattern.
+    """
+
+    __slots__ = ("_error_level", "_exc_info", "_level", "_log_query", "_logger", "_redact")
+
+    name: ClassVar[str] = "access_log"
+    shared_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        logger: str | logging.Logger = "kitmw.client",
+        level: int | str = logging.INFO,
+        error_level: int | str = logging.ERROR,
+        exc_info: bool = False,
+        log_query: bool = False,
+        redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
+    ) -> None:
+        self._logger = _logger(logger, "logger")
+        self._level = _level(level, "level")
+        self._error_level = _level(error_level, "error_level")
+        self._exc_info = _bool(exc_info, "exc_info")
+        self._log_query = _bool(log_query, "log_query")
+        self._redact = _redactor(redact_query)
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    def exit(self, ex: Exchange) -> None:
+        err = ex.error
+        status = ex.status
+        level = self._error_level if (err is not None or status >= 500) else self._level
+        if not self._logger.isEnabledFor(level):
+            return
+        url = ex.url
+        if self._log_query:
+            query = ex.query
+            if query:
+                url = url + "?" + redact_query(query, self._redact)
+        duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
+        rid = ex.request_id
+        if rid is None:
+            ctx = _current.get()
+            rid = None if ctx is None else ctx.request_id
+        fields: dict[str, Any] = {
+            "method": ex.method,
+            "url": url,
+            "host": ex.host,
+            "status": status or None,
+            "duration_ms": round(duration_ms, 3),
+            "attempts": ex.state.get("attempts", 1) if ex._state else 1,
+            "request_id": rid,
+            "error": None,
+            "error_message": None,
+        }
+        if err is None:
+            msg = "%s %s %s %.1fms"
+            args: tuple[Any, ...] = (ex.method, _safe(url), status, duration_ms)
+        else:
+            fields["error"], fields["error_message"] = _error_fields(err)
+            msg = "%s %s %s %.1fms %s"
+            args = (ex.method, _safe(url), status or "-", duration_ms, fields["error"])
+        _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)

@@ -1,0 +1,291 @@
+"""Formatters that can never be tricked into forging a log line, and ``configure()``.
+
+Every formatter here writes one record per line whatever the values hold: JSON escapes
+control characters (and falls back to pure ASCII when a value holds a character some
+tools treat as a line break, such as U+2028), logfmt quotes and escapes any value that
+is not a plain token, and the text formatter escapes control characters in the message
+arguments and in the record attributes its format string reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import IO, Any
+
+from ..errors import ConfigError
+from ._context import CONTEXT_FIELDS, _current, _safe
+from .access import _level, _logger
+
+__all__ = ["FORMATS", "JsonFormatter", "LogfmtFormatter", "TextFormatter", "configure"]
+
+FORMATS = ("json", "logfmt", "text")
+
+# Attributes every LogRecord has: anything else on a record came from ``extra`` (or a
+# filter) and is rendered as a field.
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+    *CONTEXT_FIELDS,
+}
+_MISSING: Any = object()
+_BARE = re.compile(r"[A-Za-z0-9_.:/@+\-,%~^*!#$&()\[\]{}|;<>?']+").fullmatch
+_KEY_OK = re.compile(r"[A-Za-z0-9_.\-]+").fullmatch
+_KEY_FIX = re.compile(r"[^A-Za-z0-9_.\-]")
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
+_JSON_ASCII = json.JSONEncoder(default=str, separators=(",", ":"))
+_NO_ESCAPE = frozenset({"message", "exc_text", "stack_info", "msg", "args", "exc_info"})
+
+
+class _Stamper:
+    """ISO 8601 UTC timestamps with milliseconds; strftime runs once per second, not per record."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")
+
+    def __call__(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:  # a tuple swap is atomic, so threads may share the stamper
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
+
+
+def _context_values(record: logging.LogRecord) -> list[tuple[str, Any]]:
+    """The context fields: from the record (ContextFilter) or, without the filter, the context."""
+    d = record.__dict__
+    ctx: Any = _MISSING
+    out = []
+    for key in CONTEXT_FIELDS:
+        value = d.get(key, _MISSING)
+        if value is _MISSING:
+            if ctx is _MISSING:
+                ctx = _current.get()
+            value = None if ctx is None else getattr(ctx, key)
+        if value is not None and value != "-":
+            out.append((key, value))
+    return out
+
+
+def _extras(record: logging.LogRecord) -> list[tuple[str, Any]]:
+    d = record.__dict__
+    keys = d.keys() - _RESERVED  # a set operation in C: cheap when there are no extras
+    if not keys:
+        return []
+    return [(k, d[k]) for k in d if k in keys and k[0] != "_"]
+
+
+def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    if record.exc_info and not record.exc_text:
+        record.exc_text = formatter.formatException(record.exc_info)
+    return record.exc_text or None
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, context, then every extra field.
+
+    :param static: fields added to every line (``{"service": "api"}``).
+    """
+
+    def __init__(self, *, static: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})
+        self._stamp = _Stamper()
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self._stamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(self.static)
+        for key, value in _context_values(record):
+            out[key] = value
+        for key, value in _extras(record):
+            out.setdefault(key, value)
+        exc = _exception_text(self, record)
+        if exc:
+            out["exc_info"] = exc
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        line = _JSON.encode(out)
+        if not line.isprintable():  # U+2028, bidi controls, lone surrogates: go pure ASCII
+            line = _JSON_ASCII.encode(out)
+        return line
+
+
+def _logfmt_value(value: Any) -> str:
+    kind = type(value)
+    if kind is int or kind is float:
+        return repr(value)
+    if kind is bool:
+        return "true" if value else "false"
+    text = value if kind is str else str(value)
+    if _BARE(text):
+        return text
+    return json.dumps(text, ensure_ascii=not text.isprintable())
+
+
+def _logfmt_key(key: str) -> str:
+    return key if _KEY_OK(key) else (_KEY_FIX.sub("_", key) or "_")
+
+
+class LogfmtFormatter(logging.Formatter):
+    """``key=value`` pairs, one record per line; values quoted and escaped unless plain.
+
+    ``None`` values are left out. Keys are reduced to ``[A-Za-z0-9_.-]`` so a field name
+    can never forge another key either.
+
+    :param static: fields added to every line.
+    """
+
+    def __init__(self, *, static: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.static = dict(static or {})
+        self._stamp = _Stamper()
+
+    def format(self, record: logging.LogRecord) -> str:
+        pairs: list[tuple[str, Any]] = [
+            ("time", self._stamp(record)),
+            ("level", record.levelname.lower()),
+            ("logger", record.name),
+            ("msg", record.getMessage()),
+        ]
+        pairs.extend(self.static.items())
+        pairs.extend(_context_values(record))
+        pairs.extend(_extras(record))
+        exc = _exception_text(self, record)
+        if exc:
+            pairs.append(("exc_info", exc))
+        if record.stack_info:
+            pairs.append(("stack_info", self.formatStack(record.stack_info)))
+        return " ".join(
+            (k if _KEY_OK(k) else _logfmt_key(k)) + "=" + _logfmt_value(v) for k, v in pairs if v is not None
+        )
+
+
+def _escape_arg(value: Any) -> Any:
+    return _safe(value) if isinstance(value, str) else value
+
+
+class _View:
+    """A record stand-in whose ``__dict__`` holds escaped values, for the format string."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+class TextFormatter(logging.Formatter):
+    """A plain ``logging.Formatter`` that escapes CR/LF and control characters in values.
+
+    The message's own format string is kept (an application's deliberate multi-line
+    message stays multi-line); its arguments and the record attributes the format reads
+    (``%(path)s``, ``%(principal)s``, ...) are escaped. Context fields outside a request
+    render as ``-``.
+    """
+
+    default_format = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+
+    def __init__(self, fmt: str | None = None, datefmt: str | None = None, style: Any = "%") -> None:
+        super().__init__(fmt or self.default_format, datefmt, style)
+
+    def format(self, record: logging.LogRecord) -> str:
+        d = record.__dict__
+        if "request_id" not in d:  # no ContextFilter on this handler: read the context
+            for key, value in zip(CONTEXT_FIELDS, self._context(record), strict=True):
+                d.setdefault(key, value)
+        record.message = self._message(record)
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        s = self.formatMessage(record)
+        exc = _exception_text(self, record)
+        if exc:
+            s = s + "\n" + exc
+        if record.stack_info:
+            s = s + "\n" + self.formatStack(record.stack_info)
+        return s
+
+    @staticmethod
+    def _context(record: logging.LogRecord) -> list[Any]:
+        ctx = _current.get()
+        if ctx is None:
+            return ["-"] * len(CONTEXT_FIELDS)
+        return [getattr(ctx, k) or "-" for k in CONTEXT_FIELDS]
+
+    @staticmethod
+    def _message(record: logging.LogRecord) -> str:
+        msg = str(record.msg)
+        args = record.args
+        if args:
+            if isinstance(args, Mapping):
+                msg = msg % {k: _escape_arg(v) for k, v in args.items()}
+            else:
+                msg = msg % tuple(_escape_arg(a) for a in args)
+        return msg
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        d = record.__dict__
+        dirty = any(isinstance(v, str) and k not in _NO_ESCAPE and not v.isprintable() for k, v in d.items())
+        if not dirty:
+            return self._style.format(record)
+        view = {k: (v if k in _NO_ESCAPE else _escape_arg(v)) for k, v in d.items()}
+        return self._style.format(_View(view))  # type: ignore[arg-type]
+
+
+class _KitmwHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure` installs (so a second call replaces it)."""
+
+
+def configure(
+    format: str = "json",
+    *,
+    level: int | str = logging.INFO,
+    logger: str | logging.Logger | None = None,
+    stream: IO[str] | None = None,
+    static: Mapping[str, Any] | None = None,
+) -> logging.Handler:
+    """Send ``logger``'s records (root by default) to ``stream`` as JSON, logfmt or text.
+
+    Installs one handler carrying :class:`ContextFilter`, so every record, the
+    application's own included, has the request id, trace id, span id and principal.
+    Calling it again replaces the handler it installed before; other handlers are kept.
+
+    :param format: ``"json"`` (default), ``"logfmt"`` or ``"text"``.
+    :param level: level set on ``logger``.
+    :param logger: logger name or object; ``None`` for the root logger.
+    :param stream: where lines go (default ``sys.stderr``).
+    :param static: fields added to every JSON/logfmt line (``{"service": "api"}``).
+    :returns: the installed handler.
+    """
+    from ._context import ContextFilter
+
+    if format not in FORMATS:
+        raise ConfigError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
+    target = logging.getLogger() if logger is None else _logger(logger, "logger")
+    lvl = _level(level, "level")
+    if static is not None and not isinstance(static, Mapping):
+        raise ConfigError(f"static: expected a mapping of fields, got {static!r}")
+    formatter: logging.Formatter
+    if format == "json":
+        formatter = JsonFormatter(static=static)
+    elif format == "logfmt":
+        formatter = LogfmtFormatter(static=static)
+    else:
+        formatter = TextFormatter()
+    handler = _KitmwHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(ContextFilter(default="-" if format == "text" else None))
+    handler.setFormatter(formatter)
+    for old in [h for h in target.handlers if isinstance(h, _KitmwHandler)]:
+        target.removeHandler(old)
+        old.close()
+    target.addHandler(handler)
+    target.setLevel(lvl)
+    return handler
