@@ -243,11 +243,11 @@ def instruments(registry: CollectorRegistry | None = None) -> Instruments:
     """
     if registry is None:
         registry = REGISTRY
+    if not isinstance(registry, CollectorRegistry):
+        raise ConfigError(f"registry: expected a prometheus_client.CollectorRegistry, got {registry!r}")
     found = _CACHE.get(registry)
     if found is not None:
         return found
-    if not isinstance(registry, CollectorRegistry):
-        raise ConfigError(f"registry: expected a prometheus_client.CollectorRegistry, got {registry!r}")
     with _CACHE_LOCK:
         found = _CACHE.get(registry)
         if found is None:
