@@ -1,0 +1,692 @@
+"""OpenTelemetry tracing: one SERVER span per request, CLIENT spans with W3C propagation.
+
+:class:`TracingPolicy` (server side) extracts the parent context from the request
+headers, starts a SERVER span named by the method, makes it current while the request
+runs, renames it ``METHOD route`` once the route template is known (never the raw
+path) and ends it at the last response byte. Attributes are the ones
+``opentelemetry-instrumentation-asgi`` (or ``-wsgi``) emits, produced by their own
+helpers and following their ``OTEL_SEMCONV_STABILITY_OPT_IN`` mode. No per-message
+``send``/``receive`` spans are ever created.
+
+If a server span for this request already exists (FastAPI's native telemetry when kitmw
+is added with ``app.add_middleware``, contrib's ``OpenTelemetryMiddleware`` outside
+kitmw, or an outer kitmw layer), the policy *adopts* it instead of starting a second
+one. When kitmw wraps a FastAPI app from outside, it marks the scope the way FastAPI
+marks requests it excludes, so FastAPI's own layer steps aside: exactly one server
+span per request either way.
+
+:class:`ClientTracingPolicy` (httpx driver) starts a CLIENT span per outgoing request
+as a child of the current span and injects ``traceparent`` into the request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from time import time_ns
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from ._paths import PathMatcher
+from .errors import ConfigError, Rejection
+from .exchange import Exchange, Policy
+
+__all__ = ["ClientTracingPolicy", "ExchangeGetter", "ExchangeSetter", "TracingPolicy"]
+
+_INSTRUMENTATION = "kitmw"
+_STATE_KEY = "kitmw.tracing"
+#: Key of the span kitmw started for a request, in the ASGI scope / WSGI environ,
+#: so a second kitmw tracing layer on the same request adopts it.
+SCOPE_SPAN_KEY = "kitmw.span"
+#: FastAPI's per-request telemetry key: ``None`` makes FastAPI's native layer step aside.
+FASTAPI_KEY = "fastapi.telemetry"
+_KNOWN_METHODS = frozenset(
+    {"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"}
+)
+_SEMCONV_OPTIONS = ("default", "http", "http/dup")
+
+
+class ExchangeGetter(Getter[Exchange]):
+    """Reads propagation headers (``traceparent``, ``tracestate``, ``baggage``) from an exchange."""
+
+    def get(self, carrier: Exchange, key: str) -> list[str] | None:
+        values = carrier.header_all(key.lower())
+        if not values:
+            return None
+        if len(values) > 1 and key.lower() == "baggage":
+            return [",".join(values)]  # the baggage propagator reads the first value only
+        return values
+
+    def keys(self, carrier: Exchange) -> list[str]:
+        return carrier.header_names()
+
+
+class ExchangeSetter(Setter[Exchange]):
+    """Writes propagation headers onto an outgoing (client side) exchange."""
+
+    def set(self, carrier: Exchange, key: str, value: str) -> None:
+        carrier.set_request_header(key, value)
+
+
+_GETTER = ExchangeGetter()
+_SETTER = ExchangeSetter()
+
+
+# -- semantic conventions: contrib's helpers, with a small fallback ------------------------
+
+
+class _Semconv:
+    """The HTTP semconv helpers of ``opentelemetry-instrumentation`` bound to one mode.
+
+    The mode comes from ``OTEL_SEMCONV_STABILITY_OPT_IN`` exactly as contrib's
+    middlewares read it (old attribute names by default, ``http`` for the stable ones,
+    ``http/dup`` for both), unless the ``semconv`` option forces one.
+    """
+
+    __slots__ = ("mode", "new", "old", "schema_url")
+
+    def __init__(self, option: str | None) -> None:
+        self.mode: Any = option
+        self.old = option in (None, "default", "http/dup")
+        self.new = option in ("http", "http/dup")
+        self.schema_url: str | None = None
+        try:
+            from opentelemetry.instrumentation import _semconv
+        except ImportError:  # pragma: no cover - a dependency of instrumentation-asgi
+            return
+        sc: Any = _semconv  # private but stable helpers, untyped
+        try:
+            if option is None:
+                sc._OpenTelemetrySemanticConventionStability._initialize()
+                mode = sc._OpenTelemetrySemanticConventionStability._get_opentelemetry_stability_opt_in_mode(
+                    sc._OpenTelemetryStabilitySignalType.HTTP
+                )
+            else:
+                mode = {
+                    "default": sc._StabilityMode.DEFAULT,
+                    "http": sc._StabilityMode.HTTP,
+                    "http/dup": sc._StabilityMode.HTTP_DUP,
+                }[option]
+            self.mode = mode
+            self.old = bool(sc._report_old(mode))
+            self.new = bool(sc._report_new(mode))
+            self.schema_url = sc._get_schema_url(mode)
+        except (AttributeError, KeyError):  # pragma: no cover - private API moved
+            pass
+
+    def error_type(self, span: Span, exc: BaseException) -> None:
+        if self.new:
+            cls = type(exc)
+            name = (
+                cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+            )
+            span.set_attribute("error.type", name)
+
+
+def _neutral_request_attributes(ex: Exchange, sc: _Semconv) -> dict[str, Any]:
+    """What any driver can offer: method, scheme, host, target, user agent, peer."""
+    method = ex.method
+    attrs: dict[str, Any] = {}
+    known = method if method in _KNOWN_METHODS else "_OTHER"
+    query = ex.query
+    ua = ex.header("user-agent")
+    host = ex.host
+    client = ex.client
+    if sc.old:
+        attrs["http.method"] = known
+        attrs["http.scheme"] = ex.scheme
+        attrs["http.target"] = ex.path + ("?" + query if query else "")
+        if host:
+            attrs["http.host"] = host
+        if ua:
+            attrs["http.user_agent"] = ua
+        if client:
+            attrs["net.peer.ip"] = client
+    if sc.new:
+        attrs["http.request.method"] = known
+        if known != method:
+            attrs["http.request.method_original"] = method
+        attrs["url.scheme"] = ex.scheme
+        attrs["url.path"] = ex.path
+        if query:
+            attrs["url.query"] = query
+        if host:
+            attrs["server.address"] = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if ua:
+            attrs["user_agent.original"] = ua
+        if client:
+            attrs["client.address"] = client
+    return attrs
+
+
+def _server_helpers(protocol: str) -> tuple[Callable[..., dict[str, Any]] | None, Callable[..., None] | None]:
+    """contrib's (collect_request_attributes, set_status) for a protocol, if installed."""
+    if protocol == "asgi":
+        try:
+            from opentelemetry.instrumentation import asgi as otel_asgi
+        except ImportError:  # pragma: no cover - a dependency of kitmw
+            return None, None
+
+        set_status_code: Any = otel_asgi.set_status_code
+
+        def asgi_status(span: Span, status: int, mode: Any) -> None:
+            set_status_code(span, status, None, mode)
+
+        return otel_asgi.collect_request_attributes, asgi_status
+    if protocol == "wsgi":
+        try:
+            from opentelemetry.instrumentation import wsgi as otel_wsgi
+        except ImportError:  # the kitmw[wsgi] extra is not installed
+            return None, None
+
+        def wsgi_status(span: Span, status: int, mode: Any) -> None:
+            otel_wsgi.add_response_attributes(span, f"{status} ", [], None, mode)
+
+        return otel_wsgi.collect_request_attributes, wsgi_status
+    return None, None
+
+
+def _set_status_neutral(span: Span, status: int, sc: _Semconv) -> None:
+    if sc.old:
+        span.set_attribute("http.status_code", status)
+    if sc.new:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_attribute("error.type", str(status))
+    span.set_status(Status(StatusCode.ERROR if status >= 500 else StatusCode.UNSET))
+
+
+def _span_method(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "HTTP"
+
+
+def _capture_all_methods() -> bool:
+    return bool(os.environ.get("OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS"))
+
+
+def _ids(ex: Exchange, span: Span) -> None:
+    ctx = span.get_span_context()
+    if ctx.is_valid:
+        ex.trace_id = format(ctx.trace_id, "032x")
+        ex.span_id = format(ctx.span_id, "016x")
+
+
+def _validate_common(tracer_provider: Any, propagator: Any) -> None:
+    if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+        raise ConfigError(
+            f"tracer_provider: expected an OpenTelemetry TracerProvider, got {tracer_provider!r}"
+        )
+    if propagator is not None and not (
+        callable(getattr(propagator, "extract", None)) and callable(getattr(propagator, "inject", None))
+    ):
+        raise ConfigError(f"propagator: expected a TextMapPropagator, got {propagator!r}")
+
+
+def _validate_hook(name: str, hook: Any) -> None:
+    if hook is not None and not callable(hook):
+        raise ConfigError(f"{name}: expected a callable or None, got {hook!r}")
+
+
+def _validate_semconv(semconv: Any) -> None:
+    if semconv is not None and semconv not in _SEMCONV_OPTIONS:
+        raise ConfigError(f"semconv: expected None, 'default', 'http' or 'http/dup', got {semconv!r}")
+
+
+def _run_hook(hook: Callable[..., Any], span: Span, arg: Any) -> None:
+    # A hook error is recorded on the span, never raised into the request.
+    try:
+        hook(span, arg)
+    except Exception as exc:
+        try:
+            span.record_exception(exc)
+        except Exception:  # pragma: no cover
+            pass
+
+
+def _end_time(wall_start: int, ex: Exchange) -> int | None:
+    if ex.end_ns and ex.start_ns and ex.end_ns >= ex.start_ns:
+        return wall_start + (ex.end_ns - ex.start_ns)
+    return None
+
+
+class _Adopted:
+    """Marks an exchange whose server span belongs to another layer (not ended by kitmw)."""
+
+    __slots__ = ("fastapi",)
+
+    def __init__(self, fastapi: bool) -> None:
+        self.fastapi = fastapi
+
+
+_ADOPTED_FASTAPI = _Adopted(True)
+_ADOPTED_OTHER = _Adopted(False)
+
+
+class _TracerMixin:
+    __slots__ = ()
+    _provider: Any
+    _tracer: Any
+    _sc: _Semconv
+
+    def _get_tracer(self) -> Any:
+        # Looked up at the first request, not at import or construction: the global
+        # provider is usually configured after the middleware is built.
+        provider = self._provider if self._provider is not None else trace.get_tracer_provider()
+        from . import __version__
+
+        tracer = provider.get_tracer(_INSTRUMENTATION, __version__, schema_url=self._sc.schema_url)
+        self._tracer = tracer
+        return tracer
+
+
+class TracingPolicy(_TracerMixin, Policy):
+    """OpenTelemetry SERVER spans named ``METHOD route``, parent taken from ``traceparent``.
+
+    :param tracer_provider: the provider spans go to; default the global one, looked
+        up at the first request.
+    :param exclude_paths: paths that get no span (anchored; ``"/static/*"`` for a tree).
+    :param propagator: a ``TextMapPropagator``; default the global one (W3C trace
+        context and baggage unless configured otherwise).
+    :param record_exceptions: add an exception event for an error raised by the app
+        (the span status is ERROR either way).
+    :param server_request_hook: ``hook(span, native)`` after the span starts (``native``
+        is the ASGI scope or WSGI environ); an error in it is recorded, never raised.
+    :param server_response_hook: ``hook(span, exchange)`` before the span ends.
+    :param semconv: force the attribute set (``"default"``, ``"http"``, ``"http/dup"``);
+        default follows ``OTEL_SEMCONV_STABILITY_OPT_IN`` like contrib's middlewares.
+    """
+
+    __slots__ = (
+        "_all_methods",
+        "_exclude",
+        "_helpers",
+        "_propagator",
+        "_provider",
+        "_sc",
+        "_tracer",
+        "record_exceptions",
+        "server_request_hook",
+        "server_response_hook",
+    )
+
+    name: ClassVar[str] = "tracing"
+    shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths",)
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: Any = None,
+        exclude_paths: Iterable[str] | str | None = (),
+        propagator: TextMapPropagator | None = None,
+        record_exceptions: bool = True,
+        server_request_hook: Callable[[Span, Any], Any] | None = None,
+        server_response_hook: Callable[[Span, Exchange], Any] | None = None,
+        semconv: str | None = None,
+    ) -> None:
+        _validate_common(tracer_provider, propagator)
+        _validate_hook("server_request_hook", server_request_hook)
+        _validate_hook("server_response_hook", server_response_hook)
+        _validate_semconv(semconv)
+        if not isinstance(record_exceptions, bool):
+            raise ConfigError(f"record_exceptions: expected a bool, got {record_exceptions!r}")
+        self._provider = tracer_provider
+        self._tracer: Any = None
+        self._exclude = PathMatcher(exclude_paths)
+        self._propagator = propagator
+        self.record_exceptions = record_exceptions
+        self.server_request_hook = server_request_hook
+        self.server_response_hook = server_response_hook
+        self._sc = _Semconv(semconv)
+        self._all_methods = _capture_all_methods()
+        # contrib's helpers per protocol, imported at the first request of that protocol.
+        self._helpers: dict[str, tuple[Any, Any]] = {}
+
+    def _helpers_for(self, protocol: str) -> tuple[Any, Any]:
+        helpers = self._helpers.get(protocol)
+        if helpers is None:
+            helpers = self._helpers[protocol] = _server_helpers(protocol)
+        return helpers
+
+    # -- enter ----------------------------------------------------------------------------
+
+    def enter(self, ex: Exchange) -> Rejection | None:
+        native = ex.native
+        on_asgi = ex.protocol == "asgi" and native is not None
+        if self._exclude and self._exclude(ex.path):
+            if on_asgi and FASTAPI_KEY not in native:
+                native[FASTAPI_KEY] = None  # FastAPI's native layer skips it too
+            return None
+        adopted = self._adopt(ex, native, on_asgi)
+        if adopted is not None:
+            return None
+        if on_asgi and FASTAPI_KEY not in native:
+            # kitmw is outside FastAPI: the marker FastAPI sets for excluded requests
+            # makes its native layer step aside, so this span is the only server span.
+            native[FASTAPI_KEY] = None
+        tracer = self._tracer or self._get_tracer()
+        propagator = self._propagator or propagate.get_global_textmap()
+        try:
+            parent = propagator.extract(ex, getter=_GETTER)
+        except Exception:  # garbage traceparent/tracestate/baggage: a new root trace
+            parent = Context()
+        method = ex.method
+        span_name = method if self._all_methods or method in _KNOWN_METHODS else "HTTP"
+        attributes = self._request_attributes(ex, native)
+        wall = time_ns()
+        span = tracer.start_span(
+            span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=wall
+        )
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        ex.span = span
+        _ids(ex, span)
+        ex.state[_STATE_KEY] = (token, wall, span_name)
+        if isinstance(native, dict) or on_asgi:
+            native[SCOPE_SPAN_KEY] = span
+        if self.server_request_hook is not None and span.is_recording():
+            _run_hook(self.server_request_hook, span, native)
+        return None
+
+    def _request_attributes(self, ex: Exchange, native: Any) -> dict[str, Any]:
+        sc = self._sc
+        collect = self._helpers_for(ex.protocol)[0] if native is not None else None
+        if collect is not None:
+            try:
+                attributes: dict[str, Any] = collect(native, sc.mode)
+                return attributes
+            except Exception:  # hostile input (a non-UTF-8 query string) must not fail the request
+                pass
+        return _neutral_request_attributes(ex, sc)
+
+    def _adopt(self, ex: Exchange, native: Any, on_asgi: bool) -> _Adopted | None:
+        """Take over a server span another layer already started for this request."""
+        fastapi = False
+        span: Any = None
+        if on_asgi:
+            telemetry = native.get(FASTAPI_KEY)
+            if telemetry is not None:
+                span = getattr(telemetry, "span", None)
+                fastapi = span is not None
+        if span is None:
+            current = trace.get_current_span()
+            if not current.is_recording() or getattr(current, "kind", None) is not SpanKind.SERVER:
+                return None
+            if not self._same_request(ex, native, current):
+                return None
+            span = current
+        elif not span.is_recording():
+            return None
+        adopted = _ADOPTED_FASTAPI if fastapi else _ADOPTED_OTHER
+        try:
+            self._annotate_adopted(ex, span, fastapi)
+        except Exception:  # pragma: no cover - never fail a request from tracing
+            pass
+        ex.span = span
+        _ids(ex, span)
+        ex.state[_STATE_KEY] = adopted
+        return adopted
+
+    @staticmethod
+    def _same_request(ex: Exchange, native: Any, span: Any) -> bool:
+        if native is not None:
+            try:
+                if native.get(SCOPE_SPAN_KEY) is span:
+                    return True  # an outer kitmw layer
+            except AttributeError:  # pragma: no cover - not a mapping
+                pass
+        attrs = getattr(span, "attributes", None)
+        if not attrs:
+            return False
+        target = attrs.get("url.path") or attrs.get("http.target")
+        return isinstance(target, str) and target.partition("?")[0] == ex.path
+
+    # -- exit -----------------------------------------------------------------------------
+
+    def exit(self, ex: Exchange) -> None:
+        span = ex.span
+        if span is None:
+            return
+        st = ex.state.get(_STATE_KEY)
+        if st is None:
+            return
+        if isinstance(st, _Adopted):
+            try:
+                self._finish_adopted(ex, span, st.fastapi)
+            except Exception:  # pragma: no cover - never fail a request from tracing
+                pass
+            return
+        token, wall, span_name = st
+        try:
+            if span.is_recording():
+                self._finish(ex, span, span_name)
+        except Exception:  # pragma: no cover - never fail a request from tracing
+            pass
+        finally:
+            span.end(end_time=_end_time(wall, ex))
+            otel_context.detach(token)
+
+    def _finish(self, ex: Exchange, span: Span, span_name: str) -> None:
+        sc = self._sc
+        route = ex.route
+        if route:
+            span.update_name(f"{span_name} {route}")
+            span.set_attribute("http.route", route)
+        status = ex.status
+        error = ex.error
+        if status:
+            set_status = self._helpers_for(ex.protocol)[1] if ex.native is not None else None
+            if set_status is not None:
+                set_status(span, status, sc.mode)
+            else:
+                _set_status_neutral(span, status, sc)
+        if ex.bytes_out:
+            if sc.old:
+                span.set_attribute("http.response_content_length", ex.bytes_out)
+            if sc.new:
+                span.set_attribute("http.response.body.size", ex.bytes_out)
+        if error is not None:
+            self._record_error(span, error)
+        elif not status:
+            span.set_status(Status(StatusCode.ERROR, "no response was sent"))
+        if self.server_response_hook is not None:
+            _run_hook(self.server_response_hook, span, ex)
+
+    def _record_error(self, span: Span, error: BaseException) -> None:
+        if isinstance(error, Exception) and self.record_exceptions:
+            span.record_exception(error)
+        self._sc.error_type(span, error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+    def _annotate_adopted(self, ex: Exchange, span: Span, fastapi: bool) -> None:
+        """Add what the owner of the span lacks, now: owners end their span at the last
+        body chunk, before this policy's ``exit`` runs."""
+        attrs = getattr(span, "attributes", None) or {}
+        if fastapi:
+            # FastAPI names the span and sets http.route itself when it routes; it
+            # emits the stable HTTP conventions, so add the missing ones in that set.
+            extra = _neutral_request_attributes(ex, _STABLE)
+            span.set_attributes({k: v for k, v in extra.items() if k not in attrs})
+        elif "http.route" not in attrs:
+            route = ex.route  # predicted from the routes: the owner may end the span first
+            if route:
+                span.update_name(f"{_span_method(ex.method)} {route}")
+                span.set_attribute("http.route", route)
+
+    def _finish_adopted(self, ex: Exchange, span: Span, fastapi: bool) -> None:
+        """The owner sets the status and ends the span; record what only kitmw saw."""
+        if not span.is_recording():
+            return  # already ended by its owner
+        error = ex.error
+        if fastapi and error is not None and isinstance(error, Exception) and self.record_exceptions:
+            span.record_exception(error)  # FastAPI logs it but adds no span event
+        if self.server_response_hook is not None:
+            _run_hook(self.server_response_hook, span, ex)
+
+
+_STABLE = _Semconv("http")
+
+
+class ClientTracingPolicy(_TracerMixin, Policy):
+    """CLIENT spans for outgoing requests, ``traceparent`` injected into each of them.
+
+    The span is a child of the current span (the server span of the request being
+    handled, if any) and ends when the driver finishes the exchange (the response body
+    closed). ``url.full`` never carries credentials.
+
+    :param tracer_provider: default the global one, looked up at the first request.
+    :param propagator: default the global textmap propagator.
+    :param record_exceptions: add an exception event for a transport error.
+    :param request_hook: ``hook(span, exchange)`` after the span starts.
+    :param response_hook: ``hook(span, exchange)`` before the span ends.
+    :param semconv: as for :class:`TracingPolicy`.
+    """
+
+    __slots__ = (
+        "_all_methods",
+        "_propagator",
+        "_provider",
+        "_sc",
+        "_tracer",
+        "record_exceptions",
+        "request_hook",
+        "response_hook",
+    )
+
+    name: ClassVar[str] = "tracing"
+    shared_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: Any = None,
+        propagator: TextMapPropagator | None = None,
+        record_exceptions: bool = True,
+        request_hook: Callable[[Span, Exchange], Any] | None = None,
+        response_hook: Callable[[Span, Exchange], Any] | None = None,
+        semconv: str | None = None,
+    ) -> None:
+        _validate_common(tracer_provider, propagator)
+        _validate_hook("request_hook", request_hook)
+        _validate_hook("response_hook", response_hook)
+        _validate_semconv(semconv)
+        if not isinstance(record_exceptions, bool):
+            raise ConfigError(f"record_exceptions: expected a bool, got {record_exceptions!r}")
+        self._provider = tracer_provider
+        self._tracer: Any = None
+        self._propagator = propagator
+        self.record_exceptions = record_exceptions
+        self.request_hook = request_hook
+        self.response_hook = response_hook
+        self._sc = _Semconv(semconv)
+        self._all_methods = _capture_all_methods()
+
+    def enter(self, ex: Exchange) -> Rejection | None:
+        tracer = self._tracer or self._get_tracer()
+        method = ex.method
+        span_name = method if self._all_methods or method in _KNOWN_METHODS else "HTTP"
+        wall = time_ns()
+        span = tracer.start_span(
+            span_name, kind=SpanKind.CLIENT, attributes=self._attributes(ex), start_time=wall
+        )
+        propagator = self._propagator or propagate.get_global_textmap()
+        try:
+            propagator.inject(ex, context=trace.set_span_in_context(span), setter=_SETTER)
+        except Exception:  # pragma: no cover - a broken custom propagator
+            pass
+        ex.span = span
+        _ids(ex, span)
+        ex.state[_STATE_KEY] = wall
+        if self.request_hook is not None and span.is_recording():
+            _run_hook(self.request_hook, span, ex)
+        return None
+
+    def _attributes(self, ex: Exchange) -> dict[str, Any]:
+        sc = self._sc
+        method = ex.method
+        known = method if method in _KNOWN_METHODS else "_OTHER"
+        query = ex.query
+        url = _redact(ex.url + ("?" + query if query else ""))
+        host, port = _host_port(ex.url)
+        attrs: dict[str, Any] = {}
+        if sc.old:
+            attrs["http.method"] = known
+            attrs["http.url"] = url
+            if host:
+                attrs["net.peer.name"] = host
+            if port:
+                attrs["net.peer.port"] = port
+        if sc.new:
+            attrs["http.request.method"] = known
+            if known != method:
+                attrs["http.request.method_original"] = method
+            attrs["url.full"] = url
+            if host:
+                attrs["server.address"] = host
+            if port:
+                attrs["server.port"] = port
+        return attrs
+
+    def exit(self, ex: Exchange) -> None:
+        span = ex.span
+        if span is None:
+            return
+        wall = ex.state.get(_STATE_KEY)
+        if wall is None:
+            return
+        try:
+            if span.is_recording():
+                self._finish(ex, span)
+        except Exception:  # pragma: no cover - never fail a call from tracing
+            pass
+        finally:
+            span.end(end_time=_end_time(wall, ex))
+
+    def _finish(self, ex: Exchange, span: Span) -> None:
+        sc = self._sc
+        status = ex.status
+        error = ex.error
+        if status:
+            if sc.old:
+                span.set_attribute("http.status_code", status)
+            if sc.new:
+                span.set_attribute("http.response.status_code", status)
+                if status >= 400 and error is None:
+                    span.set_attribute("error.type", str(status))
+            if status >= 400:
+                span.set_status(Status(StatusCode.ERROR))
+        if error is not None:
+            if isinstance(error, Exception) and self.record_exceptions:
+                span.record_exception(error)
+            sc.error_type(span, error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        if self.response_hook is not None:
+            _run_hook(self.response_hook, span, ex)
+
+
+def _redact(url: str) -> str:
+    """The URL without user:password (and with contrib's sensitive query values redacted)."""
+    try:
+        from opentelemetry.util.http import redact_url
+    except ImportError:  # pragma: no cover - a dependency of instrumentation-asgi
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        return parts._replace(netloc=netloc).geturl()
+    return str(redact_url(url))
+
+
+def _host_port(url: str) -> tuple[str | None, int | None]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None, None
+    if port is None:
+        port = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.hostname, port

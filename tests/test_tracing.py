@@ -1,0 +1,617 @@
+"""Tracing: one SERVER span per request, W3C propagation in and out, never a 500 from kitmw.
+
+Apps are real Starlette/FastAPI apps (or bare ASGI apps) driven in process; spans come
+from an SDK TracerProvider with an in-memory exporter (the ``spans`` fixture). Nothing
+here sets the *global* tracer provider: that is done in a subprocess by
+``tests/e2e/test_tracing_fastapi.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocket
+
+import kitmw
+from kitmw.errors import ConfigError
+from kitmw.exchange import Exchange, Policy
+from kitmw.tracing import ClientTracingPolicy, TracingPolicy
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT_ID = "b7ad6b7169203331"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def item(request: Any) -> PlainTextResponse:
+    return PlainTextResponse(f"item {request.path_params['item_id']}")
+
+
+async def ok(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+async def fail(request: Any) -> PlainTextResponse:
+    raise RuntimeError("boom")
+
+
+async def teapot(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("down", status_code=503)
+
+
+def starlette_app() -> Starlette:
+    return Starlette(
+        routes=[
+            Route("/items/{item_id}", item),
+            Route("/fail", fail),
+            Route("/health", ok),
+            Route("/healthz", ok),
+            Route("/down", teapot),
+        ]
+    )
+
+
+def client(app: Any, *, raise_app_exceptions: bool = False) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+def server_spans(exporter: Any) -> list[Any]:
+    return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+
+
+async def call(app: Any, path: str = "/", headers: list[tuple[bytes, bytes]] = (), query: bytes = b"") -> int:
+    """Drive an ASGI app directly with raw header bytes (hostile input httpx would refuse)."""
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"test"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+# -- span name, route, attributes ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_span_named_by_route_template_with_http_route(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    async with client(app) as c:
+        r = await c.get("/items/42")
+    assert r.status_code == 200
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.SERVER
+    assert span.name == "GET /items/{item_id}"
+    assert span.attributes["http.route"] == "/items/{item_id}"
+    assert span.attributes["http.status_code"] == 200
+    assert span.attributes["http.method"] == "GET"  # contrib's attributes (default semconv mode)
+    assert span.attributes["http.target"] == "/items/42"
+    assert span.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.anyio
+async def test_fastapi_route_template_names_the_span(spans: Any) -> None:
+    from fastapi import FastAPI
+
+    provider, exporter = spans
+    api = FastAPI()
+
+    @api.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    app = kitmw.stack(api, tracing={"tracer_provider": provider})
+    async with client(app) as c:
+        r = await c.get("/items/7")
+    assert r.json() == {"item_id": 7}
+    (span,) = server_spans(exporter)
+    assert span.name == "GET /items/{item_id}"
+    assert span.attributes["http.route"] == "/items/{item_id}"
+
+
+@pytest.mark.anyio
+async def test_unmatched_path_is_named_by_method_only(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    async with client(app) as c:
+        r = await c.get("/wp-admin/setup.php")
+    assert r.status_code == 404
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET"  # never the raw path
+    assert "http.route" not in span.attributes
+
+
+@pytest.mark.anyio
+async def test_stable_semconv_attributes_on_request(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider, semconv="http")
+    async with client(app) as c:
+        await c.get("/items/1?x=1")
+    (span,) = exporter.get_finished_spans()
+    attrs = span.attributes
+    assert attrs["http.request.method"] == "GET"
+    assert attrs["url.path"] == "/items/1"
+    assert attrs["url.query"] == "x=1"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["http.response.body.size"] == len("item 1")
+    assert "http.method" not in attrs
+
+
+# -- propagation in -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_incoming_traceparent_continues_the_trace(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    async with client(app) as c:
+        await c.get("/items/1", headers={"traceparent": TRACEPARENT})
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.parent is not None and span.parent.is_remote
+    assert format(span.parent.span_id, "016x") == PARENT_ID
+
+
+HOSTILE: list[Any] = [
+    pytest.param([(b"traceparent", b"garbage")], id="garbage"),
+    pytest.param([(b"traceparent", b"00-" + b"0" * 32 + b"-" + b"0" * 16 + b"-01")], id="zero-ids"),
+    pytest.param(
+        [(b"traceparent", b"ff-" + TRACE_ID.encode() + b"-" + PARENT_ID.encode() + b"-01")], id="version-ff"
+    ),
+    pytest.param([(b"traceparent", b"00-" + b"z" * 32 + b"-" + b"1" * 16 + b"-01")], id="non-hex"),
+    pytest.param([(b"traceparent", b"\xff\xfe\x00" * 100)], id="binary"),
+    pytest.param([(b"traceparent", b"00-" + b"a" * 10_000)], id="huge"),
+    pytest.param([(b"traceparent", TRACEPARENT.encode() + b"-extra")], id="v00-extra-field"),
+    pytest.param(
+        [(b"traceparent", TRACEPARENT.encode()), (b"tracestate", b"=,=,\x00\xff,,,a==b" * 200)],
+        id="tracestate-garbage",
+    ),
+    pytest.param([(b"traceparent", b""), (b"tracestate", b"k=v")], id="empty"),
+    pytest.param([(b"baggage", b"%%%;;;==\xff" * 500)], id="baggage-garbage"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("headers", HOSTILE)
+async def test_garbage_trace_headers_never_fail_the_request(spans: Any, headers: list[Any]) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    assert await call(app, "/items/1", headers) == 200
+    (span,) = exporter.get_finished_spans()
+    assert span.context.is_valid
+    if headers[0][1] != TRACEPARENT.encode():
+        assert span.parent is None  # a new root trace
+        assert format(span.context.trace_id, "032x") != TRACE_ID
+
+
+@pytest.mark.anyio
+async def test_non_utf8_query_string_still_traced(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    assert await call(app, "/items/1", query=b"q=\xff\xfe%zz") == 200
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /items/{item_id}"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_app_exception_marks_span_error_with_event(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    async with client(app) as c:
+        r = await c.get("/fail")
+    assert r.status_code == 500
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["http.status_code"] == 500
+    (event,) = [e for e in span.events if e.name == "exception"]
+    assert event.attributes["exception.type"] == "RuntimeError"
+    assert event.attributes["exception.message"] == "boom"
+
+
+@pytest.mark.anyio
+async def test_app_exception_propagates_unchanged(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    async with client(app, raise_app_exceptions=True) as c:
+        with pytest.raises(RuntimeError, match="boom"):
+            await c.get("/fail")
+    assert len(exporter.get_finished_spans()) == 1
+
+
+@pytest.mark.anyio
+async def test_record_exceptions_off_keeps_error_status_without_event(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider, record_exceptions=False)
+    async with client(app) as c:
+        await c.get("/fail")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert not span.events
+
+
+@pytest.mark.anyio
+async def test_5xx_answer_is_error_4xx_is_not(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    async with client(app) as c:
+        await c.get("/down")
+        await c.get("/nope")
+    down, nope = exporter.get_finished_spans()
+    assert down.status.status_code is StatusCode.ERROR
+    assert nope.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.anyio
+async def test_hook_errors_are_recorded_not_raised(spans: Any) -> None:
+    provider, exporter = spans
+
+    def bad_hook(span: Any, scope: Any) -> None:
+        raise ValueError("hook bug")
+
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider, server_request_hook=bad_hook)
+    async with client(app) as c:
+        r = await c.get("/items/1")
+    assert r.status_code == 200
+    (span,) = exporter.get_finished_spans()
+    assert [e.attributes["exception.message"] for e in span.events] == ["hook bug"]
+
+
+# -- exclusions, streaming, websockets, lifespan ---------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_excluded_path_is_anchored(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider, exclude_paths=["/health"])
+    async with client(app) as c:
+        assert (await c.get("/health")).status_code == 200
+        assert (await c.get("/health/")).status_code in (200, 307)
+        assert (await c.get("/healthz")).status_code == 200
+    assert [s.attributes["http.target"] for s in exporter.get_finished_spans()] == ["/healthz"]
+
+
+@pytest.mark.anyio
+async def test_streaming_response_one_span_ended_after_last_chunk(spans: Any) -> None:
+    provider, exporter = spans
+    finished_while_streaming: list[int] = []
+
+    async def chunks() -> Any:
+        for i in range(3):
+            finished_while_streaming.append(len(exporter.get_finished_spans()))
+            yield f"chunk{i};".encode()
+
+    async def stream(request: Any) -> StreamingResponse:
+        return StreamingResponse(chunks(), media_type="text/plain")
+
+    app = kitmw.Tracing(Starlette(routes=[Route("/stream", stream)]), tracer_provider=provider)
+    async with client(app) as c:
+        r = await c.get("/stream")
+    assert r.text == "chunk0;chunk1;chunk2;"
+    assert finished_while_streaming == [0, 0, 0]
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /stream"
+    assert span.attributes["http.response_content_length"] == len(r.content)
+    assert span.end_time >= span.start_time
+
+
+@pytest.mark.anyio
+async def test_no_spans_for_send_and_receive(spans: Any) -> None:
+    provider, exporter = spans
+
+    async def echo(request: Any) -> StreamingResponse:
+        body = b""
+        async for part in request.stream():
+            body += part
+
+        async def out() -> Any:
+            for _ in range(5):
+                yield body
+
+        return StreamingResponse(out())
+
+    app = kitmw.Tracing(Starlette(routes=[Route("/echo", echo, methods=["POST"])]), tracer_provider=provider)
+
+    async def body() -> Any:
+        for _ in range(5):
+            yield b"x" * 1000
+
+    async with client(app) as c:
+        r = await c.post("/echo", content=body())
+    assert len(r.content) == 25_000
+    assert [s.name for s in exporter.get_finished_spans()] == ["POST /echo"]
+
+
+def test_websocket_and_lifespan_pass_through(spans: Any) -> None:
+    provider, exporter = spans
+    started: list[str] = []
+
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hi " + await websocket.receive_text())
+        await websocket.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        started.append("up")
+        yield
+
+    inner = Starlette(routes=[WebSocketRoute("/ws", ws)], lifespan=lifespan)
+    app = kitmw.Tracing(inner, tracer_provider=provider)
+    with TestClient(app) as tc, tc.websocket_connect("/ws") as conn:
+        conn.send_text("there")
+        assert conn.receive_text() == "hi there"
+    assert started == ["up"]
+    assert exporter.get_finished_spans() == ()
+
+
+# -- the exchange and the context -------------------------------------------------------------
+
+
+class IdRecorder(Policy):
+    name = "ids"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str | None, str | None]] = []
+
+    def enter(self, ex: Exchange) -> None:
+        self.seen.append((ex.trace_id, ex.span_id))
+        current = trace.get_current_span().get_span_context()
+        self.seen.append((format(current.trace_id, "032x"), format(current.span_id, "016x")))
+
+    def exit(self, ex: Exchange) -> None:
+        self.seen.append((ex.trace_id, ex.span_id))
+
+
+@pytest.mark.anyio
+async def test_trace_and_span_ids_visible_to_inner_policies(spans: Any) -> None:
+    provider, exporter = spans
+    recorder = IdRecorder()
+    app = kitmw.asgi.Middleware(starlette_app(), TracingPolicy(tracer_provider=provider), recorder)
+    async with client(app) as c:
+        await c.get("/items/1", headers={"traceparent": TRACEPARENT})
+    (span,) = exporter.get_finished_spans()
+    ids = (format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"))
+    assert ids[0] == TRACE_ID
+    assert recorder.seen == [ids, ids, ids]
+
+
+@pytest.mark.anyio
+async def test_context_is_detached_after_the_request(spans: Any) -> None:
+    provider, _ = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    await call(app, "/items/1")
+    await call(app, "/fail-not-found")
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+@pytest.mark.anyio
+async def test_nested_kitmw_layers_make_one_span(spans: Any) -> None:
+    provider, exporter = spans
+    inner = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    app = kitmw.stack(inner, tracing={"tracer_provider": provider})
+    async with client(app) as c:
+        await c.get("/items/1")
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /items/{item_id}"
+
+
+@pytest.mark.anyio
+async def test_contrib_middleware_outside_is_adopted(spans: Any) -> None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    provider, exporter = spans
+    recorder = IdRecorder()
+    app = OpenTelemetryMiddleware(
+        kitmw.asgi.Middleware(starlette_app(), TracingPolicy(tracer_provider=provider), recorder),
+        tracer_provider=provider,
+        meter_provider=None,
+        exclude_spans=["receive", "send"],
+    )
+    async with client(app) as c:
+        await c.get("/items/5")
+    (span,) = server_spans(exporter)
+    assert len(exporter.get_finished_spans()) == 1
+    assert span.name == "GET /items/{item_id}"  # contrib's raw-path name replaced
+    assert recorder.seen[0] == (format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"))
+
+
+# -- the policy over other protocols ----------------------------------------------------------
+
+
+class WsgiLike(Exchange):
+    """A neutral exchange over a WSGI environ, as the WSGI driver presents it."""
+
+    protocol = "wsgi"
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        super().__init__(environ["REQUEST_METHOD"], environ["PATH_INFO"])
+        self.environ = environ
+
+    @property
+    def native(self) -> dict[str, Any]:
+        return self.environ
+
+    def header(self, name: str) -> str | None:
+        value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return None if value is None else str(value)
+
+
+def test_wsgi_exchange_gets_wsgi_attributes(spans: Any) -> None:
+    provider, exporter = spans
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/orders",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "10.0.0.1",
+        "HTTP_HOST": "shop.example",
+        "HTTP_TRACEPARENT": TRACEPARENT,
+        "wsgi.url_scheme": "https",
+    }
+    ex = WsgiLike(environ)
+    policy = TracingPolicy(tracer_provider=provider)
+    assert policy.enter(ex) is None
+    assert ex.trace_id == TRACE_ID
+    ex.status = 201
+    policy.exit(ex)
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "POST"
+    assert span.attributes["http.method"] == "POST"
+    assert span.attributes["http.scheme"] == "https"
+    assert span.attributes["net.peer.ip"] == "10.0.0.1"
+    assert span.attributes["http.status_code"] == 201
+
+
+# -- client side ----------------------------------------------------------------------------
+
+
+class ClientExchange(Exchange):
+    """A neutral client-side exchange, as the httpx driver presents it."""
+
+    side = "client"
+
+    def __init__(self, method: str, url: str) -> None:
+        super().__init__(method, url.split("?")[0])
+        self._url = url
+        self.sent_headers: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return self._url.split("?")[0]
+
+    @property
+    def query(self) -> str:
+        return self._url.partition("?")[2]
+
+    def set_request_header(self, name: str, value: str) -> None:
+        self.sent_headers[name.lower()] = value
+
+
+def test_client_span_injects_traceparent(spans: Any) -> None:
+    provider, exporter = spans
+    policy = ClientTracingPolicy(tracer_provider=provider)
+    ex = ClientExchange("GET", "https://user:secret@api.example:8443/v1/items?id=3")
+    policy.enter(ex)
+    ex.status = 200
+    policy.exit(ex)
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.CLIENT
+    assert span.name == "GET"
+    assert ex.sent_headers["traceparent"].startswith(f"00-{ex.trace_id}-{ex.span_id}-")
+    assert format(span.context.span_id, "016x") == ex.span_id
+    assert "secret" not in span.attributes["http.url"]
+    assert span.attributes["http.url"].endswith("api.example:8443/v1/items?id=3")
+    assert span.attributes["http.status_code"] == 200
+
+
+def test_client_span_stable_semconv_attributes(spans: Any) -> None:
+    provider, exporter = spans
+    policy = ClientTracingPolicy(tracer_provider=provider, semconv="http")
+    ex = ClientExchange("POST", "http://user:pw@10.1.2.3/submit")
+    policy.enter(ex)
+    ex.status = 201
+    policy.exit(ex)
+    (span,) = exporter.get_finished_spans()
+    attrs = span.attributes
+    assert attrs["http.request.method"] == "POST"
+    assert "pw" not in attrs["url.full"] and "user" not in attrs["url.full"]
+    assert attrs["server.address"] == "10.1.2.3"
+    assert attrs["server.port"] == 80
+    assert attrs["http.response.status_code"] == 201
+
+
+def test_client_span_is_child_of_current_span(spans: Any) -> None:
+    provider, exporter = spans
+    policy = ClientTracingPolicy(tracer_provider=provider)
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("handler") as parent:
+        ex = ClientExchange("GET", "http://upstream/x")
+        policy.enter(ex)
+        ex.status = 200
+        policy.exit(ex)
+    client_span = next(s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT)
+    assert client_span.context.trace_id == parent.get_span_context().trace_id
+    assert client_span.parent.span_id == parent.get_span_context().span_id
+
+
+def test_client_error_and_5xx_mark_span_error(spans: Any) -> None:
+    provider, exporter = spans
+    policy = ClientTracingPolicy(tracer_provider=provider)
+    ex = ClientExchange("GET", "http://upstream/x")
+    policy.enter(ex)
+    ex.error = ConnectionError("refused")
+    policy.exit(ex)
+    ex2 = ClientExchange("GET", "http://upstream/y")
+    policy.enter(ex2)
+    ex2.status = 503
+    policy.exit(ex2)
+    failed, unavailable = exporter.get_finished_spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
+    assert unavailable.status.status_code is StatusCode.ERROR
+
+
+@pytest.mark.skip(reason="needs kitmw.httpx (the httpx driver), written by another helper")
+def test_one_trace_across_client_and_server() -> None:
+    pass
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        pytest.param({"tracer_provider": object()}, "tracer_provider", id="provider"),
+        pytest.param({"propagator": "w3c"}, "propagator", id="propagator"),
+        pytest.param({"server_request_hook": 3}, "server_request_hook", id="hook"),
+        pytest.param({"semconv": "new"}, "semconv", id="semconv"),
+        pytest.param({"exclude_paths": ["health"]}, "exclude_paths", id="exclude"),
+        pytest.param({"record_exceptions": "yes"}, "record_exceptions", id="record"),
+    ],
+)
+def test_bad_options_raise_config_error_naming_the_option(options: dict[str, Any], option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        TracingPolicy(**options)
+
+
+def test_policy_declares_its_shared_options() -> None:
+    assert TracingPolicy.name == ClientTracingPolicy.name == "tracing"
+    assert TracingPolicy.shared_options == ("exclude_paths",)
