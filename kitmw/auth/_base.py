@@ -1,0 +1,112 @@
+"""What every auth backend shares: the user object, the error, the backend protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from starlette.authentication import BaseUser
+
+from ..errors import KitmwError
+from ..exchange import Exchange
+
+__all__ = ["AuthError", "AuthResult", "Backend", "KeysUnavailable", "Principal", "quote"]
+
+
+class AuthError(KitmwError):
+    """Credentials were presented but are not valid: the request gets a 401.
+
+    Backends raise it (never a foreign error) so the policy can tell "bad credentials"
+    (401 with ``error="invalid_token"``) from "no credentials for me" (``None``).
+    """
+
+
+class KeysUnavailable(AuthError):
+    """No key could be found for a token because the JWKS endpoint is unreachable."""
+
+
+class Principal(BaseUser):
+    """An authenticated caller; Starlette's ``request.user`` is this object.
+
+    It subclasses :class:`starlette.authentication.BaseUser`, so ``request.user.identity``,
+    ``.display_name`` and ``.is_authenticated`` work as with Starlette's own
+    middleware; ``.scopes`` and ``.claims`` (the verified JWT payload) come on top.
+    Immutable: a backend may hand the same object to many requests (the JWT cache does).
+    """
+
+    __slots__ = ("_identity", "backend", "claims", "scopes")
+
+    def __init__(
+        self,
+        identity: str,
+        scopes: Iterable[str] = (),
+        claims: Mapping[str, Any] | None = None,
+        backend: str = "",
+    ) -> None:
+        self._identity = identity
+        self.scopes: frozenset[str] = frozenset(scopes)
+        self.claims = claims
+        self.backend = backend
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def display_name(self) -> str:
+        return self._identity
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"Principal({self._identity!r}, scopes={sorted(self.scopes)!r}, backend={self.backend!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Principal):
+            return NotImplemented
+        return (self._identity, self.scopes, self.backend) == (other._identity, other.scopes, other.backend)
+
+    def __hash__(self) -> int:
+        return hash((self._identity, self.scopes, self.backend))
+
+
+#: What a backend returns for valid credentials (the same class as :class:`Principal`).
+AuthResult = Principal
+
+
+class Backend:
+    """The protocol of auth backends (subclass it to write your own).
+
+    ``authenticate(ex)`` returns a :class:`Principal`, ``None`` when the request carries
+    no credentials for this backend (another backend may take them), or raises
+    :class:`AuthError` for credentials that are not valid. It is free of network I/O
+    unless ``does_io`` is true, in which case the async drivers call ``aauthenticate``.
+    ``challenge(error, scope)`` is the ``WWW-Authenticate`` value of a 401/403.
+    """
+
+    __slots__ = ()
+
+    #: Short name, recorded on the principal (``jwt``, ``basic``, ``apikey``).
+    name: ClassVar[str] = "backend"
+
+    @property
+    def does_io(self) -> bool:
+        """True if ``authenticate`` may do network I/O (the async side then awaits it)."""
+        return False
+
+    def authenticate(self, ex: Exchange) -> Principal | None:
+        raise NotImplementedError
+
+    async def aauthenticate(self, ex: Exchange) -> Principal | None:
+        return self.authenticate(ex)
+
+    def challenge(self, error: str | None = None, scope: str | None = None) -> str | None:
+        """The ``WWW-Authenticate`` value for this backend (``None`` for none)."""
+        return None
+
+
+def quote(value: str) -> str:
+    """An RFC 7235 quoted-string (realms and scopes are configuration, never user input)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,225 @@
+"""The auth policy: try backends in order, check scopes, answer 401/403 by the RFCs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from starlette.authentication import UnauthenticatedUser
+
+from .._paths import PathMatcher
+from ..errors import ConfigError, Rejection
+from ..exchange import Exchange, Policy
+from ._base import AuthError, Backend, Principal
+
+__all__ = ["AuthPolicy"]
+
+_ANONYMOUS = UnauthenticatedUser()
+
+
+class _Rule:
+    __slots__ = ("forbidden", "prefix", "required", "under")
+
+    def __init__(self, prefix: str, required: frozenset[str], forbidden: tuple[Rejection, ...]) -> None:
+        self.prefix = prefix
+        self.under = "/" if prefix == "/" else prefix + "/"
+        self.required = required
+        self.forbidden = forbidden
+
+
+class AuthPolicy(Policy):
+    """Authenticate every request with the first backend that recognises its credentials.
+
+    :param backend: a backend (:class:`~kitmw.auth.JWT`, :class:`~kitmw.auth.Basic`,
+        :class:`~kitmw.auth.APIKey`, or your own :class:`~kitmw.auth.Backend`) or a list
+        of them, tried in order; credentials one rejects are offered to the next.
+    :param scopes: ``{path prefix: required scopes}``; the longest matching prefix wins,
+        a prefix matches whole segments (``/admin`` covers ``/admin/x``, not ``/admins``).
+        An authenticated caller without every required scope gets a 403.
+    :param exclude_paths: paths served without authentication (health checks).
+    :param allow_options: let CORS preflights (``OPTIONS`` with
+        ``Access-Control-Request-Method``) through unauthenticated.
+    :param optional: let requests without credentials through anonymously
+        (``request.user.is_authenticated`` is false), except under a ``scopes`` prefix.
+        Bad credentials are still a 401.
+    :param registry: Prometheus registry counting JWKS fetch failures
+        (``kitmw_storage_errors_total{component="jwks"}``).
+
+    The principal, scopes and claims land on the exchange (access log, rate-limit keys)
+    and, under ASGI, in ``scope["user"]``/``scope["auth"]`` so Starlette's
+    ``request.user`` and ``request.auth.scopes`` work. Rejected websockets are closed
+    with code 1008.
+    """
+
+    __slots__ = (
+        "_allow_options",
+        "_async",
+        "_backends",
+        "_exclude",
+        "_invalid",
+        "_io",
+        "_missing",
+        "_optional",
+        "_rules",
+        "registry",
+    )
+
+    name: ClassVar[str] = "auth"
+    handles_websocket: ClassVar[bool] = True
+    shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | Iterable[Backend],
+        scopes: Mapping[str, Iterable[str]] | None = None,
+        exclude_paths: Iterable[str] | str | None = (),
+        allow_options: bool = True,
+        optional: bool = False,
+        registry: Any = None,
+    ) -> None:
+        backends = self._check_backends(backend)
+        self._backends = backends
+        self._async = tuple(bool(getattr(b, "does_io", False)) for b in backends)
+        self._io = any(self._async)
+        self._exclude = PathMatcher(exclude_paths)
+        self._allow_options = bool(allow_options)
+        self._optional = bool(optional)
+        self.registry = registry
+        for b in backends:
+            bind = getattr(b, "bind_registry", None)
+            if callable(bind):
+                bind(registry)
+
+        def challenges(
+            error_at: int = -1, error: str = "invalid_token", scope: str | None = None
+        ) -> tuple[tuple[str, str], ...]:
+            found = []
+            for i, b in enumerate(backends):
+                value = b.challenge(error if i == error_at else None, scope if i == error_at else None)
+                if value:
+                    found.append(("WWW-Authenticate", value))
+            return tuple(found)
+
+        self._missing = Rejection(401, "unauthorized", headers=challenges())
+        self._invalid = tuple(
+            Rejection(401, "unauthorized", headers=challenges(i)) for i in range(len(backends))
+        )
+        rules: list[_Rule] = []
+        if scopes is not None:
+            if not isinstance(scopes, Mapping):
+                raise ConfigError(f"scopes: expected a mapping of path prefix to scopes, got {scopes!r}")
+            for prefix, required in scopes.items():
+                if not isinstance(prefix, str) or not prefix.startswith("/"):
+                    raise ConfigError(f"scopes: each prefix must be a path starting with '/', got {prefix!r}")
+                if isinstance(required, str):
+                    required = required.split()
+                needed = frozenset(required)
+                if not all(isinstance(s, str) and s and " " not in s for s in needed):
+                    raise ConfigError(
+                        f"scopes: {prefix!r} needs scope names without spaces, got {required!r}"
+                    )
+                listed = " ".join(sorted(needed))
+                forbidden = tuple(
+                    Rejection(
+                        403,
+                        "forbidden",
+                        headers=challenges(i, "insufficient_scope", listed)
+                        if b.challenge("insufficient_scope", listed)
+                        else (),
+                    )
+                    for i, b in enumerate(backends)
+                )
+                rules.append(_Rule(prefix.rstrip("/") or "/", needed, forbidden))
+        rules.sort(key=lambda r: len(r.prefix), reverse=True)
+        self._rules = tuple(rules)
+
+    @staticmethod
+    def _check_backends(backend: Any) -> tuple[Backend, ...]:
+        if backend is None:
+            raise ConfigError(
+                "backend: required: kitmw.auth.JWT(...), Basic(...), APIKey(...) or a list of them"
+            )
+        items = tuple(backend) if isinstance(backend, (list, tuple)) else (backend,)
+        if not items:
+            raise ConfigError("backend: the list of backends is empty")
+        for item in items:
+            if not callable(getattr(item, "authenticate", None)) or not callable(
+                getattr(item, "challenge", None)
+            ):
+                raise ConfigError(
+                    f"backend: expected kitmw.auth backends (JWT, Basic, APIKey or a Backend subclass), got {item!r}"
+                )
+        return items
+
+    # -- decisions (no I/O) ------------------------------------------------------------------
+
+    def _skip(self, ex: Exchange) -> bool:
+        if self._exclude and self._exclude(ex.path):
+            return True
+        return (
+            self._allow_options
+            and ex.method == "OPTIONS"
+            and ex.header("access-control-request-method") is not None
+        )
+
+    def _rule(self, path: str) -> _Rule | None:
+        for rule in self._rules:
+            if path == rule.prefix or path.startswith(rule.under):
+                return rule
+        return None
+
+    def _admit(self, ex: Exchange, principal: Principal, at: int) -> Rejection | None:
+        ex.set_user(principal.identity, principal.scopes, getattr(principal, "claims", None), principal)
+        if self._rules:
+            rule = self._rule(ex.path)
+            if rule is not None and not rule.required <= ex.scopes:
+                return rule.forbidden[at]
+        return None
+
+    def _refuse(self, ex: Exchange, error_at: int) -> Rejection | None:
+        if error_at >= 0:
+            return self._invalid[error_at]
+        if self._optional and self._rule(ex.path) is None:
+            # Anonymous but allowed: Starlette's convention for "nobody".
+            ex.set_user("", (), None, _ANONYMOUS)
+            ex.principal = None
+            return None
+        return self._missing
+
+    # -- the policy protocol -------------------------------------------------------------
+
+    def enter(self, ex: Exchange) -> Rejection | None:
+        if self._skip(ex):
+            return None
+        error_at = -1
+        for i, backend in enumerate(self._backends):
+            try:
+                principal = backend.authenticate(ex)
+            except AuthError:
+                if error_at < 0:
+                    error_at = i
+                continue
+            if principal is not None:
+                return self._admit(ex, principal, i)
+        return self._refuse(ex, error_at)
+
+    async def aenter(self, ex: Exchange) -> Rejection | None:
+        if not self._io:
+            return self.enter(ex)
+        if self._skip(ex):
+            return None
+        error_at = -1
+        for i, backend in enumerate(self._backends):
+            try:
+                if self._async[i]:
+                    principal = await backend.aauthenticate(ex)
+                else:
+                    principal = backend.authenticate(ex)
+            except AuthError:
+                if error_at < 0:
+                    error_at = i
+                continue
+            if principal is not None:
+                return self._admit(ex, principal, i)
+        return self._refuse(ex, error_at)
