@@ -1,0 +1,117 @@
+"""Client load balancing over a static list of instances of one service (Go kit ``sd/lb``).
+
+Decision logic only: :class:`Balancer` says in which order to try the instances; the
+httpx drivers try them in that order and skip those whose breaker refuses the call,
+which gives the health-aware balancing Go kit never built (PR #67): an instance that
+is down opens its own breaker and stops receiving traffic until it probes healthy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random as _random
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = ["STRATEGIES", "Balancer", "Instance", "origin_key"]
+
+STRATEGIES = ("round_robin", "random")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_key(scheme: str, host: str, port: int | None) -> str:
+    """``scheme://host:port`` with the default port filled in (breaker and limit key)."""
+    if port is None:
+        port = _DEFAULT_PORTS.get(scheme, 0)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
+class Instance(NamedTuple):
+    """One instance: its origin parts, the ``Host`` header for it, and its key."""
+
+    scheme: str
+    host: str
+    port: int | None  # None: the scheme's default port
+    netloc: str  # the Host header httpx would send
+    key: str  # origin_key()
+
+
+def parse_instance(url: str) -> Instance:
+    if not isinstance(url, str):
+        url = str(url)  # an httpx.URL
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"instances: invalid URL {url!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ConfigError(f"instances: expected http(s)://host[:port] base URLs, got {url!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ConfigError(
+            f"instances: expected an origin (scheme, host, port) without path, query or user, got {url!r}"
+        )
+    host = parts.hostname.lower()
+    if port == _DEFAULT_PORTS[scheme]:
+        port = None
+    shown = f"[{host}]" if ":" in host else host
+    netloc = shown if port is None else f"{shown}:{port}"
+    return Instance(scheme, host, port, netloc, origin_key(scheme, host, port))
+
+
+class Balancer:
+    """Order in which to try the instances of one service.
+
+    :param instances: base URLs (origins) of the instances.
+    :param strategy: ``"round_robin"`` (default) or ``"random"``.
+    """
+
+    __slots__ = ("_counter", "_index", "_random", "instances", "strategy")
+
+    def __init__(
+        self,
+        instances: Iterable[str],
+        strategy: str = "round_robin",
+        *,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        if isinstance(instances, str):
+            raise ConfigError("instances: expected a list of base URLs, got a single string")
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"balance: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        parsed = tuple(parse_instance(u) for u in instances)
+        if not parsed:
+            raise ConfigError("instances: expected at least one base URL")
+        index: dict[str, int] = {}
+        for i, inst in enumerate(parsed):
+            if inst.key in index:
+                raise ConfigError(f"instances: {inst.key} is listed twice")
+            index[inst.key] = i
+        self.instances = parsed
+        self.strategy = strategy
+        self._index = index
+        self._counter = itertools.count()
+        self._random = random
+
+    def index_of(self, key: str) -> int | None:
+        """Index of the instance with origin ``key``, or ``None`` if it is not listed."""
+        return self._index.get(key)
+
+    def order(self, avoid: int | None = None) -> list[int]:
+        """Indices to try, best first; ``avoid`` (the instance a retry comes from) goes
+        last when there is another one."""
+        n = len(self.instances)
+        # itertools.count is atomic under the GIL: no lock for round robin
+        start = int(self._random() * n) % n if self.strategy == "random" else next(self._counter) % n
+        if start == avoid and n > 1:
+            start = (start + 1) % n
+        order = [(start + i) % n for i in range(n)]
+        if avoid is not None and n > 1 and order[-1] != avoid:
+            order.remove(avoid)
+            order.append(avoid)
+        return order
