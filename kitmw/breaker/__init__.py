@@ -1,0 +1,41 @@
+"""Circuit breaking: pybreaker's state machine, async-safe, optionally shared through Redis.
+
+* :class:`Breaker` is the protocol-neutral primitive: ``acquire()`` a :class:`Permit`
+  (or :class:`~kitmw.errors.BreakerOpen`), make the call, ``release(permit, failed=...)``;
+  ``aacquire``/``arelease`` on asyncio. Server policies and httpx transports both use it.
+* :class:`BreakerPolicy` answers 503 ``circuit_open`` with ``Retry-After`` on the server.
+* :func:`get_breaker` / :class:`BreakerRegistry` share one breaker by name in a process;
+  ``storage="redis://..."`` shares one state by name across processes.
+"""
+
+from __future__ import annotations
+
+from ._core import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Breaker,
+    BreakerRegistry,
+    Permit,
+    ReportedFailure,
+    default_registry,
+    get_breaker,
+    guarded_call,
+)
+from ._policy import BreakerPolicy, default_is_failure, default_name
+
+__all__ = [
+    "CLOSED",
+    "HALF_OPEN",
+    "OPEN",
+    "Breaker",
+    "BreakerPolicy",
+    "BreakerRegistry",
+    "Permit",
+    "ReportedFailure",
+    "default_is_failure",
+    "default_name",
+    "default_registry",
+    "get_breaker",
+    "guarded_call",
+]

@@ -1,0 +1,727 @@
+"""The protocol-neutral breaker: pybreaker's state machine driven as acquire / release.
+
+pybreaker's ``CircuitBreaker.call`` holds its lock for the whole guarded call (threads
+are serialised, pybreaker #55) and cannot await. Here the guarded call is not a function
+but a *permit*: :meth:`Breaker.acquire` decides, :meth:`Breaker.release` records the
+verdict. Both run pybreaker's own state objects and storage under pybreaker's lock,
+held only for in-memory bookkeeping: never across an ``await``, never across the call.
+
+With Redis (``storage="redis://..."``) the same decisions run against a cached view of
+the shared state; the I/O around them is written once as generators yielding Redis
+operations (the ``httpx`` auth-flow pattern) and driven by a sync or an async runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+import pybreaker
+
+from .._types import Clock
+from ..errors import BreakerOpen, ConfigError
+from ._shared import SharedState, parse_snapshot
+
+__all__ = ["Breaker", "BreakerRegistry", "Permit", "ReportedFailure", "get_breaker"]
+
+CLOSED = pybreaker.STATE_CLOSED
+OPEN = pybreaker.STATE_OPEN
+HALF_OPEN = pybreaker.STATE_HALF_OPEN
+STATES = (CLOSED, OPEN, HALF_OPEN)
+
+log = logging.getLogger("kitmw.breaker")
+
+_Op = tuple[Any, ...]
+_Flow = Generator[_Op, Any, Any]
+
+
+class ReportedFailure(Exception):
+    """Stands for a failure reported without an exception (a 5xx answer), for listeners."""
+
+    def __init__(self, message: str = "failure reported", *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Permit:
+    """Leave to make one guarded call; give it back with :meth:`Breaker.release`."""
+
+    __slots__ = ("lease", "released", "trial")
+
+    def __init__(self, trial: bool, lease: str | None = None) -> None:
+        self.trial = trial
+        self.lease = lease
+        self.released = False
+
+    def __repr__(self) -> str:
+        return f"Permit(trial={self.trial})"
+
+
+#: Closed-state permits hold nothing, so one object serves every call.
+_ADMITTED = Permit(False)
+
+
+def guarded_call() -> None:
+    """Stands for the guarded call in ``CircuitBreakerListener.before_call(cb, func)``."""
+
+
+class _View(pybreaker.CircuitMemoryStorage):
+    """pybreaker's memory storage plus the open time on the breaker's own clock."""
+
+    def __init__(self) -> None:
+        super().__init__(CLOSED)
+        self.opened_ts = 0.0
+
+
+class _Machine(pybreaker.CircuitBreaker):
+    """pybreaker's breaker with ``open()`` stamped by the injected clock.
+
+    The storage is updated before the state object so listeners reading
+    ``cb.current_state`` in ``state_change`` already see the new state.
+    """
+
+    def __init__(self, *, clock: Clock, view: _View, **options: Any) -> None:
+        self._clock = clock
+        self._view = view
+        super().__init__(state_storage=view, **options)
+
+    def open(self) -> bool:
+        with self._lock:
+            self._view.opened_ts = self._clock()
+            self._view.opened_at = datetime.now(timezone.utc)
+            self._view.state = OPEN
+            self.state = OPEN  # type: ignore[assignment]
+        return True
+
+    def half_open(self) -> None:
+        with self._lock:
+            self._view.state = HALF_OPEN
+            self.state = HALF_OPEN  # type: ignore[assignment]
+
+    def close(self) -> None:
+        with self._lock:
+            self._view.reset_success_counter()
+            self._view.state = CLOSED
+            self.state = CLOSED  # type: ignore[assignment]
+
+
+class _Observer(pybreaker.CircuitBreakerListener):
+    """Logs transitions on ``kitmw.breaker`` and feeds the state gauge and transition counter."""
+
+    def __init__(self, name: str, inst: Any) -> None:
+        self.name = name
+        self.gauges = {s: inst.breaker_state.labels(name, s) for s in STATES} if inst is not None else None
+        self.transitions = inst.breaker_transitions if inst is not None else None
+        if self.gauges is not None:
+            self.show(CLOSED)
+
+    def show(self, state: str) -> None:
+        if self.gauges is not None:
+            for s, gauge in self.gauges.items():
+                gauge.set(1 if s == state else 0)
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        old = old_state.name if old_state is not None else CLOSED
+        new = new_state.name
+        log.log(
+            logging.WARNING if new == OPEN else logging.INFO,
+            "circuit breaker %s: %s -> %s",
+            self.name,
+            old,
+            new,
+            extra={"breaker": self.name, "from_state": old, "to_state": new},
+        )
+        self.show(new)
+        if self.transitions is not None:
+            self.transitions.labels(self.name, old, new).inc()
+
+
+def _instruments(registry: Any) -> Any:
+    try:
+        from ..metrics import instruments
+    except ImportError:  # pragma: no cover - the metrics module ships with kitmw
+        return None
+    return instruments(registry)
+
+
+def _check_int(option: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{option}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _check_seconds(option: str, value: Any, *, zero: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value < 0
+        or (value == 0 and not zero)
+    ):
+        raise ConfigError(f"{option}: expected a number of seconds {'>=' if zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def check_storage(storage: Any) -> str | None:
+    """Validate ``storage``: ``None`` or a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    if storage is None:
+        return None
+    if not isinstance(storage, str) or urlsplit(storage).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"storage: expected None or a redis://, rediss:// or unix:// URL, got {storage!r}")
+    try:
+        import redis  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - redis is an extra
+        raise ConfigError(
+            "storage: a Redis URL needs the redis package (pip install 'kitmw[redis]')"
+        ) from exc
+    return storage
+
+
+_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
+try:
+    import redis.exceptions as _redis_exceptions
+
+    _STORAGE_ERRORS = (_redis_exceptions.RedisError, OSError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+class Breaker:
+    """A named circuit breaker: pybreaker's state machine, async-safe, optionally shared.
+
+    ``acquire()`` returns a :class:`Permit` or raises :class:`~kitmw.errors.BreakerOpen`
+    (open, or half-open with every trial slot taken); ``release(permit, failed=...)``
+    records the verdict (``failed=None``: cancelled or unknown, frees the slot, counts
+    nothing). ``aacquire``/``arelease`` are the asyncio twins: identical without Redis,
+    with Redis they use an async client and never block the loop.
+
+    :param name: identifies the breaker (logs, metric labels, the Redis key).
+    :param fail_max: consecutive failures that open the breaker.
+    :param reset_timeout: seconds the breaker stays open before a trial is let through.
+    :param success_threshold: successful trials that close a half-open breaker.
+    :param half_open_max: trials allowed at once while half-open (across processes with Redis).
+    :param exclude: exception types (or predicates) that are not failures (pybreaker's).
+    :param listeners: ``pybreaker.CircuitBreakerListener`` objects.
+    :param storage: ``None`` (process-local) or a Redis URL shared by every process.
+    :param clock: seconds, injectable for tests; default ``time.monotonic`` locally and
+        ``time.time`` with Redis (the open timestamp is compared across hosts).
+    :param registry: prometheus-client registry for the breaker instruments.
+    :param refresh_interval: at most this old (seconds) the cached shared state may be.
+    :param storage_timeout: Redis socket timeout (seconds).
+    :param storage_retry: while Redis is down, try it again at most this often (seconds).
+    """
+
+    __slots__ = (
+        "_before",
+        "_busy_retry",
+        "_clock",
+        "_down",
+        "_half_open_max",
+        "_lease_ms",
+        "_loaded_at",
+        "_lock",
+        "_machine",
+        "_notify_success",
+        "_observer",
+        "_reconcile",
+        "_refresh_interval",
+        "_refreshing",
+        "_rejections",
+        "_reset_timeout",
+        "_retry_at",
+        "_shared",
+        "_storage_errors",
+        "_storage_retry",
+        "_tasks",
+        "_trials",
+        "_view",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        fail_max: int = 5,
+        reset_timeout: float = 30.0,
+        success_threshold: int = 1,
+        half_open_max: int = 1,
+        exclude: Sequence[type[BaseException] | Callable[[BaseException], bool]] = (),
+        listeners: Sequence[pybreaker.CircuitBreakerListener] = (),
+        storage: str | None = None,
+        clock: Clock | None = None,
+        registry: Any = None,
+        refresh_interval: float = 0.1,
+        storage_timeout: float = 0.5,
+        storage_retry: float = 1.0,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"name: expected a non-empty string, got {name!r}")
+        fail_max = _check_int("fail_max", fail_max)
+        self._reset_timeout = _check_seconds("reset_timeout", reset_timeout)
+        success_threshold = _check_int("success_threshold", success_threshold)
+        self._half_open_max = _check_int("half_open_max", half_open_max)
+        for item in exclude:
+            if not (isinstance(item, type) and issubclass(item, BaseException)) and not callable(item):
+                raise ConfigError(f"exclude: expected exception types or predicates, got {item!r}")
+        for listener in listeners:
+            if not isinstance(listener, pybreaker.CircuitBreakerListener):
+                raise ConfigError(
+                    f"listeners: expected pybreaker.CircuitBreakerListener objects, got {listener!r}"
+                )
+        storage = check_storage(storage)
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"clock: expected a callable returning seconds, got {clock!r}")
+        self._refresh_interval = _check_seconds("refresh_interval", refresh_interval, zero=True)
+        storage_timeout = _check_seconds("storage_timeout", storage_timeout)
+        self._storage_retry = _check_seconds("storage_retry", storage_retry, zero=True)
+
+        self.name = name
+        self._clock: Clock = clock or (time.time if storage else time.monotonic)
+        inst = _instruments(registry)
+        self._rejections = inst.breaker_rejections.labels(name) if inst is not None else None
+        self._storage_errors = inst.storage_errors.labels("breaker") if inst is not None else None
+        self._observer = _Observer(name, inst)
+        self._view = _View()
+        self._machine = _Machine(
+            clock=self._clock,
+            view=self._view,
+            fail_max=fail_max,
+            reset_timeout=self._reset_timeout,
+            success_threshold=success_threshold,
+            exclude=list(exclude),
+            listeners=[self._observer, *listeners],
+            name=name,
+        )
+        self._lock = self._machine._lock
+        self._before = tuple(listeners)
+        self._notify_success = bool(listeners)
+        self._trials = 0
+        # Seconds to wait when every trial slot is taken: the trial should answer soon.
+        self._busy_retry = min(1.0, self._reset_timeout)
+        self._shared = (
+            SharedState(storage, name, slots=self._half_open_max, timeout=storage_timeout)
+            if storage
+            else None
+        )
+        self._lease_ms = max(1000, int(self._reset_timeout * 1000))
+        self._loaded_at: float | None = None
+        self._refreshing = False
+        self._down = False
+        self._reconcile = False
+        self._retry_at = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"Breaker(name={self.name!r}, state={self.state!r})"
+
+    # -- read-only view ----------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half-open"`` as this process sees it."""
+        return self._view.state
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a trial call is allowed (0 unless open)."""
+        if self._view.state != OPEN:
+            return 0.0
+        return max(0.0, self._view.opened_ts + self._reset_timeout - self._clock())
+
+    @property
+    def fail_counter(self) -> int:
+        return self._view.counter
+
+    @property
+    def pybreaker(self) -> pybreaker.CircuitBreaker:
+        """The underlying ``pybreaker.CircuitBreaker`` (listeners receive it as ``cb``)."""
+        return self._machine
+
+    @property
+    def shared(self) -> bool:
+        return self._shared is not None
+
+    # -- sync side -------------------------------------------------------------------------
+
+    def acquire(self) -> Permit:
+        """Leave to call, or :class:`BreakerOpen`. Never blocks without Redis."""
+        if self._shared is None:
+            if self._view._state == CLOSED and not self._before:
+                return _ADMITTED
+            return self._decide_local()
+        return self._drive(self._acquire_flow())  # type: ignore[no-any-return]
+
+    def release(self, permit: Permit, *, failed: bool | None, error: BaseException | None = None) -> None:
+        """Record the verdict of the call ``permit`` allowed (``None``: cancelled, not counted)."""
+        if self._shared is None:
+            self._release_local(permit, failed, error)
+            return
+        try:
+            self._drive(self._release_flow(permit, failed, error))
+        finally:
+            if permit.lease is not None and not self._down:
+                self._run(("unlease", permit.lease))
+
+    # -- async side ------------------------------------------------------------------------
+
+    async def aacquire(self) -> Permit:
+        """Async twin of :meth:`acquire`: no blocking I/O, no lock held across an await."""
+        if self._shared is None:
+            if self._view._state == CLOSED and not self._before:
+                return _ADMITTED
+            return self._decide_local()
+        return await self._adrive(self._acquire_flow())  # type: ignore[no-any-return]
+
+    async def arelease(
+        self, permit: Permit, *, failed: bool | None, error: BaseException | None = None
+    ) -> None:
+        """Async twin of :meth:`release`; cancellation-safe (the slot is freed first)."""
+        if self._shared is None:
+            self._release_local(permit, failed, error)
+            return
+        try:
+            await self._adrive(self._release_flow(permit, failed, error))
+        finally:
+            if permit.lease is not None and not self._down:
+                self._unlease_later(permit.lease)
+
+    def close(self) -> None:
+        """Close the sync Redis client (if any)."""
+        if self._shared is not None:
+            self._shared.close()
+
+    async def aclose(self) -> None:
+        """Close the Redis clients this loop and the sync side opened (if any)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._shared is not None:
+            await self._shared.aclose()
+
+    # -- decisions (in memory, under the lock) -----------------------------------------------
+
+    def _reject(self, wait: float) -> BreakerOpen:
+        if self._rejections is not None:
+            self._rejections.inc()
+        return BreakerOpen(f"circuit breaker {self.name!r} is open", retry_after=wait, name=self.name)
+
+    def _call_before(self) -> None:
+        for listener in self._before:
+            listener.before_call(self._machine, guarded_call)
+
+    def _decide_local(self) -> Permit:
+        with self._lock:
+            self._call_before()
+            state = self._view._state
+            if state == CLOSED:
+                return _ADMITTED
+            if state == OPEN:
+                wait = self._view.opened_ts + self._reset_timeout - self._clock()
+                if wait > 0:
+                    raise self._reject(wait)
+            if self._trials >= self._half_open_max:
+                raise self._reject(self._busy_retry)
+            self._trials += 1
+            if state == OPEN:
+                self._machine.half_open()
+            return Permit(True)
+
+    def _release_local(self, permit: Permit, failed: bool | None, error: BaseException | None) -> None:
+        view = self._view
+        if (
+            failed is False
+            and not permit.trial
+            and view._fail_counter == 0
+            and view._state == CLOSED
+            and not self._notify_success
+        ):
+            return  # a success with nothing to reset and nobody to tell
+        with self._lock:
+            if permit.trial:
+                if permit.released:
+                    return
+                permit.released = True
+                self._trials -= 1
+            if failed is None or view._state != (HALF_OPEN if permit.trial else CLOSED):
+                return  # cancelled, or the breaker moved on while the call ran
+            self._step(failed, error)
+
+    def _step(self, failed: bool, error: BaseException | None) -> None:
+        state = self._machine.state
+        if failed:
+            try:
+                state._handle_error(error if error is not None else ReportedFailure(), reraise=False)
+            except pybreaker.CircuitBreakerError:
+                pass  # pybreaker announces the trip by raising; the transition is done
+        else:
+            state._handle_success()
+
+    def _adopt(self, values: Sequence[Any]) -> None:
+        """Take the shared snapshot as this process's state (listeners see any transition)."""
+        snap = parse_snapshot(values)
+        view = self._view
+        if snap.state != view._state:
+            view._state = snap.state
+            self._machine.state  # noqa: B018 - pybreaker notices the storage changed and notifies
+        view._fail_counter = snap.fails
+        view._success_counter = snap.successes
+        if snap.state != CLOSED:
+            view.opened_ts = snap.opened_at
+        self._loaded_at = time.monotonic()
+
+    # -- flows (decisions around the Redis I/O, written once for both sides) ------------------
+
+    def _stale(self) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._down:
+                if now < self._retry_at:
+                    return False
+                self._retry_at = now + self._storage_retry
+                return True
+            loaded = self._loaded_at
+            if loaded is None:
+                return True  # first use: never decide on a view we have not loaded
+            if self._refreshing or now - loaded < self._refresh_interval:
+                return False
+            self._refreshing = True
+            return True
+
+    def _acquire_flow(self) -> _Flow:
+        view = self._view
+        if self._stale():
+            try:
+                reply = yield ("refresh",)
+            finally:
+                self._refreshing = False
+            if reply is not None:
+                with self._lock:
+                    push = self._reconcile and view._state == OPEN
+                    self._reconcile = False
+                    if not push:
+                        self._adopt(reply)
+                if push:  # opened while Redis was down: tell the fleet
+                    reply = yield ("open", view.opened_ts)
+                    if reply is not None:
+                        with self._lock:
+                            self._adopt(reply)
+        with self._lock:
+            self._call_before()
+            state = view._state
+            if state == CLOSED:
+                return _ADMITTED
+            if state == OPEN:
+                wait = view.opened_ts + self._reset_timeout - self._clock()
+                if wait > 0:
+                    raise self._reject(wait)
+            if self._trials >= self._half_open_max:
+                raise self._reject(self._busy_retry)
+            self._trials += 1
+            if self._down:
+                if state == OPEN:
+                    self._machine.half_open()
+                return Permit(True)
+        granted = False
+        try:
+            token = uuid.uuid4().hex
+            reply = yield ("lease", token, self._lease_ms, self._clock(), self._reset_timeout)
+            with self._lock:
+                if reply is None:  # Redis failed just now: decide locally
+                    if view._state == OPEN:
+                        self._machine.half_open()
+                    granted = True
+                    return Permit(True)
+                code = int(reply[0])
+                self._adopt(reply[1:])
+                if code > 0:
+                    if view._state == OPEN:
+                        self._machine.half_open()
+                    granted = True
+                    return Permit(True, token)
+                if code < 0:
+                    return _ADMITTED  # closed meanwhile by another process
+                wait = view.opened_ts + self._reset_timeout - self._clock() if view._state == OPEN else 0.0
+                raise self._reject(wait if wait > 0 else self._busy_retry)
+        finally:
+            if not granted:
+                with self._lock:
+                    self._trials -= 1
+
+    def _release_flow(self, permit: Permit, failed: bool | None, error: BaseException | None) -> _Flow:
+        view = self._view
+        trial = permit.trial
+        expected = HALF_OPEN if trial else CLOSED
+        with self._lock:
+            if trial:
+                if permit.released:
+                    return
+                permit.released = True
+                self._trials -= 1
+            if failed is None or view._state != expected:
+                return
+            counts = failed and (error is None or self._machine.is_system_error(error))
+            pre: _Op | None = None
+            if not self._down:
+                if counts and not trial:
+                    pre = ("fail",)
+                elif not counts and trial:
+                    pre = ("trial_success",)
+        if pre is not None:
+            reply = yield pre
+            if reply is not None:
+                with self._lock:
+                    self._adopt(reply)
+                    # pybreaker's state object is about to count this call itself.
+                    if pre[0] == "fail":
+                        view._fail_counter = max(view._fail_counter - 1, 0)
+                    else:
+                        view._success_counter = max(view._success_counter - 1, 0)
+        with self._lock:
+            if view._state != expected:
+                return
+            fails_before = view._fail_counter
+            self._step(bool(failed), error)
+            after = view._state
+        if self._down:
+            return
+        post: _Op | None = None
+        if after != expected:
+            post = ("open", view.opened_ts) if after == OPEN else ("close",) if after == CLOSED else None
+        elif after == CLOSED and fails_before > 0 and view._fail_counter == 0:
+            post = ("reset",)
+        if post is not None:
+            reply = yield post
+            if reply is not None:
+                with self._lock:
+                    self._adopt(reply)
+
+    # -- runners ---------------------------------------------------------------------------
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        if self._storage_errors is not None:
+            self._storage_errors.inc()
+        with self._lock:
+            self._retry_at = time.monotonic() + self._storage_retry
+            if self._down:
+                return
+            self._down = True
+        log.error(
+            "circuit breaker %s: Redis unreachable (%s), using process-local state",
+            self.name,
+            exc,
+            extra={"breaker": self.name},
+        )
+
+    def _storage_ok(self) -> None:
+        with self._lock:
+            if not self._down:
+                return
+            self._down = False
+            self._reconcile = True
+        log.info(
+            "circuit breaker %s: Redis reachable again, sharing state",
+            self.name,
+            extra={"breaker": self.name},
+        )
+
+    def _run(self, op: _Op) -> Any:
+        assert self._shared is not None
+        try:
+            reply = self._shared.run(op)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed(exc)
+            return None
+        if self._down:
+            self._storage_ok()
+        return reply
+
+    async def _arun(self, op: _Op) -> Any:
+        assert self._shared is not None
+        try:
+            reply = await self._shared.arun(op)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed(exc)
+            return None
+        if self._down:
+            self._storage_ok()
+        return reply
+
+    def _drive(self, flow: _Flow) -> Any:
+        try:
+            op = next(flow)
+            while True:
+                op = flow.send(self._run(op))
+        except StopIteration as stop:
+            return stop.value
+
+    async def _adrive(self, flow: _Flow) -> Any:
+        try:
+            op = next(flow)
+            while True:
+                try:
+                    reply = await self._arun(op)
+                except BaseException:
+                    flow.close()  # its finally blocks free the trial slot
+                    if op[0] == "lease":
+                        self._unlease_later(op[1])  # the lease may have been taken
+                    raise
+                op = flow.send(reply)
+        except StopIteration as stop:
+            return stop.value
+
+    def _unlease_later(self, token: str) -> None:
+        """Give a lease back in a task of its own, so a cancelled request still frees it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - called from the async side only
+            return
+        task = loop.create_task(self._arun(("unlease", token)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class BreakerRegistry:
+    """Breakers by name, so several clients or apps in one process share one breaker.
+
+    Asking again for a name returns the same breaker; asking with other options is an
+    error (two meanings for one name would silently share state).
+    """
+
+    __slots__ = ("_breakers", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._breakers: dict[str, tuple[dict[str, Any], Breaker]] = {}
+
+    def get(self, name: str, **options: Any) -> Breaker:
+        with self._lock:
+            found = self._breakers.get(name)
+            if found is not None:
+                if found[0] != options:
+                    raise ConfigError(f"name: breaker {name!r} already exists with other options")
+                return found[1]
+            breaker = Breaker(name=name, **options)
+            self._breakers[name] = (dict(options), breaker)
+            return breaker
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers
+
+    def clear(self) -> None:
+        with self._lock:
+            self._breakers.clear()
+
+
+#: The process-wide registry behind :func:`get_breaker` (like prometheus-client's REGISTRY).
+default_registry = BreakerRegistry()
+
+
+def get_breaker(name: str, **options: Any) -> Breaker:
+    """The process-wide breaker called ``name``, built with ``options`` on first use."""
+    return default_registry.get(name, **options)

@@ -1,0 +1,231 @@
+"""Breaker state shared through Redis: one hash per breaker name, leased half-open probes.
+
+Layout (the ``{name}`` hash tag keeps every key of one breaker in one Redis Cluster slot)::
+
+    kitmw:breaker:{name}            hash: state, fails, successes, opened_at
+    kitmw:breaker:{name}:probe:<i>  a half-open trial lease (SET NX PX), i = 1..half_open_max
+
+Every write is one Lua script that checks the shared state before changing it and
+returns the resulting snapshot, so a process always adopts what Redis decided. A
+missing hash reads as "closed, no failures": nothing is initialised when a breaker is
+built, so a process joining the fleet never resets the shared state (pybreaker #26).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+__all__ = ["SharedState", "Snapshot", "parse_snapshot"]
+
+_FIELDS = ("state", "fails", "successes", "opened_at")
+
+_SNAP = """
+local function snap()
+  return redis.call('HMGET', KEYS[1], 'state', 'fails', 'successes', 'opened_at')
+end
+"""
+
+_SCRIPTS = {
+    # A failure seen while closed: counted only if the shared breaker is closed too.
+    "fail": _SNAP
+    + """
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st or st == 'closed' then redis.call('HINCRBY', KEYS[1], 'fails', 1) end
+return snap()
+""",
+    # A success while closed resets the consecutive-failure count.
+    "reset": _SNAP
+    + """
+local st = redis.call('HGET', KEYS[1], 'state')
+if (not st or st == 'closed') and redis.call('HEXISTS', KEYS[1], 'fails') == 1 then
+  redis.call('HSET', KEYS[1], 'fails', 0)
+end
+return snap()
+""",
+    # A successful half-open trial.
+    "trial_success": _SNAP
+    + """
+if redis.call('HGET', KEYS[1], 'state') == 'half-open' then
+  redis.call('HINCRBY', KEYS[1], 'successes', 1)
+end
+return snap()
+""",
+    # Open (from closed, or a failed trial); an already open breaker keeps its timestamp.
+    "open": _SNAP
+    + """
+if redis.call('HGET', KEYS[1], 'state') ~= 'open' then
+  redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[1], 'successes', 0)
+end
+return snap()
+""",
+    # Close after enough successful trials.
+    "close": _SNAP
+    + """
+if redis.call('HGET', KEYS[1], 'state') == 'half-open' then
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'fails', 0, 'successes', 0)
+  redis.call('HDEL', KEYS[1], 'opened_at')
+end
+return snap()
+""",
+    # Lease one of ARGV[3] trial slots. Returns {code, snapshot...}: code > 0 is the slot
+    # taken, 0 means refused (still open, or every slot is leased), -1 means closed.
+    "lease": _SNAP
+    + """
+local st = redis.call('HGET', KEYS[1], 'state')
+local code = 0
+if not st or st == 'closed' then
+  code = -1
+else
+  local ready = true
+  if st == 'open' then
+    local at = tonumber(redis.call('HGET', KEYS[1], 'opened_at') or '0') or 0
+    if tonumber(ARGV[4]) < at + tonumber(ARGV[5]) then ready = false end
+  end
+  if ready then
+    for i = 1, tonumber(ARGV[3]) do
+      if redis.call('SET', KEYS[2] .. i, ARGV[1], 'NX', 'PX', ARGV[2]) then
+        code = i
+        if st == 'open' then
+          redis.call('HSET', KEYS[1], 'state', 'half-open', 'successes', 0)
+        end
+        break
+      end
+    end
+  end
+end
+local s = snap()
+return {code, s[1], s[2], s[3], s[4]}
+""",
+    # Give back whatever slot this token holds (compare and delete).
+    "unlease": """
+local freed = 0
+for i = 1, tonumber(ARGV[2]) do
+  if redis.call('GET', KEYS[1] .. i) == ARGV[1] then
+    redis.call('DEL', KEYS[1] .. i)
+    freed = freed + 1
+  end
+end
+return freed
+""",
+}
+
+
+class Snapshot(NamedTuple):
+    """The shared state as one process last saw it."""
+
+    state: str
+    fails: int
+    successes: int
+    opened_at: float
+
+
+def _text(value: Any) -> str:
+    if value is None or value is False:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_snapshot(values: Sequence[Any]) -> Snapshot:
+    """Turn an ``HMGET`` reply into a :class:`Snapshot`; missing fields mean closed/zero."""
+    state = _text(values[0]) or "closed"
+    if state not in ("closed", "open", "half-open"):
+        state = "closed"
+    try:
+        fails = int(_text(values[1]) or 0)
+        successes = int(_text(values[2]) or 0)
+        opened_at = float(_text(values[3]) or 0.0)
+    except ValueError:  # a foreign writer: read as a fresh breaker rather than crash
+        fails, successes, opened_at = 0, 0, 0.0
+    return Snapshot(state, fails, successes, opened_at)
+
+
+class SharedState:
+    """Runs the scripts above with a sync client (threads) or an async client (asyncio).
+
+    The async client is kept per event loop: redis-py's asyncio connections belong to the
+    loop that opened them, and one breaker may serve several loops (uvicorn workers in
+    threads, test loops).
+    """
+
+    __slots__ = ("_aclients", "_sync", "_sync_scripts", "key", "probe", "slots", "timeout", "url")
+
+    def __init__(self, url: str, name: str, *, slots: int, timeout: float) -> None:
+        self.url = url
+        self.key = f"kitmw:breaker:{{{name}}}"
+        self.probe = f"{self.key}:probe:"
+        self.slots = slots
+        self.timeout = timeout
+        self._sync: Any = None
+        self._sync_scripts: dict[str, Any] = {}
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _keys_args(self, op: tuple[Any, ...]) -> tuple[list[str], list[Any]]:
+        kind = op[0]
+        if kind == "lease":  # ("lease", token, ttl_ms, now, reset_timeout)
+            return [self.key, self.probe], [op[1], op[2], self.slots, repr(op[3]), repr(op[4])]
+        if kind == "unlease":  # ("unlease", token)
+            return [self.probe], [op[1], self.slots]
+        if kind == "open":  # ("open", opened_at)
+            return [self.key], [repr(op[1])]
+        return [self.key], []
+
+    # -- sync (threads) --------------------------------------------------------------------
+
+    def run(self, op: tuple[Any, ...]) -> Any:
+        """Run ``op`` (``("refresh",)`` or a script name and its arguments); may raise."""
+        client = self._sync
+        if client is None:
+            import redis
+
+            client = self._sync = redis.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+        if op[0] == "refresh":
+            return client.hmget(self.key, _FIELDS)
+        script = self._sync_scripts.get(op[0])
+        if script is None:
+            script = self._sync_scripts[op[0]] = client.register_script(_SCRIPTS[op[0]])
+        keys, args = self._keys_args(op)
+        return script(keys=keys, args=args)
+
+    # -- async (asyncio) -------------------------------------------------------------------
+
+    def _aclient(self) -> tuple[Any, dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        found = self._aclients.get(loop)
+        if found is None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+            found = self._aclients[loop] = (client, {})
+        return found
+
+    async def arun(self, op: tuple[Any, ...]) -> Any:
+        """Async twin of :meth:`run`."""
+        client, scripts = self._aclient()
+        if op[0] == "refresh":
+            return await client.hmget(self.key, _FIELDS)
+        script = scripts.get(op[0])
+        if script is None:
+            script = scripts[op[0]] = client.register_script(_SCRIPTS[op[0]])
+        keys, args = self._keys_args(op)
+        return await script(keys=keys, args=args)
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop (and the sync one)."""
+        self.close()
+        found = self._aclients.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose()
