@@ -717,3 +717,75 @@ def test_mark_process_dead_is_a_no_op_without_multiprocess(monkeypatch: pytest.M
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
     kitmw.metrics.mark_process_dead(4242)
+
+
+# -- with the other kitmw pieces -----------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_stack_passes_exclude_paths_and_exposes_the_registry(registry: CollectorRegistry) -> None:
+    async def health(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/health", health), Route("/items/{item_id}", health)])
+    stacked = kitmw.stack(app, metrics={"registry": registry}, exclude_paths=["/health"])
+    async with client(stacked) as c:
+        await c.get("/health")
+        await c.get("/items/1")
+    labels = series(samples(registry), "http_server_requests_total")
+    assert labels == [{"method": "GET", "route": "/items/{item_id}", "status": "200"}]
+
+
+@pytest.mark.anyio
+async def test_exemplar_carries_the_trace_id_of_the_real_span(
+    registry: CollectorRegistry, spans: Any
+) -> None:
+    provider, exporter = spans
+    app = kitmw.stack(starlette_app(), tracing={"tracer_provider": provider}, metrics={"registry": registry})
+    async with client(app) as c:
+        await c.get("/items/1")
+        r = await c.get("/metrics", headers={"accept": OPENMETRICS})
+    trace_ids = {format(span.context.trace_id, "032x") for span in exporter.get_finished_spans()}
+    exemplars = [
+        s.exemplar.labels["trace_id"]
+        for family in openmetrics_families(r.text)
+        for s in family.samples
+        if s.name == "http_server_requests_total" and s.exemplar is not None
+    ]
+    assert len(exemplars) == 1 and exemplars[0] in trace_ids
+
+
+def test_flask_wsgi_app_gets_the_url_rule(registry: CollectorRegistry, serve_wsgi: Any) -> None:
+    from flask import Flask
+
+    flask_app = Flask("kitmw_metrics_test")
+
+    @flask_app.get("/items/<int:item_id>")
+    def get_item(item_id: int) -> str:
+        return f"item {item_id}"
+
+    app = kitmw.wsgi.Metrics(flask_app, registry=registry)
+    with serve_wsgi(app) as server, httpx.Client(base_url=server.url, timeout=10) as c:
+        for i in range(3):
+            assert c.get(f"/items/{i}").status_code == 200
+        c.get("/nope/1")
+        found = parse(c.get("/metrics").text)
+    assert requests_total(found, "/items/<int:item_id>") == 3
+    assert requests_total(found, "<unmatched>", "404") == 1
+    assert value(found, "http_server_requests_in_progress", method="GET") == 0
+
+
+@pytest.mark.anyio
+async def test_httpx_transport_counts_calls_per_host(registry: CollectorRegistry) -> None:
+    import kitmw.httpx
+
+    upstream = httpx.ASGITransport(app=starlette_app())
+    transport = kitmw.httpx.AsyncTransport(transport=upstream, metrics={"registry": registry})
+    async with httpx.AsyncClient(transport=transport, base_url="http://upstream:8080") as c:
+        await c.get("/items/1")
+        await c.get("/items/2")
+        await c.get("/nope")
+    found = samples(registry)
+    labels = {"method": "GET", "host": "upstream:8080"}
+    assert value(found, "http_client_requests_total", status="200", **labels) == 2
+    assert value(found, "http_client_requests_total", status="404", **labels) == 1
