@@ -1,0 +1,20 @@
+"""Rate limiting on ``limits``: a neutral :class:`Limiter` and the server :class:`RateLimitPolicy`.
+
+* :class:`Limiter` (``hit`` / ``ahit`` -> :class:`Decision`) is protocol-neutral; the
+  server policy and the httpx client helper both use it.
+* :class:`RateLimitPolicy` keys requests (client address through trusted proxies, a
+  header, the principal, the route, or a callable), picks per-route limits, and answers
+  429 with ``Retry-After`` and the IETF ``RateLimit``/``RateLimit-Policy`` headers, or
+  503 when the storage is down and ``fail_open=False``.
+* :class:`ClientAddress` is the trusted-proxy client-address key on its own.
+
+See ``docs/ratelimit.md``.
+"""
+
+from __future__ import annotations
+
+from ._keys import ClientAddress
+from ._limiter import STRATEGY_NAMES, Decision, Limiter
+from ._policy import RateLimitPolicy
+
+__all__ = ["STRATEGY_NAMES", "ClientAddress", "Decision", "Limiter", "RateLimitPolicy"]

@@ -1,0 +1,252 @@
+"""The server-side rate-limit policy: key, per-route limits, 429/503 answers, headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar
+
+from .._paths import PathMatcher
+from ..errors import ConfigError, Rejection
+from ..exchange import Exchange, Policy
+from ._keys import ClientAddress
+from ._limiter import Decision, Limiter, _Backend
+
+__all__ = ["RateLimitPolicy"]
+
+KeyFunc = Callable[[Exchange], "str | None"]
+
+
+def _header_key(name: str, client: ClientAddress) -> KeyFunc:
+    def key(ex: Exchange) -> str | None:
+        value = ex.header(name)
+        return "key:" + value if value else client(ex)  # no header: limited by address
+
+    return key
+
+
+def _principal_key(client: ClientAddress) -> KeyFunc:
+    def key(ex: Exchange) -> str | None:
+        principal = ex.principal
+        return "user:" + principal if principal else client(ex)
+
+    return key
+
+
+def _route_key(ex: Exchange) -> str | None:
+    return "route:" + ex.route_label()
+
+
+def _route_id(route: str) -> str:
+    return "route:" + route.replace("%", "%25").replace("/", "%2F")
+
+
+class RateLimitPolicy(Policy):
+    """Limit requests per key with ``limits``; answer 429 with ``Retry-After`` and IETF headers.
+
+    :param limit: a ``limits`` string (``"100/minute"``, several with ``;``), or None
+        when only ``routes`` are limited.
+    :param key: ``"client"`` (socket peer, or the client a trusted proxy names),
+        ``"header:X-API-Key"`` (the header's value; requests without it are keyed by
+        address), ``"principal"`` (set by auth; runs after auth in ``stack()``),
+        ``"route"`` (one budget per route for everybody), or a callable on the exchange
+        returning a key, or None to exempt the request.
+    :param storage: a ``limits`` storage URI (default ``memory://``, per process).
+    :param strategy: ``fixed-window``, ``moving-window``, ``sliding-window-counter``.
+    :param trusted_proxies: addresses/CIDRs whose ``X-Forwarded-For``/``Forwarded``
+        are believed (default none: the socket peer is the client).
+    :param fail_open: storage down: let requests through (True) or answer 503 (False).
+    :param exclude_paths: paths neither limited nor counted.
+    :param routes: route template or path prefix -> limit string (own budget per route),
+        or None to exempt that route.
+    :param methods: only these methods are limited (default all).
+    :param cost: callable on the exchange giving the request's cost (< 1: not limited).
+    :param headers: add ``RateLimit``/``RateLimit-Policy`` to allowed responses too.
+    :param ipv6_prefix: IPv6 clients share a budget per prefix (default /64).
+    :param registry: Prometheus registry for decision/storage-error counters.
+    :param storage_timeout: seconds a storage call may take.
+    """
+
+    __slots__ = (
+        "_cost",
+        "_default",
+        "_exclude",
+        "_headers",
+        "_key",
+        "_methods",
+        "_prefixes",
+        "_templates",
+        "_unavailable",
+        "backend",
+        "limit",
+        "needs_principal",
+    )
+
+    name: ClassVar[str] = "ratelimit"
+    shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
+
+    def __init__(
+        self,
+        *,
+        limit: str | None = None,
+        key: str | KeyFunc = "client",
+        storage: str = "memory://",
+        strategy: str = "fixed-window",
+        trusted_proxies: Iterable[str] | str = (),
+        fail_open: bool = True,
+        exclude_paths: Iterable[str] | str | None = (),
+        routes: Mapping[str, str | None] | None = None,
+        methods: Iterable[str] | None = None,
+        cost: Callable[[Exchange], int] | None = None,
+        headers: bool = True,
+        ipv6_prefix: int = 64,
+        registry: Any = None,
+        storage_timeout: float = 0.25,
+        storage_options: Mapping[str, Any] | None = None,
+        proxy_header: str = "auto",
+        namespace: str = "kitmw",
+        recovery_interval: float = 1.0,
+    ) -> None:
+        if limit is None and not routes:
+            raise ConfigError("limit: a rate string such as '100/minute' is required (or give routes)")
+        if routes is not None and not isinstance(routes, Mapping):
+            raise ConfigError(f"routes: expected a mapping of route -> limit string or None, got {routes!r}")
+        if cost is not None and not callable(cost):
+            raise ConfigError(f"cost: expected a callable on the exchange, got {cost!r}")
+        client = ClientAddress(
+            trusted_proxies=trusted_proxies, ipv6_prefix=ipv6_prefix, proxy_header=proxy_header
+        )
+        self._key = self._key_func(key, client)
+        self.needs_principal = key == "principal"
+        self.limit = limit
+        self._exclude = PathMatcher(exclude_paths)
+        self._methods = None if methods is None else frozenset(self._method_names(methods))
+        self._cost = cost
+        self._headers = bool(headers)
+
+        self.backend = _Backend(
+            storage=storage,
+            strategy=strategy,
+            fail_open=fail_open,
+            storage_timeout=storage_timeout,
+            registry=registry,
+            side="server",
+            storage_options=storage_options,
+            recovery_interval=recovery_interval,
+        )
+
+        def build(rate: str, ns: str, option: str) -> Limiter:
+            return Limiter._with_backend(
+                self.backend, limit=rate, strategy=strategy, registry=registry, namespace=ns, option=option
+            )
+
+        self._default: Limiter | None = None if limit is None else build(limit, namespace, "limit")
+        templates: dict[str, Limiter | None] = {}
+        prefixes: list[tuple[str, Limiter | None]] = []
+        for route, rate in (routes or {}).items():
+            if not isinstance(route, str) or not route.startswith("/"):
+                raise ConfigError(
+                    f"routes: each key must be a route template or path starting with '/', got {route!r}"
+                )
+            if rate is not None and not isinstance(rate, str):
+                raise ConfigError(f"routes: {route!r} must map to a rate string or None, got {rate!r}")
+            limiter = (
+                None if rate is None else build(rate, f"{namespace}/{_route_id(route)}", f"routes[{route!r}]")
+            )
+            if route.endswith("*"):
+                prefixes.append((route.rstrip("*").rstrip("/"), limiter))
+                continue
+            templates[route] = limiter
+            if "{" not in route and "<" not in route:
+                prefixes.append((route.rstrip("/"), limiter))  # a plain path also covers what is below it
+        prefixes.sort(key=lambda p: len(p[0]), reverse=True)
+        self._templates = templates
+        self._prefixes = tuple(prefixes)
+        self._unavailable = Rejection(
+            503,
+            "unavailable",
+            headers=(("Retry-After", str(max(1, int(self.backend.recovery_interval + 0.999)))),),
+        )
+
+    @staticmethod
+    def _method_names(methods: Iterable[str]) -> list[str]:
+        if isinstance(methods, str):
+            methods = [methods]
+        names = []
+        for method in methods:
+            if not isinstance(method, str) or not method.isalpha():
+                raise ConfigError(f"methods: expected HTTP method names, got {method!r}")
+            names.append(method.upper())
+        return names
+
+    @staticmethod
+    def _key_func(key: Any, client: ClientAddress) -> KeyFunc:
+        if callable(key):
+            return key  # type: ignore[no-any-return]
+        if key == "client":
+            return client
+        if key == "principal":
+            return _principal_key(client)
+        if key == "route":
+            return _route_key
+        if isinstance(key, str) and key.startswith("header:") and len(key) > len("header:"):
+            return _header_key(key[len("header:") :].strip().lower(), client)
+        raise ConfigError(
+            f"key: expected 'client', 'header:<name>', 'principal', 'route' or a callable, got {key!r}"
+        )
+
+    # -- per request ----------------------------------------------------------------------
+
+    def _select(self, ex: Exchange) -> Limiter | None:
+        """The limiter for this request (per-route limit, the default, or None: exempt)."""
+        if not self._prefixes and not self._templates:
+            return self._default
+        route = ex.route
+        if route is not None and route in self._templates:
+            return self._templates[route]
+        path = ex.path
+        for prefix, limiter in self._prefixes:
+            if path == prefix or path.startswith(prefix + "/") or not prefix:
+                return limiter
+        return self._default
+
+    def _plan(self, ex: Exchange) -> tuple[Limiter, str, int] | None:
+        if self._exclude and self._exclude(ex.path):
+            return None
+        if self._methods is not None and ex.method not in self._methods:
+            return None
+        limiter = self._select(ex)
+        if limiter is None:
+            return None
+        key = self._key(ex)
+        if key is None:
+            return None
+        cost = 1
+        if self._cost is not None:
+            cost = int(self._cost(ex))
+            if cost < 1:
+                return None
+        return limiter, str(key), cost
+
+    def _answer(self, ex: Exchange, decision: Decision) -> Rejection | None:
+        if decision.allowed:
+            if self._headers and not decision.degraded:
+                ex.add_response_header("RateLimit-Policy", decision.policy)
+                ex.add_response_header("RateLimit", decision.ratelimit)
+            return None
+        if decision.degraded:
+            return self._unavailable
+        return Rejection(429, "rate_limited", headers=decision.headers())
+
+    def enter(self, ex: Exchange) -> Rejection | None:
+        plan = self._plan(ex)
+        if plan is None:
+            return None
+        limiter, key, cost = plan
+        return self._answer(ex, limiter.hit(key, cost, stats=self._headers))
+
+    async def aenter(self, ex: Exchange) -> Rejection | None:
+        plan = self._plan(ex)
+        if plan is None:
+            return None
+        limiter, key, cost = plan
+        return self._answer(ex, await limiter.ahit(key, cost, stats=self._headers))
