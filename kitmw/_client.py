@@ -205,10 +205,6 @@ def _body_classes(module: ModuleType) -> tuple[type, type]:
 
 # -- per-origin breakers ---------------------------------------------------------------------
 
-_BREAKER_OPTIONS = frozenset(
-    {"fail_max", "reset_timeout", "success_threshold", "half_open_max", "storage", "clock", "registry"}
-)
-
 
 class _Breakers:
     """One breaker per upstream origin (or instance), created lazily, in a bounded dict."""
@@ -229,6 +225,11 @@ class _Breakers:
         self._breakers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.failure = failure
+
+    def owned(self) -> list[Any]:
+        """The breakers this set created (a breaker the user passed is theirs to close)."""
+        with self._lock:
+            return list(self._breakers.values())
 
     def get(self, key: str) -> Any:
         if self._single is not None:
@@ -272,9 +273,6 @@ def _make_breakers(value: Any, lib: Binding, registry: Any) -> _Breakers | None:
     prefix = options.pop("name", "client")
     if not isinstance(prefix, str) or not prefix:
         raise ConfigError(f"breaker: name must be a non-empty string, got {prefix!r}")
-    unknown = set(options) - _BREAKER_OPTIONS
-    if unknown:
-        raise ConfigError(f"breaker: unknown option(s) {', '.join(sorted(unknown))}")
     if registry is not None and "registry" not in options:
         options["registry"] = registry
     breaker_cls = importlib.import_module(".breaker", __package__).Breaker
@@ -282,16 +280,17 @@ def _make_breakers(value: Any, lib: Binding, registry: Any) -> _Breakers | None:
     def factory(key: str) -> Any:
         return breaker_cls(name=f"{prefix}:{key}", **options)
 
-    # Build one now so that bad options fail at construction, never at the first request.
-    breakers = _Breakers(factory, max_origins=max_origins, failure=failure)
+    # Build one now, on a scratch registry, so that bad options fail at construction.
+    from prometheus_client import CollectorRegistry
+
     try:
-        breakers.get(f"{prefix}-validate://options")
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
+        probe = breaker_cls(name=f"{prefix}:validate", **{**options, "registry": CollectorRegistry()})
+    except ConfigError as exc:
         raise ConfigError(f"breaker: {exc}") from exc
-    breakers._breakers.clear()
-    return breakers
+    except TypeError as exc:  # an unknown option
+        raise ConfigError(f"breaker: {exc}") from exc
+    probe.close()
+    return _Breakers(factory, max_origins=max_origins, failure=failure)
 
 
 def _default_failure(lib: Binding) -> Failure:
@@ -461,7 +460,7 @@ class _Done:
         core = self.core
         try:
             if self.breaker is not None:
-                self.breaker.release(self.permit, failed=core.failure(ex.response, ex.error))
+                self.breaker.release(self.permit, failed=core.failure(ex.response, ex.error), error=ex.error)
         finally:
             core.exit(ex, self.entered)
 
@@ -476,7 +475,7 @@ class _Done:
         try:
             if self.breaker is not None:
                 failed = core.failure(ex.response, ex.error)
-                await _shielded(self.breaker.arelease(self.permit, failed=failed))
+                await _shielded(self.breaker.arelease(self.permit, failed=failed, error=ex.error))
         finally:
             await core.aexit(ex, self.entered)
 
@@ -796,7 +795,7 @@ class _Core:
                 response = inner.handle_request(request)
             except Exception as exc:
                 if breaker is not None:
-                    breaker.release(permit, failed=self.failure(None, exc))
+                    breaker.release(permit, failed=self.failure(None, exc), error=exc)
                 if retry is not None and attempt < retry.attempts and self.retryable_error(retry, exc):
                     backoff = retry.backoff(attempt)
                     if self.may_retry(retry, backoff, deadline_at, ex):
@@ -917,7 +916,7 @@ class _Core:
                 response = await inner.handle_async_request(request)
             except Exception as exc:
                 if breaker is not None:
-                    await _shielded(breaker.arelease(permit, failed=self.failure(None, exc)))
+                    await _shielded(breaker.arelease(permit, failed=self.failure(None, exc), error=exc))
                 if retry is not None and attempt < retry.attempts and self.retryable_error(retry, exc):
                     backoff = retry.backoff(attempt)
                     if self.may_retry(retry, backoff, deadline_at, ex):
@@ -1050,7 +1049,12 @@ class SyncTransportBase:
         return self._core.send(request)
 
     def close(self) -> None:
-        self._core.inner.close()
+        try:
+            self._core.inner.close()
+        finally:
+            if self._core.breakers is not None:
+                for breaker in self._core.breakers.owned():
+                    breaker.close()
 
 
 class AsyncTransportBase:
@@ -1096,4 +1100,9 @@ class AsyncTransportBase:
         return await self._core.asend(request)
 
     async def aclose(self) -> None:
-        await self._core.inner.aclose()
+        try:
+            await self._core.inner.aclose()
+        finally:
+            if self._core.breakers is not None:
+                for breaker in self._core.breakers.owned():
+                    await breaker.aclose()
