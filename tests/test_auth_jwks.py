@@ -1,0 +1,311 @@
+"""JWKS: a real identity-provider stand-in on loopback (uvicorn), keys rotated and taken down.
+
+Time is a fake clock given to the backend, so TTL and cooldown are tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+import kitmw
+from kitmw.auth import JWT, AuthPolicy
+from kitmw.exchange import Exchange
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+KEYS = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def jwk(kid: str, **extra: Any) -> dict[str, Any]:
+    data = jwt.algorithms.RSAAlgorithm.to_jwk(KEYS[kid].public_key(), as_dict=True)
+    data.update({"kid": kid, "alg": "RS256", "use": "sig"}, **extra)
+    return data
+
+
+class IdentityProvider:
+    """The JWKS endpoint: serves ``keys``, counts requests, answers 503 while ``down``."""
+
+    def __init__(self, *kids: str) -> None:
+        self.documents: list[dict[str, Any]] = [jwk(k) for k in kids]
+        self.down = False
+        self.requests = 0
+        self.app = Starlette(routes=[Route("/.well-known/jwks.json", self.jwks)])
+
+    async def jwks(self, request: Any) -> Response:
+        self.requests += 1
+        if self.down:
+            return JSONResponse({"error": "maintenance"}, status_code=503)
+        return JSONResponse({"keys": self.documents})
+
+    def rotate(self, *kids: str) -> None:
+        self.documents = [jwk(k) for k in kids]
+
+
+@pytest.fixture
+def idp(serve_asgi: Any) -> Iterator[tuple[IdentityProvider, str]]:
+    provider = IdentityProvider("k1")
+    with serve_asgi(provider.app) as server:
+        yield provider, server.url + "/.well-known/jwks.json"
+
+
+def token(kid: str | None = "k1", signer: str = "k1", **claims: Any) -> str:
+    payload = {"sub": "alice", "exp": int(time.time()) + 3600, **claims}
+    headers = {"kid": kid} if kid is not None else {}
+    return jwt.encode(payload, KEYS[signer], algorithm="RS256", headers=headers)
+
+
+def make_app(url: str, clock: FakeClock, registry: CollectorRegistry | None = None, **options: Any) -> Any:
+    app = FastAPI()
+
+    @app.get("/me")
+    async def me(request: Request) -> dict[str, str]:
+        return {"id": request.user.identity}
+
+    backend = JWT(jwks_url=url, algorithms=["RS256"], clock=clock, **options)
+    app.add_middleware(kitmw.Auth, backend=backend, registry=registry)
+    return app
+
+
+async def status(app: Any, tok: str) -> int:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        r = await c.get("/me", headers={"Authorization": f"Bearer {tok}"}, timeout=10)
+        return r.status_code
+
+
+def jwks_errors(registry: CollectorRegistry) -> float:
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for sample in family.samples:
+            if sample.name == "kitmw_storage_errors_total" and sample.labels.get("component") == "jwks":
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.anyio
+async def test_keys_are_fetched_once_and_cached(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    app = make_app(url, FakeClock())
+    for i in range(5):
+        assert await status(app, token(jti=str(i))) == 200
+    assert provider.requests == 1
+
+
+@pytest.mark.anyio
+async def test_keys_are_fetched_again_after_the_ttl(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock, jwks_cache_ttl=300)
+    assert await status(app, token(jti="a")) == 200
+    clock.now += 301
+    assert await status(app, token(jti="b")) == 200
+    assert provider.requests == 2
+
+
+@pytest.mark.anyio
+async def test_unknown_kid_refetches_and_finds_a_rotated_key(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock, jwks_refresh_cooldown=30)
+    assert await status(app, token("k1")) == 200
+    provider.rotate("k1", "k2")
+    clock.now += 31
+    assert await status(app, token("k2", signer="k2")) == 200
+    assert provider.requests == 2
+
+
+@pytest.mark.anyio
+async def test_unknown_kid_within_the_cooldown_does_not_refetch(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock, jwks_refresh_cooldown=30)
+    assert await status(app, token("k1")) == 200
+    provider.rotate("k1", "k2")
+    clock.now += 10
+    assert await status(app, token("k2", signer="k2")) == 401
+    assert provider.requests == 1
+
+
+@pytest.mark.anyio
+async def test_flood_of_random_kids_fetches_at_most_once_per_cooldown(
+    idp: tuple[IdentityProvider, str],
+) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock, jwks_refresh_cooldown=30)
+    assert await status(app, token("k1")) == 200
+    for _ in range(3):  # three cooldown periods
+        clock.now += 31
+        for _ in range(25):
+            assert await status(app, token(uuid.uuid4().hex)) == 401
+    assert provider.requests == 1 + 3
+
+
+@pytest.mark.anyio
+async def test_concurrent_first_requests_share_one_fetch(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    app = make_app(url, FakeClock())
+    results = await asyncio.gather(*(status(app, token(jti=str(i))) for i in range(20)))
+    assert results == [200] * 20
+    assert provider.requests == 1
+
+
+@pytest.mark.anyio
+async def test_failed_refresh_keeps_the_last_good_keys(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    registry = CollectorRegistry()
+    app = make_app(url, clock, registry, jwks_cache_ttl=300)
+    assert await status(app, token(jti="a")) == 200
+    provider.down = True
+    clock.now += 301  # the set is stale: a refresh is attempted and fails
+    assert await status(app, token(jti="b")) == 200
+    assert provider.requests == 2
+    assert jwks_errors(registry) == 1
+
+
+@pytest.mark.anyio
+async def test_failed_refresh_is_retried_only_after_the_cooldown(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock, jwks_cache_ttl=300, jwks_refresh_cooldown=30)
+    assert await status(app, token(jti="a")) == 200
+    provider.down = True
+    clock.now += 301
+    for i in range(10):
+        assert await status(app, token(jti=f"b{i}")) == 200
+    assert provider.requests == 2
+    clock.now += 31
+    assert await status(app, token(jti="c")) == 200
+    assert provider.requests == 3
+
+
+@pytest.mark.anyio
+async def test_jwks_down_at_start_is_401_counted_then_recovers(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    provider.down = True
+    clock = FakeClock()
+    registry = CollectorRegistry()
+    app = make_app(url, clock, registry, jwks_refresh_cooldown=30)
+    assert await status(app, token(jti="a")) == 401
+    assert await status(app, token(jti="b")) == 401  # within the cooldown: no second fetch
+    assert provider.requests == 1
+    assert jwks_errors(registry) == 1
+    provider.down = False
+    clock.now += 31
+    assert await status(app, token(jti="c")) == 200
+    assert provider.requests == 2
+
+
+@pytest.mark.anyio
+async def test_unreachable_jwks_url_is_401() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/jwks"  # nothing listens there
+    registry = CollectorRegistry()
+    app = make_app(url, FakeClock(), registry, jwks_timeout=2.0)
+    assert await status(app, token()) == 401
+    assert jwks_errors(registry) == 1
+
+
+@pytest.mark.anyio
+async def test_token_without_kid_uses_the_only_key(idp: tuple[IdentityProvider, str]) -> None:
+    _, url = idp
+    assert await status(make_app(url, FakeClock()), token(kid=None)) == 200
+
+
+@pytest.mark.anyio
+async def test_token_without_kid_is_refused_when_several_keys(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    provider.rotate("k1", "k2")
+    assert await status(make_app(url, FakeClock()), token(kid=None)) == 401
+
+
+@pytest.mark.anyio
+async def test_token_signed_by_another_key_under_a_known_kid_is_401(
+    idp: tuple[IdentityProvider, str],
+) -> None:
+    _, url = idp
+    assert await status(make_app(url, FakeClock()), token("k1", signer="k2")) == 401
+
+
+@pytest.mark.anyio
+async def test_unusable_keys_in_the_document_are_ignored(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    ec_jwk = jwt.algorithms.ECAlgorithm.to_jwk(
+        ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True
+    )
+    provider.documents = [
+        {"kty": "oct", "k": "c2VjcmV0", "kid": "shared", "alg": "HS256"},  # a secret: never
+        {**ec_jwk, "kid": "ec", "alg": "ES256"},  # not an accepted algorithm
+        {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
+        jwk("k2", use="enc"),  # not a signing key
+        jwk("k1"),
+    ]
+    app = make_app(url, FakeClock())
+    assert await status(app, token("k1")) == 200
+    assert await status(app, token("k2", signer="k2")) == 401
+
+
+@pytest.mark.anyio
+async def test_alg_none_token_never_triggers_a_fetch(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    unsigned = jwt.encode({"sub": "x"}, None, algorithm="none", headers={"kid": "zzz"})
+    assert await status(make_app(url, FakeClock()), unsigned) == 401
+    assert provider.requests == 0
+
+
+class HeaderExchange(Exchange):
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__("GET", "/me")
+        self._headers = headers
+
+    def header(self, name: str) -> str | None:
+        return self._headers.get(name)
+
+
+def test_sync_side_fetches_with_urllib(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=FakeClock()))
+    ex = HeaderExchange({"authorization": "Bearer " + token()})
+    assert policy.enter(ex) is None  # what the WSGI driver calls
+    assert ex.principal == "alice"
+    assert provider.requests == 1
+
+
+def test_sync_side_keeps_keys_when_down(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    backend = JWT(jwks_url=url, algorithms=["RS256"], clock=clock, jwks_cache_ttl=60)
+    policy = AuthPolicy(backend=backend)
+    assert policy.enter(HeaderExchange({"authorization": "Bearer " + token(jti="a")})) is None
+    provider.down = True
+    clock.now += 61
+    assert policy.enter(HeaderExchange({"authorization": "Bearer " + token(jti="b")})) is None
+    assert backend.jwks is not None
+    assert (backend.jwks.fetches, backend.jwks.failures) == (2, 1)
