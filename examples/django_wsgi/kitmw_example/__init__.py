@@ -1,0 +1,1 @@
+"""A minimal Django project served with kitmw under gunicorn (WSGI) or uvicorn (ASGI)."""
