@@ -762,3 +762,14 @@ def test_client_upstream_5xx_is_logged_at_error(capture: Capture) -> None:
     ClientLogPolicy().exit(finish(ClientExchange("GET", "http://api/x"), 502))
     (record,) = capture.named("kitmw.client")
     assert record.levelno == logging.ERROR and record.status == 502
+
+
+@pytest.mark.anyio
+async def test_add_middleware_still_logs_an_exception_with_the_request_id(capture: Capture) -> None:
+    app = fastapi_app()
+    app.add_middleware(kitmw.AccessLog)  # inside ServerErrorMiddleware: see docs/access-log.md
+    async with client(app) as c:
+        r = await c.get("/boom", headers={"X-Request-ID": UUID})
+    assert r.status_code == 500
+    (record,) = capture.named("kitmw.access")
+    assert (record.request_id, record.error, record.levelno) == (UUID, "RuntimeError", logging.ERROR)

@@ -200,6 +200,8 @@ class AccessLogPolicy(Policy):
         message are in the ``error`` and ``error_message`` fields).
     :param log_query: add the query string as ``query``, with secret values redacted.
     :param redact_query: parameter names (substrings, case-insensitive) or a pattern.
+    :param counts_request_bytes: report ``bytes_in`` (the driver then counts request body
+        bytes as the app reads them; never buffered). ``False``: ``bytes_in`` is ``None``.
 
     The raw value of a rejected id is never logged or echoed. ``Authorization``, cookies
     and bodies are never read.
@@ -220,11 +222,12 @@ class AccessLogPolicy(Policy):
         "_trust",
         "_use_trace_id",
         "_validate",
+        "counts_request_bytes",
     )
 
     name: ClassVar[str] = "access_log"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths",)
-    counts_request_bytes: ClassVar[bool] = True
+    counts_request_bytes: bool  # type: ignore[misc]  # an option here, not a constant
 
     def __init__(
         self,
@@ -242,8 +245,10 @@ class AccessLogPolicy(Policy):
         exc_info: bool = False,
         log_query: bool = False,
         redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
+        counts_request_bytes: bool = True,
     ) -> None:
         self._logger = _logger(logger, "logger")
+        self.counts_request_bytes = _bool(counts_request_bytes, "counts_request_bytes")
         if not isinstance(request_id_header, str) or not _TOKEN_CHECK(request_id_header):
             raise ConfigError(f"request_id_header: expected a header name, got {request_id_header!r}")
         self._header = request_id_header
@@ -332,7 +337,7 @@ class AccessLogPolicy(Policy):
             "route": ex.route,
             "status": status,
             "duration_ms": round(duration_ms, 3),
-            "bytes_in": ex.bytes_in,
+            "bytes_in": ex.bytes_in if self.counts_request_bytes else None,
             "bytes_out": ex.bytes_out,
             "client": ex.client,
             "user_agent": ua,
