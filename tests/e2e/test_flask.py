@@ -188,3 +188,49 @@ def test_rate_limit_is_exact_under_concurrent_threads(
     assert statuses.count(429) == THREADS * PER_THREAD - 50
     assert requests_total(registry, "/items/<int:item_id>", "200") == 50
     assert requests_total(registry, "/items/<int:item_id>", "429") == THREADS * PER_THREAD - 50
+
+
+def test_example_app_under_gunicorn_with_threads() -> None:
+    """examples/flask_app.py as deployed: gunicorn, one gthread worker, four threads."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import free_port, wait_for_port
+
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "4", "-w", "1"]
+    command += ["-b", f"127.0.0.1:{port}", "--no-control-socket", "examples.flask_app:app"]
+    proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=20)
+        url = f"http://127.0.0.1:{port}"
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(
+                pool.map(
+                    lambda i: httpx.get(
+                        f"{url}/items/{1 + i % 2}", headers={"X-Request-ID": f"f-{i}"}, timeout=10
+                    ),
+                    range(6),
+                )
+            )
+        events = httpx.get(url + "/events", timeout=10)
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=15)
+    assert [r.headers["x-request-id"] for r in responses] == [f"f-{i}" for i in range(6)]
+    assert events.text == "".join(f"data: {i}\n\n" for i in range(3))
+    assert 'http_server_requests_total{method="GET",route="/items/<int:item_id>",status="200"} 6.0' in metrics
+    lines = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    for i in range(6):  # the view's record and the access record, both with the request id
+        assert sorted(r["logger"] for r in lines if r.get("request_id") == f"f-{i}") == [
+            "kitmw.access",
+            "shop",
+        ]
