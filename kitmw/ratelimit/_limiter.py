@@ -38,6 +38,7 @@ STRATEGY_NAMES: tuple[str, ...] = ("fixed-window", "moving-window", "sliding-win
 _UNITS = {"second": "s", "minute": "m", "hour": "h", "day": "d", "month": "mo", "year": "y"}
 _MAX_KEY = 200
 _REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "valkey", "valkeys", "valkey+unix")
+_REDIS_POOLED = ("redis", "rediss", "redis+unix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,8 @@ class _Backend:
         "_async_options",
         "_async_uri",
         "_lock",
+        "_pool_options",
+        "_pool_url",
         "down",
         "fail_open",
         "label",
@@ -163,23 +166,36 @@ class _Backend:
         scheme = urlsplit(sync_uri).scheme
         options = dict(storage_options or {})
         self.memory = scheme == "memory"
+        self._pool_url: str | None = None
+        self._pool_options: dict[str, Any] = {}
         if scheme in _REDIS_SCHEMES or scheme in ("redis+sentinel", "redis+cluster"):
             # Short socket timeouts: a stalled Redis must not hold requests (or threads).
             options.setdefault("socket_timeout", storage_timeout)
             options.setdefault("socket_connect_timeout", storage_timeout)
         sync_options = dict(options)
         async_options = dict(options)
-        if scheme in _REDIS_SCHEMES and "retry" not in options:
-            # redis-py >= 6 retries with backoff by default, which would multiply the
-            # timeout; recovery is ours (``recovery_interval``), so one attempt only.
-            from redis.asyncio.retry import Retry as AsyncRetry
+        if scheme.startswith("redis") and "implementation" not in options:
+            async_options["implementation"] = "redispy"  # redis-py, not the optional coredis
+        if scheme in _REDIS_POOLED and "connection_pool" not in options:
+            # A blocking pool: under a burst, requests wait (up to the storage timeout) for
+            # a connection instead of failing with "Too many connections" (redis-py's
+            # default pool raises past 100). One attempt per call: redis-py >= 6 retries
+            # with backoff by default, which would multiply the timeout; recovery is ours.
+            import redis
             from redis.backoff import NoBackoff
             from redis.retry import Retry
 
-            sync_options["retry"] = Retry(NoBackoff(), 0)
-            async_options["retry"] = AsyncRetry(NoBackoff(), 0)
-        if scheme.startswith("redis") and "implementation" not in options:
-            async_options["implementation"] = "redispy"  # redis-py, not the optional coredis
+            storage_level: dict[str, Any] = {
+                k: options.pop(k) for k in ("key_prefix", "wrap_exceptions") if k in options
+            }
+            options.setdefault("max_connections", 100)
+            options.setdefault("timeout", storage_timeout)
+            self._pool_url = sync_uri.replace("redis+unix://", "unix://", 1)
+            self._pool_options = options
+            retry = {} if "retry" in options else {"retry": Retry(NoBackoff(), 0)}
+            pool = redis.BlockingConnectionPool.from_url(self._pool_url, **options, **retry)
+            sync_options = {"connection_pool": pool, **storage_level}
+            async_options = {"implementation": "redispy", **storage_level}
         try:
             self.sync: Any = storage_from_string(sync_uri, **sync_options)
         except ConfigurationError as exc:
@@ -221,8 +237,19 @@ class _Backend:
         from limits.storage import storage_from_string
 
         assert self._async_uri is not None
+        options = dict(self._async_options)
         try:
-            storage = storage_from_string(self._async_uri, **self._async_options)
+            if self._pool_url is not None:
+                import redis.asyncio
+                from redis.asyncio.retry import Retry
+                from redis.backoff import NoBackoff
+
+                pool_options = dict(self._pool_options)
+                pool_options.setdefault("retry", Retry(NoBackoff(), 0))
+                options["connection_pool"] = redis.asyncio.BlockingConnectionPool.from_url(
+                    self._pool_url, **pool_options
+                )
+            storage = storage_from_string(self._async_uri, **options)
             strategy_cls: Any = AIO_STRATEGIES[strategy]
             return strategy_cls(storage)
         except (ConfigurationError, NotImplementedError) as exc:
