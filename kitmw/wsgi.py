@@ -20,6 +20,7 @@ or greenlet iterates.
 from __future__ import annotations
 
 import contextvars
+import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
@@ -46,6 +47,7 @@ __all__ = [
 _INTERNAL_ERROR = Rejection(500, "internal_error")
 _STATUS_LINES = {int(s): f"{int(s)} {s.phrase}" for s in HTTPStatus}
 _MAX_WALK = 16
+_log = logging.getLogger("kitmw")
 
 
 def _status_line(status: int) -> str:
@@ -308,6 +310,9 @@ class _Body:
         except BaseException as exc:
             self._fail(exc)
             self._iterator = None
+            if not self._closed:  # the body is over: finish now, the app's error wins
+                self._closed = True
+                self._ctx.run(self._close, exc)
             raise
         self.ex.bytes_out += len(chunk)
         return chunk
@@ -320,7 +325,7 @@ class _Body:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _close(self) -> None:
+    def _close(self, primary: BaseException | None = None) -> None:
         try:
             close = getattr(self._iterable, "close", None)
             if close is not None:
@@ -328,9 +333,11 @@ class _Body:
         except BaseException as exc:
             if self.ex.error is None:
                 self.ex.error = exc
-            raise
-        finally:
-            self._finish()
+            if primary is None:
+                self._finish(primary=exc)
+                raise
+            _log.error("closing the response body failed", exc_info=exc)
+        self._finish(primary=primary)
 
     def _fail(self, exc: BaseException) -> None:
         ex = self.ex
@@ -355,7 +362,13 @@ class _Body:
         self._iterator = iter(body)
         return self
 
-    def _finish(self) -> None:
+    def _finish(self, primary: BaseException | None = None) -> None:
+        """Run the exits once, in reverse order, every one of them.
+
+        The first error an exit raises is raised after the others ran, unless an error
+        of the app (``primary``) is on its way to the server: that one must reach it
+        unchanged, so the policy's error is logged instead.
+        """
         if self._finished:
             return
         self._finished = True
@@ -373,7 +386,9 @@ class _Body:
                     if first is None:
                         first = exc
         if first is not None:
-            raise first
+            if primary is None:
+                raise first
+            _log.error("a kitmw policy failed while finishing a request", exc_info=first)
 
 
 class _FileBody:
@@ -402,8 +417,12 @@ class _FileBody:
             try:
                 if close is not None:
                     close()
-            finally:
-                body._finish()
+            except BaseException as exc:
+                if ex.error is None:
+                    ex.error = exc
+                body._finish(primary=exc)
+                raise
+            body._finish()
 
         body._ctx.run(run)
 
@@ -470,7 +489,7 @@ class Middleware:
                 except Exception:
                     pass  # the server refused the answer: fall back to re-raising
             body._closed = True
-            body._finish()
+            body._finish(primary=exc)
             raise
         return body
 

@@ -652,3 +652,66 @@ def test_middleware_rejects_bad_arguments() -> None:
         Middleware(hello, object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="app"):
         Middleware("not an app")  # type: ignore[arg-type]
+
+
+def test_exception_during_iteration_finishes_without_waiting_for_close() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        raise ValueError("late")
+        yield b""  # pragma: no cover
+
+    log: list[str] = []
+    body = Middleware(app, Recorder("a", log))(create_environ("/"), StartResponse())
+    with pytest.raises(ValueError):
+        list(body)
+    assert log[-1] == "exit a 500 0 ValueError"  # a test client that never closes still sees it
+
+
+def test_app_error_wins_over_a_failing_exit(caplog: pytest.LogCaptureFixture) -> None:
+    class BadExit(Policy):
+        def exit(self, ex: Exchange) -> None:
+            raise LookupError("exit bug")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        Middleware(boom, BadExit())(create_environ("/"), StartResponse())
+    assert any(r.exc_info and r.exc_info[0] is LookupError for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("twin", "options"),
+    [
+        pytest.param("AccessLog", {}, id="AccessLog"),
+        pytest.param("Metrics", {"registry": "fresh"}, id="Metrics"),
+        pytest.param("Tracing", {}, id="Tracing"),
+        pytest.param("RateLimit", {"limit": "5/minute"}, id="RateLimit"),
+        pytest.param("CircuitBreaker", {"fail_max": 3}, id="CircuitBreaker"),
+        pytest.param("Auth", {"backend": "apikey"}, id="Auth"),
+    ],
+)
+def test_twins_wrap_one_policy_with_the_asgi_options(twin: str, options: dict[str, Any]) -> None:
+    import kitmw.asgi
+    import kitmw.wsgi
+
+    if options.get("registry") == "fresh":
+        from prometheus_client import CollectorRegistry
+
+        options["registry"] = CollectorRegistry()
+    if options.get("backend") == "apikey":
+        from kitmw.auth import APIKey
+
+        options["backend"] = APIKey(keys={"k": "alice"})
+    if twin == "CircuitBreaker":
+        options["name"] = f"twin-{id(options)}"
+    mw = getattr(kitmw.wsgi, twin)(hello, **options)
+    assert isinstance(mw, Middleware) and len(mw.policies) == 1
+    assert type(mw.policies[0]) is type(getattr(kitmw.asgi, twin)(hello, **options).policies[0])
+    with client(mw) as c:
+        r = c.get("/", headers={"X-API-Key": "k"})
+    assert r.status_code == 200 and r.text == "hello world"
+
+
+def test_twins_validate_options_at_construction() -> None:
+    from kitmw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="limit"):
+        kitmw.wsgi.RateLimit(hello, limit="many per fortnight")
