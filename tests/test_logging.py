@@ -773,3 +773,24 @@ async def test_add_middleware_still_logs_an_exception_with_the_request_id(captur
     assert r.status_code == 500
     (record,) = capture.named("kitmw.access")
     assert (record.request_id, record.error, record.levelno) == (UUID, "RuntimeError", logging.ERROR)
+
+
+def test_a_failing_record_never_breaks_the_request_and_still_unbinds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Exchange):
+        __slots__ = ()
+
+        @property
+        def route(self) -> str | None:
+            raise LookupError("router exploded")
+
+    policy = AccessLogPolicy()
+    ex = Broken("GET", "/x")
+    with caplog.at_level(logging.INFO):
+        policy.enter(ex)
+        assert current_request_id() == ex.request_id
+        policy.exit(ex)
+    assert current_request_id() is None
+    (failure,) = [r for r in caplog.records if r.name == "kitmw"]
+    assert failure.exc_info is not None and failure.exc_info[0] is LookupError

@@ -180,6 +180,11 @@ def _emit(
     logger.handle(record)
 
 
+def _failed(kind: str) -> None:
+    # Logging must never break a request: say so once per failure, on kitmw's own logger.
+    logging.getLogger("kitmw").exception("kitmw: the %s log record could not be built", kind)
+
+
 class AccessLogPolicy(Policy):
     """Request id and one access-log record per request, emitted inside the request context.
 
@@ -316,7 +321,10 @@ class AccessLogPolicy(Policy):
             status = ex.status
             level = self._error_level if (err is not None or status >= 500) else self._level
             if self._logger.isEnabledFor(level) and not (self._exclude and self._exclude(ex.path)):
-                self._record(ex, level, err, status)
+                try:
+                    self._record(ex, level, err, status)
+                except Exception:
+                    _failed("access")
         finally:
             token = ex.state.pop(_STATE, None)
             if token is not None:
@@ -403,6 +411,12 @@ class ClientLogPolicy(Policy):
         level = self._error_level if (err is not None or status >= 500) else self._level
         if not self._logger.isEnabledFor(level):
             return
+        try:
+            self._record(ex, level, err, status)
+        except Exception:
+            _failed("client")
+
+    def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
         url = ex.url
         if self._log_query:
             query = ex.query
