@@ -76,7 +76,7 @@ def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
         if match is Match.NONE:
             continue
         path = getattr(route, "path", None)
-        if path is None:
+        if not isinstance(path, str):
             continue
         inner_routes = getattr(route, "routes", None)
         if inner_routes is not None and "root_path" in child:  # a Mount
@@ -125,7 +125,8 @@ def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
 
 def django_route(path: str) -> str | None:
     """Template of the Django URL pattern that resolves ``path`` (``/items/<int:pk>``)."""
-    from django.urls import Resolver404, resolve
+    from django.conf import settings
+    from django.urls import Resolver404, get_urlconf, resolve
 
     def compute() -> str | None:
         try:
@@ -139,7 +140,8 @@ def django_route(path: str) -> str | None:
             return None
         return "/" + str(route).lstrip("^").rstrip("$")
 
-    return _cache.get((0, "", path), compute)
+    urlconf = get_urlconf() or getattr(settings, "ROOT_URLCONF", "")
+    return _cache.get((hash(str(urlconf)), "django", path), compute)
 
 
 def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:
