@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from ._common import DEFAULT_REDACT, redact_query
 from ._context import (
     CONTEXT_FIELDS,
     ContextFilter,
@@ -24,16 +25,8 @@ from ._context import (
     current_trace_id,
     structlog_processor,
 )
-from .access import (
-    ACCESS_FIELDS,
-    CLIENT_FIELDS,
-    DEFAULT_REDACT,
-    AccessLogPolicy,
-    ClientLogPolicy,
-    default_request_id,
-    is_valid_request_id,
-    redact_query,
-)
+from .access import ACCESS_FIELDS, AccessLogPolicy, default_request_id, is_valid_request_id
+from .client import CLIENT_FIELDS, ClientLogPolicy
 from .formatters import FORMATS, JsonFormatter, LogfmtFormatter, TextFormatter, configure
 
 __all__ = [

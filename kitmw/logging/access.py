@@ -1,9 +1,9 @@
-"""The access-log policies: request id in, one record out, for servers and clients.
+"""The server access-log policy: request id in, one record out.
 
-:class:`AccessLogPolicy` (server side) takes or makes the request id, echoes it on the
-response, binds the request context for every log record, and at exit emits exactly one
-record while that context is still bound. :class:`ClientLogPolicy` emits one record per
-outgoing call. Both are protocol-neutral: they see only the :class:`~kitmw.exchange.Exchange`.
+:class:`AccessLogPolicy` takes or makes the request id, echoes it on the response, binds
+the request context for every log record, and at exit emits exactly one record while
+that context is still bound. It is protocol-neutral: it sees only the
+:class:`~kitmw.exchange.Exchange`.
 """
 
 from __future__ import annotations
@@ -13,22 +13,28 @@ import re
 from collections.abc import Callable, Iterable
 from random import getrandbits
 from typing import Any, ClassVar
-from urllib.parse import unquote_plus
 
 from .._paths import PathMatcher
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
+from ._common import (
+    DEFAULT_REDACT,
+    _bool,
+    _emit,
+    _error_fields,
+    _failed,
+    _level,
+    _logger,
+    _redactor,
+    redact_query,
+)
 from ._context import _current, _safe
 
 __all__ = [
     "ACCESS_FIELDS",
-    "CLIENT_FIELDS",
-    "DEFAULT_REDACT",
     "AccessLogPolicy",
-    "ClientLogPolicy",
     "default_request_id",
     "is_valid_request_id",
-    "redact_query",
 ]
 
 #: Attributes :class:`AccessLogPolicy` puts on its record (plus ``query`` with ``log_query``).
@@ -49,36 +55,6 @@ ACCESS_FIELDS = (
     "error",
     "error_message",
 )
-#: Attributes :class:`ClientLogPolicy` puts on its record.
-CLIENT_FIELDS = (
-    "method",
-    "url",
-    "host",
-    "status",
-    "duration_ms",
-    "attempts",
-    "request_id",
-    "error",
-    "error_message",
-)
-
-#: Query parameter names (case-insensitive substrings) whose values are never logged.
-DEFAULT_REDACT = (
-    "token",
-    "key",
-    "secret",
-    "password",
-    "passwd",
-    "pwd",
-    "auth",
-    "session",
-    "signature",
-    "sig",
-    "code",
-    "credential",
-    "jwt",
-)
-
 _MAX_ID = 128
 # Lenient on purpose: UUIDs with or without dashes, nginx $request_id, ULIDs, W3C trace
 # ids, base64 ids all pass; CR/LF, spaces, quotes and non-ASCII can never reach a header
@@ -87,8 +63,6 @@ _ID_CHECK = re.compile(r"[A-Za-z0-9._:+/=\-]{1,128}").fullmatch
 _TOKEN_CHECK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]+").fullmatch
 _STATE = "kitmw.access_log.token"
 _MAX_UA = 512
-_MAX_ERROR = 1000
-_SRC = __file__
 
 
 def is_valid_request_id(value: str) -> bool:
@@ -99,90 +73,6 @@ def is_valid_request_id(value: str) -> bool:
 def default_request_id() -> str:
     """A new random request id: 32 lower-case hex digits, like nginx's ``$request_id``."""
     return f"{getrandbits(128):032x}"
-
-
-def _logger(value: Any, option: str) -> logging.Logger:
-    if isinstance(value, logging.Logger):
-        return value
-    if isinstance(value, str) and value:
-        return logging.getLogger(value)
-    raise ConfigError(f"{option}: expected a logger name or a logging.Logger, got {value!r}")
-
-
-def _level(value: Any, option: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        level = logging.getLevelName(value.upper())
-        if isinstance(level, int):
-            return level
-    raise ConfigError(f"{option}: expected a logging level (int or name such as 'INFO'), got {value!r}")
-
-
-def _bool(value: Any, option: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{option}: expected True or False, got {value!r}")
-    return value
-
-
-def _redactor(value: Any) -> re.Pattern[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, re.Pattern):
-        return value
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise ConfigError(f"redact_query: expected parameter names or a compiled pattern, got {value!r}")
-    names = list(value)
-    if not all(isinstance(n, str) and n for n in names):
-        raise ConfigError(f"redact_query: every name must be a non-empty string, got {names!r}")
-    if not names:
-        return None
-    return re.compile("|".join(re.escape(n) for n in names), re.IGNORECASE)
-
-
-def redact_query(query: str, pattern: re.Pattern[str] | None) -> str:
-    """``query`` with the values of parameters whose name matches ``pattern`` replaced."""
-    if not query or pattern is None:
-        return query
-    out = []
-    for part in query.split("&"):
-        name, eq, value = part.partition("=")
-        if eq and value and pattern.search(unquote_plus(name)):
-            out.append(name + "=[REDACTED]")
-        else:
-            out.append(part)
-    return "&".join(out)
-
-
-def _error_fields(err: BaseException) -> tuple[str, str]:
-    try:
-        message = str(err)
-    except Exception:  # a broken __str__ must not break the log
-        message = "<unprintable>"
-    if len(message) > _MAX_ERROR:
-        message = message[:_MAX_ERROR] + "..."
-    return type(err).__name__, message
-
-
-def _emit(
-    logger: logging.Logger,
-    level: int,
-    msg: str,
-    args: tuple[Any, ...],
-    fields: dict[str, Any],
-    err: BaseException | None,
-) -> None:
-    exc_info = None if err is None else (type(err), err, err.__traceback__)
-    # makeRecord + handle instead of logger.log(): no findCaller() stack walk, and the
-    # fields are known not to collide with LogRecord attributes, so no per-key check.
-    record = logger.makeRecord(logger.name, level, _SRC, 0, msg, args, exc_info, "exit")
-    record.__dict__.update(fields)
-    logger.handle(record)
-
-
-def _failed(kind: str) -> None:
-    # Logging must never break a request: say so once per failure, on kitmw's own logger.
-    logging.getLogger("kitmw").exception("kitmw: the %s log record could not be built", kind)
 
 
 class AccessLogPolicy(Policy):
@@ -365,84 +255,4 @@ class AccessLogPolicy(Policy):
             fields["error"], fields["error_message"] = _error_fields(err)
             msg = "%s %s %s %.1fms %s"
             args = (ex.method, _safe(path), status, duration_ms, fields["error"])
-        _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)
-
-
-class ClientLogPolicy(Policy):
-    """One record per outgoing call (for the httpx transports), tagged with the request id.
-
-    :param logger: logger name or :class:`logging.Logger` (``"kitmw.client"``).
-    :param level: level of the record (INFO); ``error_level`` (ERROR) for failures and 5xx.
-    :param exc_info: attach the traceback of a failed call.
-    :param log_query: keep the query string in ``url``, with secret values redacted
-        (default: the URL is logged without its query string).
-    :param redact_query: parameter names (substrings, case-insensitive) or a pattern.
-    """
-
-    __slots__ = ("_error_level", "_exc_info", "_level", "_log_query", "_logger", "_redact")
-
-    name: ClassVar[str] = "access_log"
-    shared_options: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(
-        self,
-        *,
-        logger: str | logging.Logger = "kitmw.client",
-        level: int | str = logging.INFO,
-        error_level: int | str = logging.ERROR,
-        exc_info: bool = False,
-        log_query: bool = False,
-        redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
-    ) -> None:
-        self._logger = _logger(logger, "logger")
-        self._level = _level(level, "level")
-        self._error_level = _level(error_level, "error_level")
-        self._exc_info = _bool(exc_info, "exc_info")
-        self._log_query = _bool(log_query, "log_query")
-        self._redact = _redactor(redact_query)
-
-    @property
-    def logger(self) -> logging.Logger:
-        return self._logger
-
-    def exit(self, ex: Exchange) -> None:
-        err = ex.error
-        status = ex.status
-        level = self._error_level if (err is not None or status >= 500) else self._level
-        if not self._logger.isEnabledFor(level):
-            return
-        try:
-            self._record(ex, level, err, status)
-        except Exception:
-            _failed("client")
-
-    def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
-        url = ex.url
-        if self._log_query:
-            query = ex.query
-            if query:
-                url = url + "?" + redact_query(query, self._redact)
-        duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
-        rid = ex.request_id
-        if rid is None:
-            ctx = _current.get()
-            rid = None if ctx is None else ctx.request_id
-        fields: dict[str, Any] = {
-            "method": ex.method,
-            "url": url,
-            "host": ex.host,
-            "status": status or None,
-            "duration_ms": round(duration_ms, 3),
-            "attempts": ex.state.get("attempts", 1) if ex._state else 1,
-            "request_id": rid,
-            "error": None,
-            "error_message": None,
-        }
-        if err is None:
-            msg = "%s %s %s %.1fms"
-            args: tuple[Any, ...] = (ex.method, _safe(url), status, duration_ms)
-        else:
-            fields["error"], fields["error_message"] = _error_fields(err)
-            msg = "%s %s %s %.1fms %s"
-            args = (ex.method, _safe(url), status or "-", duration_ms, fields["error"])
         _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)

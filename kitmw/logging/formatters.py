@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from ..errors import ConfigError
+from ._common import _level, _logger
 from ._context import CONTEXT_FIELDS, _current, _safe
-from .access import _level, _logger
 
 __all__ = ["FORMATS", "JsonFormatter", "LogfmtFormatter", "TextFormatter", "configure"]
 

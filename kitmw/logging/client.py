@@ -1,0 +1,117 @@
+"""The client-side log policy: one record per outgoing call, tagged with the request id."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from ..exchange import Exchange, Policy
+from ._common import (
+    DEFAULT_REDACT,
+    _bool,
+    _emit,
+    _error_fields,
+    _failed,
+    _level,
+    _logger,
+    _redactor,
+    redact_query,
+)
+from ._context import _current, _safe
+
+__all__ = ["CLIENT_FIELDS", "ClientLogPolicy"]
+
+#: Attributes :class:`ClientLogPolicy` puts on its record.
+CLIENT_FIELDS = (
+    "method",
+    "url",
+    "host",
+    "status",
+    "duration_ms",
+    "attempts",
+    "request_id",
+    "error",
+    "error_message",
+)
+
+
+class ClientLogPolicy(Policy):
+    """One record per outgoing call (for the httpx transports), tagged with the request id.
+
+    :param logger: logger name or :class:`logging.Logger` (``"kitmw.client"``).
+    :param level: level of the record (INFO); ``error_level`` (ERROR) for failures and 5xx.
+    :param exc_info: attach the traceback of a failed call.
+    :param log_query: keep the query string in ``url``, with secret values redacted
+        (default: the URL is logged without its query string).
+    :param redact_query: parameter names (substrings, case-insensitive) or a pattern.
+    """
+
+    __slots__ = ("_error_level", "_exc_info", "_level", "_log_query", "_logger", "_redact")
+
+    name: ClassVar[str] = "access_log"
+    shared_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        logger: str | logging.Logger = "kitmw.client",
+        level: int | str = logging.INFO,
+        error_level: int | str = logging.ERROR,
+        exc_info: bool = False,
+        log_query: bool = False,
+        redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
+    ) -> None:
+        self._logger = _logger(logger, "logger")
+        self._level = _level(level, "level")
+        self._error_level = _level(error_level, "error_level")
+        self._exc_info = _bool(exc_info, "exc_info")
+        self._log_query = _bool(log_query, "log_query")
+        self._redact = _redactor(redact_query)
+
+    @property
+    def logger(self) -> logging.Logger:
+        return self._logger
+
+    def exit(self, ex: Exchange) -> None:
+        err = ex.error
+        status = ex.status
+        level = self._error_level if (err is not None or status >= 500) else self._level
+        if not self._logger.isEnabledFor(level):
+            return
+        try:
+            self._record(ex, level, err, status)
+        except Exception:
+            _failed("client")
+
+    def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
+        url = ex.url
+        if self._log_query:
+            query = ex.query
+            if query:
+                url = url + "?" + redact_query(query, self._redact)
+        duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
+        rid = ex.request_id
+        if rid is None:
+            ctx = _current.get()
+            rid = None if ctx is None else ctx.request_id
+        fields: dict[str, Any] = {
+            "method": ex.method,
+            "url": url,
+            "host": ex.host,
+            "status": status or None,
+            "duration_ms": round(duration_ms, 3),
+            "attempts": ex.state.get("attempts", 1) if ex._state else 1,
+            "request_id": rid,
+            "error": None,
+            "error_message": None,
+        }
+        if err is None:
+            msg = "%s %s %s %.1fms"
+            args: tuple[Any, ...] = (ex.method, _safe(url), status, duration_ms)
+        else:
+            fields["error"], fields["error_message"] = _error_fields(err)
+            msg = "%s %s %s %.1fms %s"
+            args = (ex.method, _safe(url), status or "-", duration_ms, fields["error"])
+        _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)
