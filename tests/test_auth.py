@@ -822,3 +822,34 @@ def test_kitmw_auth_imports_without_pyjwt() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert "kitmw[jwt]" in out.stdout
+
+
+# -- the WSGI twin runs the same policy through its sync side ---------------------------------
+
+
+def _wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{environ.get('REMOTE_USER')} {sorted(environ.get('kitmw.scopes', ()))}".encode()]
+
+
+def test_wsgi_auth_with_a_token() -> None:
+    app = kitmw.wsgi.Auth(_wsgi_app, backend=hs_backend())
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        r = c.get("/", headers=bearer(hs256(scope="a")))
+    assert (r.status_code, r.text) == (200, "alice ['a']")
+
+
+def test_wsgi_auth_without_credentials_is_401_with_challenge() -> None:
+    app = kitmw.wsgi.Auth(_wsgi_app, backend=[hs_backend(), Basic(users=BASIC_USERS)])
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        r = c.get("/")
+    assert r.status_code == 401
+    assert r.json() == {"error": "unauthorized"}
+    assert len(r.headers.get_list("www-authenticate")) == 2
+
+
+def test_wsgi_optional_anonymous_sets_no_remote_user() -> None:
+    app = kitmw.wsgi.Auth(_wsgi_app, backend=hs_backend(), optional=True)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        r = c.get("/")
+    assert (r.status_code, r.text) == (200, "None []")

@@ -609,6 +609,8 @@ class JWT(Backend):
             if len(value) <= n or value[:n].lower() != self._prefix:
                 return None  # another scheme: not for this backend
             value = value[n:]
+            if value.isascii() and len(value) <= self._max_len and " " not in value:
+                return value  # the common case: a well-formed token
         token = value.strip()
         if not token:
             raise AuthError("empty token")

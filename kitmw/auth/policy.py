@@ -82,7 +82,8 @@ class AuthPolicy(Policy):
         self._backends = backends
         self._async = tuple(bool(getattr(b, "does_io", False)) for b in backends)
         self._io = any(self._async)
-        self._exclude = PathMatcher(exclude_paths)
+        matcher = PathMatcher(exclude_paths)
+        self._exclude = matcher if matcher else None
         self._allow_options = bool(allow_options)
         self._optional = bool(optional)
         self.registry = registry
@@ -155,7 +156,8 @@ class AuthPolicy(Policy):
     # -- decisions (no I/O) ------------------------------------------------------------------
 
     def _skip(self, ex: Exchange) -> bool:
-        if self._exclude and self._exclude(ex.path):
+        exclude = self._exclude
+        if exclude is not None and exclude(ex.path):
             return True
         return (
             self._allow_options
@@ -181,9 +183,10 @@ class AuthPolicy(Policy):
         if error_at >= 0:
             return self._invalid[error_at]
         if self._optional and self._rule(ex.path) is None:
-            # Anonymous but allowed: Starlette's convention for "nobody".
-            ex.set_user("", (), None, _ANONYMOUS)
-            ex.principal = None
+            if ex.protocol == "asgi":
+                # Starlette's convention for "nobody", so ``request.user`` works in handlers.
+                ex.set_user("", (), None, _ANONYMOUS)
+                ex.principal = None
             return None
         return self._missing
 
