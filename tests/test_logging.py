@@ -794,3 +794,14 @@ def test_a_failing_record_never_breaks_the_request_and_still_unbinds(
     assert current_request_id() is None
     (failure,) = [r for r in caplog.records if r.name == "kitmw"]
     assert failure.exc_info is not None and failure.exc_info[0] is LookupError
+
+
+@pytest.mark.anyio
+async def test_real_tracing_ids_reach_the_records(capture: Capture, spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.stack(fastapi_app(), tracing={"tracer_provider": provider}, access_log=True)
+    async with client(app) as c:
+        await c.get("/items/1")
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+    trace_id, span_id = f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
+    assert [(r.trace_id, r.span_id) for r in capture.records] == [(trace_id, span_id)] * 2
