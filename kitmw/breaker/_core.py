@@ -356,18 +356,23 @@ class Breaker:
             if self._view._state == CLOSED and not self._before:
                 return _ADMITTED
             return self._decide_local()
-        return self._drive(self._acquire_flow())  # type: ignore[no-any-return]
+        refresh = self._stale()
+        if not refresh and self._view._state == CLOSED and not self._before:
+            return _ADMITTED  # the cached shared view is fresh enough: no I/O
+        return self._drive(self._acquire_flow(refresh))  # type: ignore[no-any-return]
 
     def release(self, permit: Permit, *, failed: bool | None, error: BaseException | None = None) -> None:
         """Record the verdict of the call ``permit`` allowed (``None``: cancelled, not counted)."""
-        if self._shared is None:
+        if self._shared is None or self._nothing_to_record(permit, failed):
             self._release_local(permit, failed, error)
             return
         try:
             self._drive(self._release_flow(permit, failed, error))
         finally:
-            if permit.lease is not None and not self._down:
-                self._run(("unlease", permit.lease))
+            lease = permit.lease
+            if lease is not None and not self._down:
+                permit.lease = None
+                self._run(("unlease", lease))
 
     # -- async side ------------------------------------------------------------------------
 
@@ -377,20 +382,29 @@ class Breaker:
             if self._view._state == CLOSED and not self._before:
                 return _ADMITTED
             return self._decide_local()
-        return await self._adrive(self._acquire_flow())  # type: ignore[no-any-return]
+        refresh = self._stale()
+        if not refresh and self._view._state == CLOSED and not self._before:
+            return _ADMITTED
+        return await self._adrive(self._acquire_flow(refresh))  # type: ignore[no-any-return]
 
     async def arelease(
         self, permit: Permit, *, failed: bool | None, error: BaseException | None = None
     ) -> None:
         """Async twin of :meth:`release`; cancellation-safe (the slot is freed first)."""
-        if self._shared is None:
+        if self._shared is None or self._nothing_to_record(permit, failed):
             self._release_local(permit, failed, error)
             return
         try:
             await self._adrive(self._release_flow(permit, failed, error))
         finally:
-            if permit.lease is not None and not self._down:
-                self._unlease_later(permit.lease)
+            lease = permit.lease
+            if lease is not None and not self._down:
+                permit.lease = None
+                try:
+                    await self._arun(("unlease", lease))
+                except BaseException:
+                    self._unlease_later(lease)  # cancelled: give it back in a task of its own
+                    raise
 
     def close(self) -> None:
         """Close the sync Redis client (if any)."""
@@ -432,23 +446,27 @@ class Breaker:
                 self._machine.half_open()
             return Permit(True)
 
-    def _release_local(self, permit: Permit, failed: bool | None, error: BaseException | None) -> None:
+    def _nothing_to_record(self, permit: Permit, failed: bool | None) -> bool:
+        """A success while closed with no failure to reset and nobody to tell (the usual case)."""
         view = self._view
-        if (
+        return (
             failed is False
             and not permit.trial
             and view._fail_counter == 0
             and view._state == CLOSED
             and not self._notify_success
-        ):
-            return  # a success with nothing to reset and nobody to tell
+        )
+
+    def _release_local(self, permit: Permit, failed: bool | None, error: BaseException | None) -> None:
+        if self._nothing_to_record(permit, failed):
+            return
         with self._lock:
             if permit.trial:
                 if permit.released:
                     return
                 permit.released = True
                 self._trials -= 1
-            if failed is None or view._state != (HALF_OPEN if permit.trial else CLOSED):
+            if failed is None or self._view._state != (HALF_OPEN if permit.trial else CLOSED):
                 return  # cancelled, or the breaker moved on while the call ran
             self._step(failed, error)
 
@@ -479,6 +497,9 @@ class Breaker:
 
     def _stale(self) -> bool:
         now = time.monotonic()
+        loaded = self._loaded_at
+        if loaded is not None and not self._down and now - loaded < self._refresh_interval:
+            return False  # the common case, without the lock
         with self._lock:
             if self._down:
                 if now < self._retry_at:
@@ -493,9 +514,9 @@ class Breaker:
             self._refreshing = True
             return True
 
-    def _acquire_flow(self) -> _Flow:
+    def _acquire_flow(self, refresh: bool) -> _Flow:
         view = self._view
-        if self._stale():
+        if refresh:
             try:
                 reply = yield ("refresh",)
             finally:

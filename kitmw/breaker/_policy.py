@@ -82,10 +82,17 @@ class BreakerPolicy(Policy):
         :class:`~kitmw.breaker.Breaker`.
     """
 
-    __slots__ = ("_cache", "_excluded", "_is_failure", "_key", "breaker")
+    __slots__ = ("_cache", "_excluded", "_is_failure", "_key", "_plain", "breaker")
 
     name: ClassVar[str] = "breaker"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
+
+    def __new__(cls, **options: Any) -> BreakerPolicy:
+        if cls is BreakerPolicy:
+            breaker = options.get("breaker")
+            if options.get("storage") is not None or (isinstance(breaker, Breaker) and breaker.shared):
+                cls = _SharedBreakerPolicy
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -112,6 +119,7 @@ class BreakerPolicy(Policy):
         matcher = PathMatcher(exclude_paths)
         self._excluded = matcher if matcher else None
         self._is_failure = is_failure or default_is_failure
+        self._plain = is_failure is None  # the default verdict can be inlined in exit()
         if breaker is not None:
             if not isinstance(breaker, Breaker):
                 raise ConfigError(f"breaker: expected a kitmw.breaker.Breaker, got {breaker!r}")
@@ -176,6 +184,27 @@ class BreakerPolicy(Policy):
         ex.state[self._key] = permit
         return None
 
+    def exit(self, ex: Exchange) -> None:
+        permit: Permit | None = ex.state.pop(self._key, None)
+        if permit is None:
+            return  # excluded path, or refused
+        if self._plain and ex.error is None and ex.status < 500:
+            self.breaker.release(permit, failed=False)
+            return
+        failed, error = self._verdict(ex)
+        self.breaker.release(permit, failed=failed, error=error)
+
+
+class _SharedBreakerPolicy(BreakerPolicy):
+    """The same policy with Redis I/O awaited on the async drivers.
+
+    Without shared storage every decision is in memory, so :class:`BreakerPolicy` leaves
+    ``aenter``/``aexit`` alone and the async drivers call ``enter``/``exit`` directly
+    (no coroutine per request).
+    """
+
+    __slots__ = ()
+
     async def aenter(self, ex: Exchange) -> Rejection | None:
         if self._excluded is not None and self._excluded(ex.path):
             return None
@@ -185,12 +214,6 @@ class BreakerPolicy(Policy):
             return self._rejection(exc.retry_after)
         ex.state[self._key] = permit
         return None
-
-    def exit(self, ex: Exchange) -> None:
-        permit: Permit | None = ex.state.pop(self._key, None)
-        if permit is not None:
-            failed, error = self._verdict(ex)
-            self.breaker.release(permit, failed=failed, error=error)
 
     async def aexit(self, ex: Exchange) -> None:
         permit: Permit | None = ex.state.pop(self._key, None)
