@@ -597,3 +597,59 @@ def test_policy_is_a_kitmw_policy(registry) -> None:
     assert set(RateLimitPolicy.shared_options) == {"exclude_paths", "registry"}
     assert isinstance(policy.enter(FakeExchange()), type(None))
     assert isinstance(policy.enter(FakeExchange()), Rejection)
+
+
+# -- WSGI twin: the sync path, with Flask route templates before dispatch ------------------
+
+
+def test_flask_per_route_limits_through_the_wsgi_twin(registry) -> None:
+    flask = pytest.importorskip("flask")
+    app = flask.Flask(__name__)
+
+    @app.get("/users/<int:user_id>")
+    def user(user_id: int) -> str:
+        return str(user_id)
+
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    wrapped = kitmw.wsgi.RateLimit(
+        app,
+        limit="100/minute",
+        routes={"/users/<int:user_id>": "2/minute", "/health": None},
+        registry=registry,
+        namespace=ns(),
+    )
+    with httpx.Client(transport=httpx.WSGITransport(app=wrapped), base_url="http://test") as c:
+        users = [c.get(f"/users/{i}") for i in range(3)]
+        health = [c.get("/health").status_code for _ in range(3)]
+    assert [r.status_code for r in users] == [200, 200, 429]
+    assert users[2].json() == {"error": "rate_limited"}
+    assert users[0].headers["ratelimit"].startswith('"default";r=1;')
+    assert health == [200, 200, 200]
+
+
+def test_storage_key_matches_limits_key_for(registry) -> None:
+    limiter = Limiter(limit="5/10 minutes;7/hour", registry=registry, namespace="x")
+    for spec in limiter._specs:
+        assert spec.prefix + "10.0.0.1" + spec.suffix == spec.item.key_for("10.0.0.1")
+
+
+def test_django_per_route_limits_through_the_wsgi_twin(registry) -> None:
+    pytest.importorskip("django")
+    import django_project
+
+    with django_project.urls():
+        from django.core.wsgi import get_wsgi_application
+
+        wrapped = kitmw.wsgi.RateLimit(
+            get_wsgi_application(),
+            limit="100/minute",
+            routes={"/items/<int:pk>": "2/minute"},
+            registry=registry,
+            namespace=ns(),
+        )
+        with httpx.Client(transport=httpx.WSGITransport(app=wrapped), base_url="http://test") as c:
+            codes = [c.get(f"/items/{i}").status_code for i in range(3)]
+    assert codes == [200, 200, 429]

@@ -19,8 +19,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse_many
@@ -41,9 +40,8 @@ _REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "valkey", "valkeys", "valkey+
 _REDIS_POOLED = ("redis", "rediss", "redis+unix")
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The verdict of one hit.
+class Decision(NamedTuple):
+    """The verdict of one hit (immutable; a NamedTuple because it is built per request).
 
     ``allowed``: the request may proceed. ``limit``/``remaining``/``reset_after``
     describe the limit that binds (the one that refused, or the one with the least
@@ -300,13 +298,16 @@ class _Backend:
 class _Spec:
     """One limit: the ``limits`` item (with kitmw's namespace) and its header pieces."""
 
-    __slots__ = ("amount", "expiry", "item", "name")
+    __slots__ = ("amount", "expiry", "item", "name", "prefix", "suffix")
 
     def __init__(self, item: RateLimitItem, name: str) -> None:
         self.item = item
         self.amount = int(item.amount)
         self.expiry = int(item.get_expiry())
         self.name = name
+        # item.key_for(key) == prefix + key + suffix, without its per-call list and joins.
+        self.prefix = f"{item.namespace}/"
+        self.suffix = f"/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
 
 
 def parse_limit(limit: Any, namespace: str, option: str = "limit") -> tuple[tuple[_Spec, ...], str]:
@@ -507,7 +508,7 @@ class Limiter:
             if fixed:
                 # FixedWindowRateLimiter.hit is exactly this incr; its count gives
                 # ``remaining`` without another round trip.
-                storage_key = item.key_for(key)
+                storage_key = spec.prefix + key + spec.suffix
                 count = strategy.storage.incr(storage_key, spec.expiry, amount=cost)
                 ok = count <= spec.amount
                 remaining = max(0, spec.amount - count)
@@ -530,7 +531,7 @@ class Limiter:
         for spec in self._specs:
             item = spec.item
             if fixed:
-                storage_key = item.key_for(key)
+                storage_key = spec.prefix + key + spec.suffix
                 count = await strategy.storage.incr(storage_key, spec.expiry, amount=cost)
                 ok = count <= spec.amount
                 remaining = max(0, spec.amount - count)
