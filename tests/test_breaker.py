@@ -304,6 +304,18 @@ async def test_excluded_exceptions_are_not_failures(registry) -> None:
 
 
 @pytest.mark.anyio
+async def test_excluded_exception_with_a_metaclass_is_still_only_a_type(registry) -> None:
+    import abc
+
+    class Abstract(Exception, metaclass=abc.ABCMeta):
+        pass
+
+    b = Breaker(name=unique(), fail_max=1, exclude=[Abstract], registry=registry)
+    await b.arelease(await b.aacquire(), failed=True, error=RuntimeError("counts"))
+    assert b.state == "open"
+
+
+@pytest.mark.anyio
 async def test_is_failure_decides_what_counts(registry) -> None:
     backend, clock = Backend(), FakeClock()
     app = guarded(backend, clock, registry, fail_max=2, is_failure=lambda ex: ex.status == 418)
@@ -557,6 +569,8 @@ def test_listeners_hear_calls_failures_successes_and_transitions(registry) -> No
     )
     b.release(b.acquire(), failed=False)
     b.release(b.acquire(), failed=True, error=TimeoutError())
+    with pytest.raises(BreakerOpen):
+        b.acquire()  # refused: no before_call, as in pybreaker
     clock.advance(1)
     b.release(b.acquire(), failed=False)
     assert events == [
@@ -565,8 +579,8 @@ def test_listeners_hear_calls_failures_successes_and_transitions(registry) -> No
         "before",
         ("failure", "TimeoutError"),
         ("state", "closed", "open", "open", name),
+        ("state", "open", "half-open", "half-open", name),  # as pybreaker: half-open, then the call
         "before",
-        ("state", "open", "half-open", "half-open", name),
         ("state", "half-open", "closed", "closed", name),  # pybreaker closes, then tells success
         "success",
     ]

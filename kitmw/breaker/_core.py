@@ -151,6 +151,19 @@ def _instruments(registry: Any) -> Any:
     return instruments(registry)
 
 
+def _predicate(item: Any) -> Any:
+    # pybreaker tests ``type(exclusion) is type``: an exception class with a metaclass
+    # (ABCMeta, ...) would be *called* as a predicate and always match. Make it one.
+    if isinstance(item, type):
+
+        def excluded(exc: BaseException, cls: type = item) -> bool:
+            return isinstance(exc, cls)
+
+        excluded.__qualname__ = f"excluded[{item.__qualname__}]"
+        return excluded
+    return item
+
+
 def _check_int(option: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{option}: expected an integer >= 1, got {value!r}")
@@ -295,7 +308,7 @@ class Breaker:
             fail_max=fail_max,
             reset_timeout=self._reset_timeout,
             success_threshold=success_threshold,
-            exclude=list(exclude),
+            exclude=[_predicate(item) for item in exclude],
             listeners=[self._observer, *listeners],
             name=name,
         )
@@ -355,11 +368,14 @@ class Breaker:
         if self._shared is None:
             if self._view._state == CLOSED and not self._before:
                 return _ADMITTED
-            return self._decide_local()
-        refresh = self._stale()
-        if not refresh and self._view._state == CLOSED and not self._before:
-            return _ADMITTED  # the cached shared view is fresh enough: no I/O
-        return self._drive(self._acquire_flow(refresh))  # type: ignore[no-any-return]
+            permit = self._decide_local()
+        else:
+            refresh = self._stale()
+            if not refresh and self._view._state == CLOSED and not self._before:
+                return _ADMITTED  # the cached shared view is fresh enough: no I/O
+            permit = self._drive(self._acquire_flow(refresh))
+        self._call_before()
+        return permit
 
     def release(self, permit: Permit, *, failed: bool | None, error: BaseException | None = None) -> None:
         """Record the verdict of the call ``permit`` allowed (``None``: cancelled, not counted)."""
@@ -381,11 +397,14 @@ class Breaker:
         if self._shared is None:
             if self._view._state == CLOSED and not self._before:
                 return _ADMITTED
-            return self._decide_local()
-        refresh = self._stale()
-        if not refresh and self._view._state == CLOSED and not self._before:
-            return _ADMITTED
-        return await self._adrive(self._acquire_flow(refresh))  # type: ignore[no-any-return]
+            permit = self._decide_local()
+        else:
+            refresh = self._stale()
+            if not refresh and self._view._state == CLOSED and not self._before:
+                return _ADMITTED
+            permit = await self._adrive(self._acquire_flow(refresh))
+        self._call_before()
+        return permit
 
     async def arelease(
         self, permit: Permit, *, failed: bool | None, error: BaseException | None = None
@@ -426,12 +445,12 @@ class Breaker:
         return BreakerOpen(f"circuit breaker {self.name!r} is open", retry_after=wait, name=self.name)
 
     def _call_before(self) -> None:
+        """pybreaker tells ``before_call`` only for calls it lets through; so do we."""
         for listener in self._before:
             listener.before_call(self._machine, guarded_call)
 
     def _decide_local(self) -> Permit:
         with self._lock:
-            self._call_before()
             state = self._view._state
             if state == CLOSED:
                 return _ADMITTED
@@ -533,7 +552,6 @@ class Breaker:
                         with self._lock:
                             self._adopt(reply)
         with self._lock:
-            self._call_before()
             state = view._state
             if state == CLOSED:
                 return _ADMITTED

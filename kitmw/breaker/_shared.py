@@ -14,6 +14,7 @@ built, so a process joining the fleet never resets the shared state (pybreaker #
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -150,7 +151,7 @@ class SharedState:
     threads, test loops).
     """
 
-    __slots__ = ("_aclients", "_sync", "_sync_scripts", "key", "probe", "slots", "timeout", "url")
+    __slots__ = ("_aclients", "_lock", "_sync", "_sync_scripts", "key", "probe", "slots", "timeout", "url")
 
     def __init__(self, url: str, name: str, *, slots: int, timeout: float) -> None:
         self.url = url
@@ -158,6 +159,7 @@ class SharedState:
         self.probe = f"{self.key}:probe:"
         self.slots = slots
         self.timeout = timeout
+        self._lock = threading.Lock()
         self._sync: Any = None
         self._sync_scripts: dict[str, Any] = {}
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = (
@@ -182,14 +184,17 @@ class SharedState:
         if client is None:
             import redis
 
-            client = self._sync = redis.Redis.from_url(
-                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-            )
+            with self._lock:  # one pool for every thread
+                if self._sync is None:
+                    self._sync = redis.Redis.from_url(
+                        self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+                    )
+                client = self._sync
         if op[0] == "refresh":
             return client.hmget(self.key, _FIELDS)
         script = self._sync_scripts.get(op[0])
         if script is None:
-            script = self._sync_scripts[op[0]] = client.register_script(_SCRIPTS[op[0]])
+            script = self._sync_scripts.setdefault(op[0], client.register_script(_SCRIPTS[op[0]]))
         keys, args = self._keys_args(op)
         return script(keys=keys, args=args)
 
