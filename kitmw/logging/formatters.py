@@ -20,6 +20,8 @@ from typing import IO, Any
 from ..errors import ConfigError
 from ._common import _level, _logger
 from ._context import CONTEXT_FIELDS, _current, _safe
+from .access import ACCESS_FIELDS
+from .client import CLIENT_FIELDS
 
 __all__ = ["FORMATS", "JsonFormatter", "LogfmtFormatter", "TextFormatter", "configure"]
 
@@ -134,6 +136,12 @@ def _logfmt_value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=not text.isprintable())
 
 
+# Keys every access or client record has: known safe, no regex needed.
+_SAFE_KEYS = frozenset(
+    ("time", "level", "logger", "msg", "query", "exc_info", "stack_info", *CONTEXT_FIELDS, *ACCESS_FIELDS)
+) | frozenset(CLIENT_FIELDS)
+
+
 def _logfmt_key(key: str) -> str:
     return key if _KEY_OK(key) else (_KEY_FIX.sub("_", key) or "_")
 
@@ -168,7 +176,9 @@ class LogfmtFormatter(logging.Formatter):
         if record.stack_info:
             pairs.append(("stack_info", self.formatStack(record.stack_info)))
         return " ".join(
-            (k if _KEY_OK(k) else _logfmt_key(k)) + "=" + _logfmt_value(v) for k, v in pairs if v is not None
+            (k if k in _SAFE_KEYS else _logfmt_key(k)) + "=" + _logfmt_value(v)
+            for k, v in pairs
+            if v is not None
         )
 
 
