@@ -52,11 +52,14 @@ class IdentityProvider:
     def __init__(self, *kids: str) -> None:
         self.documents: list[dict[str, Any]] = [jwk(k) for k in kids]
         self.down = False
+        self.delay = 0.0
         self.requests = 0
         self.app = Starlette(routes=[Route("/.well-known/jwks.json", self.jwks)])
 
     async def jwks(self, request: Any) -> Response:
         self.requests += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.down:
             return JSONResponse({"error": "maintenance"}, status_code=503)
         return JSONResponse({"keys": self.documents})
@@ -169,6 +172,24 @@ async def test_concurrent_first_requests_share_one_fetch(idp: tuple[IdentityProv
     app = make_app(url, FakeClock())
     results = await asyncio.gather(*(status(app, token(jti=str(i))) for i in range(20)))
     assert results == [200] * 20
+    assert provider.requests == 1
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_request_does_not_abort_the_fetch(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    provider.delay = 0.3
+    backend = JWT(jwks_url=url, algorithms=["RS256"], clock=FakeClock())
+    app = FastAPI()
+    app.add_middleware(kitmw.Auth, backend=backend)
+    first = asyncio.ensure_future(status(app, token(jti="a")))
+    await asyncio.sleep(0.05)
+    first.cancel()  # the client went away while the key set was being fetched
+    deadline = time.monotonic() + 5
+    while backend.jwks is not None and backend.jwks.keys is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert backend.jwks is not None and backend.jwks.keys is not None
+    assert await status(app, token(jti="b")) == 404  # authenticated; the app has no /me
     assert provider.requests == 1
 
 

@@ -71,11 +71,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class _Inflight:
-    __slots__ = ("done", "future")
+    __slots__ = ("done", "future", "task")
 
     def __init__(self, future: asyncio.Future[None] | None) -> None:
         self.done = threading.Event()
         self.future = future
+        self.task: asyncio.Task[None] | None = None  # holds the fetch task against GC
 
 
 class JWKSCache:
@@ -147,15 +148,17 @@ class JWKSCache:
             return next(iter(keys.values())) if len(keys) == 1 else None
         return keys.get(kid)
 
-    def _plan(self, kid: str | None, now: float) -> tuple[Any, int]:
+    def _plan(self, kid: str | None) -> tuple[Any, int]:
         with self._lock:
+            now = self._clock()  # read under the lock: decisions are ordered like the clock
             key = self._find(kid)
-            if key is not None and now - self.fetched_at < self._ttl:
+            # A clock that jumped backwards counts as "time is up", never as "wait longer".
+            if key is not None and 0.0 <= now - self.fetched_at < self._ttl:
                 return key, _USE
             if self._inflight is not None:
                 # Someone is fetching: a stale key is good enough meanwhile, a missing one waits.
                 return key, (_USE if key is not None else _WAIT)
-            if self.attempted_at is not None and now - self.attempted_at < self._cooldown:
+            if self.attempted_at is not None and 0.0 <= now - self.attempted_at < self._cooldown:
                 return key, _USE  # stale or missing: at most one fetch per cooldown
             self.attempted_at = now
             self.fetches += 1
@@ -230,7 +233,7 @@ class JWKSCache:
 
     def get(self, kid: str | None) -> Any:
         """The key for ``kid``, fetching the set if needed (blocking: sync drivers)."""
-        key, action = self._plan(kid, self._clock())
+        key, action = self._plan(kid)
         if action == _USE:
             return key
         if action == _WAIT:
@@ -272,7 +275,7 @@ class JWKSCache:
 
     async def aget(self, kid: str | None) -> Any:
         """The key for ``kid``, fetching the set if needed without blocking the loop."""
-        key, action = self._plan(kid, self._clock())
+        key, action = self._plan(kid)
         if action == _USE:
             return key
         loop = asyncio.get_running_loop()
@@ -287,18 +290,24 @@ class JWKSCache:
             with self._lock:
                 return self._find(kid)
         inflight = self._start(loop.create_future())
+        # The fetch runs as its own task: a client that disconnects (cancelling this
+        # request) must not abort the fetch every other request is waiting for.
+        task = inflight.task = loop.create_task(self._run_fetch(inflight))
+        await asyncio.shield(task)
+        with self._lock:
+            return self._find(kid)
+
+    async def _run_fetch(self, inflight: _Inflight) -> None:
         document: Any = None
         error: BaseException | None = None
         try:
             document = await asyncio.wait_for(self._fetch_async(), self._timeout + 1.0)
         except Exception as exc:
             error = exc
-        except BaseException:  # cancelled: release the waiters, count nothing, propagate
+        except BaseException:  # the loop is shutting down: release the waiters, count nothing
             self._finish(inflight, None, None, cancelled=True)
             raise
         self._finish(inflight, document, error)
-        with self._lock:
-            return self._find(kid)
 
 
 def _scopes(payload: Mapping[str, Any]) -> frozenset[str]:
