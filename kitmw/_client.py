@@ -647,7 +647,10 @@ class _Core:
 
     @staticmethod
     def point(request: Any, inst: Instance, rewrite_host: bool) -> None:
-        request.url = request.url.copy_with(scheme=inst.scheme, host=inst.host, port=inst.port)
+        url = request.url
+        if url.host == inst.host and url.port == inst.port and url.scheme == inst.scheme:
+            return  # already there; a URL copy re-parses the whole URL
+        request.url = url.copy_with(scheme=inst.scheme, host=inst.host, port=inst.port)
         if rewrite_host:
             request.headers["Host"] = inst.netloc
 
