@@ -172,7 +172,9 @@ class AuthPolicy(Policy):
         return None
 
     def _admit(self, ex: Exchange, principal: Principal, at: int) -> Rejection | None:
-        ex.set_user(principal.identity, principal.scopes, getattr(principal, "claims", None), principal)
+        # getattr: a custom backend may return any Starlette BaseUser.
+        scopes = getattr(principal, "scopes", ())
+        ex.set_user(principal.identity, scopes, getattr(principal, "claims", None), principal)
         if self._rules:
             rule = self._rule(ex.path)
             if rule is not None and not rule.required <= ex.scopes:
