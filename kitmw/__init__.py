@@ -43,6 +43,7 @@ _MIDDLEWARES = {"AccessLog", "Auth", "CircuitBreaker", "Metrics", "RateLimit", "
 _SUBMODULES = {
     "asgi",
     "auth",
+    "balance",
     "breaker",
     "cli",
     "errors",
@@ -52,6 +53,7 @@ _SUBMODULES = {
     "logging",
     "metrics",
     "ratelimit",
+    "retry",
     "routes",
     "testing",
     "tracing",
