@@ -653,3 +653,9 @@ def test_django_per_route_limits_through_the_wsgi_twin(registry) -> None:
         with httpx.Client(transport=httpx.WSGITransport(app=wrapped), base_url="http://test") as c:
             codes = [c.get(f"/items/{i}").status_code for i in range(3)]
     assert codes == [200, 200, 429]
+
+
+def test_root_route_is_not_a_prefix_of_everything(registry) -> None:
+    policy = RateLimitPolicy(limit="10/minute", routes={"/": "1/minute"}, registry=registry, namespace=ns())
+    assert decisions(policy, 2, path="/", route="/") == [200, 429]
+    assert decisions(policy, 2, path="/other", route="/other") == [200, 200]

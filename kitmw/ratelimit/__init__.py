@@ -14,7 +14,8 @@ See ``docs/ratelimit.md``.
 from __future__ import annotations
 
 from ._keys import ClientAddress
-from ._limiter import STRATEGY_NAMES, Decision, Limiter
+from ._limiter import Decision, Limiter
 from ._policy import RateLimitPolicy
+from ._storage import STRATEGY_NAMES
 
 __all__ = ["STRATEGY_NAMES", "ClientAddress", "Decision", "Limiter", "RateLimitPolicy"]

@@ -9,7 +9,8 @@ from .._paths import PathMatcher
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
 from ._keys import ClientAddress
-from ._limiter import Decision, Limiter, _Backend
+from ._limiter import Decision, Limiter
+from ._storage import Backend
 
 __all__ = ["RateLimitPolicy"]
 
@@ -123,7 +124,7 @@ class RateLimitPolicy(Policy):
         self._cost = cost
         self._headers = bool(headers)
 
-        self.backend = _Backend(
+        self.backend = Backend(
             storage=storage,
             strategy=strategy,
             fail_open=fail_open,
@@ -156,7 +157,7 @@ class RateLimitPolicy(Policy):
                 prefixes.append((route.rstrip("*").rstrip("/"), limiter))
                 continue
             templates[route] = limiter
-            if "{" not in route and "<" not in route:
+            if "{" not in route and "<" not in route and route.rstrip("/"):
                 prefixes.append((route.rstrip("/"), limiter))  # a plain path also covers what is below it
         prefixes.sort(key=lambda p: len(p[0]), reverse=True)
         self._templates = templates
