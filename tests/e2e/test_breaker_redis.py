@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -33,7 +35,7 @@ class FakeClock:
         self.now += seconds
 
 
-def service() -> Starlette:
+def service(lifespan: Any = None) -> Starlette:
     """One replica of a service as users write it."""
 
     async def ok(request: Any) -> PlainTextResponse:
@@ -42,21 +44,43 @@ def service() -> Starlette:
     async def fail(request: Any) -> PlainTextResponse:
         return PlainTextResponse("down", status_code=500)
 
-    return Starlette(routes=[Route("/ok", ok), Route("/fail", fail)])
+    return Starlette(routes=[Route("/ok", ok), Route("/fail", fail)], lifespan=lifespan)
 
 
 def replica(redis_url: str, clock: Any = None, **options: Any) -> Any:
-    """A replica: the same configuration each time, no name given (default name shared)."""
+    """A replica: the same configuration each time, no name given (default name shared).
+
+    Its lifespan closes the breaker's Redis clients, as a user's would (on a real server).
+    """
     options.setdefault("fail_max", 3)
     options.setdefault("reset_timeout", 30)
-    return kitmw.CircuitBreaker(
-        service(),
+    built: list[Breaker] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        yield
+        await built[0].aclose()
+
+    app = kitmw.CircuitBreaker(
+        service(lifespan),
         storage=redis_url,
         clock=clock,
         registry=options.pop("registry", None) or CollectorRegistry(),
         refresh_interval=0,  # see every change at once; the default caches for 100 ms
         **options,
     )
+    built.append(breaker_of(app))
+    return app
+
+
+@contextlib.asynccontextmanager
+async def closing(*items: Any) -> AsyncIterator[None]:
+    """Close the breakers' Redis clients on this test's loop (in-process apps have no lifespan)."""
+    try:
+        yield
+    finally:
+        for item in items:
+            await (item if isinstance(item, Breaker) else breaker_of(item)).aclose()
 
 
 def client(app: Any) -> httpx.AsyncClient:
@@ -82,7 +106,7 @@ async def test_failures_in_one_replica_open_the_other(redis_url: str) -> None:
     clock = FakeClock()
     a, b = replica(redis_url, clock), replica(redis_url, clock)
     assert breaker_of(a).name == breaker_of(b).name
-    async with client(a) as ca, client(b) as cb:
+    async with closing(a, b), client(a) as ca, client(b) as cb:
         assert (await cb.get("/ok")).status_code == 200
         for _ in range(3):
             await ca.get("/fail")
@@ -98,7 +122,7 @@ async def test_failures_in_one_replica_open_the_other(redis_url: str) -> None:
 async def test_failures_are_counted_across_replicas(redis_url: str) -> None:
     clock = FakeClock()
     a, b = replica(redis_url, clock), replica(redis_url, clock)
-    async with client(a) as ca, client(b) as cb:
+    async with closing(a, b), client(a) as ca, client(b) as cb:
         await ca.get("/fail")
         await cb.get("/fail")
         await ca.get("/fail")  # the third consecutive failure of the fleet
@@ -109,14 +133,14 @@ async def test_failures_are_counted_across_replicas(redis_url: str) -> None:
 async def test_a_new_replica_joining_does_not_reset_the_open_state(redis_url: str) -> None:
     clock = FakeClock()
     a = replica(redis_url, clock)
-    async with client(a) as ca:
+    async with closing(a), client(a) as ca:
         for _ in range(3):
             await ca.get("/fail")
     name = breaker_of(a).name
     before = shared_hash(redis_url, name)
     joiner = replica(redis_url, clock)
     assert shared_hash(redis_url, name) == before  # building writes nothing
-    async with client(joiner) as cj:
+    async with closing(joiner), client(joiner) as cj:
         r = await cj.get("/ok")
     assert r.status_code == 503
     assert breaker_of(joiner).state == "open"
@@ -127,7 +151,7 @@ async def test_a_new_replica_joining_does_not_reset_the_open_state(redis_url: st
 async def test_missing_keys_read_as_a_closed_breaker(redis_url: str, redis_server: Any) -> None:
     clock = FakeClock()
     a = replica(redis_url, clock)
-    async with client(a) as ca:
+    async with closing(a), client(a) as ca:
         for _ in range(3):
             await ca.get("/fail")
         redis_server.flush()  # keys gone (eviction, a flush, a new Redis)
@@ -238,7 +262,7 @@ async def test_redis_down_falls_back_to_local_state_logs_once_and_recovers(
     a = replica(redis_url, clock, registry=registry, storage_retry=0)
     name = breaker_of(a).name
     with caplog.at_level(logging.INFO, logger="kitmw.breaker"):
-        async with client(a) as ca:
+        async with closing(a), client(a) as ca:
             assert (await ca.get("/ok")).status_code == 200
             redis_server.stop()
             try:
