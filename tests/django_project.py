@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from django.urls import path
+from django.urls import include, path, re_path
 
 __all__ = ["GATES", "URLCONF", "setup", "urlpatterns", "urls"]
 
@@ -85,5 +85,7 @@ urlpatterns = [
     path("items/<int:pk>", item),
     path("boom", boom),
     path("stream", stream),
+    path("api/v1/", include([path("items/<int:pk>", item)])),
+    re_path(r"^articles/(?P<pk>[0-9]{4})/$", item),
     path("kitmw-metrics/items/<int:pk>", item),  # the metrics tests' Django route
 ]

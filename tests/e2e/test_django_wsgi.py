@@ -73,6 +73,18 @@ def test_url_patterns_label_the_metrics(
     assert requests_total(registry, "<unmatched>", "404") == 1
 
 
+def test_included_and_regex_patterns_are_labelled_by_their_pattern(
+    django_wsgi: Any, registry: CollectorRegistry
+) -> None:
+    app = kitmw.stack(django_wsgi, metrics={"registry": registry})
+    transport = httpx.WSGITransport(app=app)
+    with httpx.Client(transport=transport, base_url="http://test") as c:
+        assert c.get("/api/v1/items/5").text == "item 5"
+        assert c.get("/articles/2024/").text == "item 2024"
+    assert requests_total(registry, "/api/v1/items/<int:pk>", "200") == 1
+    assert requests_total(registry, "/articles/(?P<pk>[0-9]{4})/", "200") == 1
+
+
 def test_error_view_is_a_counted_500_that_echoes_the_request_id(
     django_wsgi: Any, serve_wsgi: Any, registry: CollectorRegistry
 ) -> None:
