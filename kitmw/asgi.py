@@ -12,6 +12,8 @@ import inspect
 from time import perf_counter_ns
 from typing import Any
 
+from starlette.authentication import AuthCredentials
+
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import Rejection
 from .exchange import Exchange, Policy
@@ -95,12 +97,7 @@ class AsgiExchange(Exchange):
         scope = self.scope
         if user is not None:
             scope["user"] = user
-        try:
-            from starlette.authentication import AuthCredentials
-        except ImportError:  # pragma: no cover
-            scope["auth"] = list(self.scopes)
-        else:
-            scope["auth"] = AuthCredentials(sorted(self.scopes))
+        scope["auth"] = AuthCredentials(sorted(self.scopes))
 
     def response_header(self, name: str) -> str | None:
         key = name.encode("latin-1")
