@@ -10,19 +10,10 @@
 
 from __future__ import annotations
 
-from ._core import (
-    CLOSED,
-    HALF_OPEN,
-    OPEN,
-    Breaker,
-    BreakerRegistry,
-    Permit,
-    ReportedFailure,
-    default_registry,
-    get_breaker,
-    guarded_call,
-)
+from ._core import Breaker
+from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, ReportedFailure, guarded_call
 from ._policy import BreakerPolicy, default_is_failure, default_name
+from ._registry import BreakerRegistry, default_registry, get_breaker
 
 __all__ = [
     "CLOSED",

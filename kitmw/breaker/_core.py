@@ -14,187 +14,39 @@ operations (the ``httpx`` auth-flow pattern) and driven by a sync or an async ru
 from __future__ import annotations
 
 import asyncio
-import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
-from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
 
 import pybreaker
 
 from .._types import Clock
 from ..errors import BreakerOpen, ConfigError
+from ._machine import (
+    _ADMITTED,
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Permit,
+    ReportedFailure,
+    _check_int,
+    _check_seconds,
+    _instruments,
+    _Machine,
+    _Observer,
+    _predicate,
+    _View,
+    check_storage,
+    guarded_call,
+    log,
+)
 from ._shared import SharedState, parse_snapshot
-
-__all__ = ["Breaker", "BreakerRegistry", "Permit", "ReportedFailure", "get_breaker"]
-
-CLOSED = pybreaker.STATE_CLOSED
-OPEN = pybreaker.STATE_OPEN
-HALF_OPEN = pybreaker.STATE_HALF_OPEN
-STATES = (CLOSED, OPEN, HALF_OPEN)
-
-log = logging.getLogger("kitmw.breaker")
 
 _Op = tuple[Any, ...]
 _Flow = Generator[_Op, Any, Any]
 
-
-class ReportedFailure(Exception):
-    """Stands for a failure reported without an exception (a 5xx answer), for listeners."""
-
-    def __init__(self, message: str = "failure reported", *, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class Permit:
-    """Leave to make one guarded call; give it back with :meth:`Breaker.release`."""
-
-    __slots__ = ("lease", "released", "trial")
-
-    def __init__(self, trial: bool, lease: str | None = None) -> None:
-        self.trial = trial
-        self.lease = lease
-        self.released = False
-
-    def __repr__(self) -> str:
-        return f"Permit(trial={self.trial})"
-
-
-#: Closed-state permits hold nothing, so one object serves every call.
-_ADMITTED = Permit(False)
-
-
-def guarded_call() -> None:
-    """Stands for the guarded call in ``CircuitBreakerListener.before_call(cb, func)``."""
-
-
-class _View(pybreaker.CircuitMemoryStorage):
-    """pybreaker's memory storage plus the open time on the breaker's own clock."""
-
-    def __init__(self) -> None:
-        super().__init__(CLOSED)
-        self.opened_ts = 0.0
-
-
-class _Machine(pybreaker.CircuitBreaker):
-    """pybreaker's breaker with ``open()`` stamped by the injected clock.
-
-    The storage is updated before the state object so listeners reading
-    ``cb.current_state`` in ``state_change`` already see the new state.
-    """
-
-    def __init__(self, *, clock: Clock, view: _View, **options: Any) -> None:
-        self._clock = clock
-        self._view = view
-        super().__init__(state_storage=view, **options)
-
-    def open(self) -> bool:
-        with self._lock:
-            self._view.opened_ts = self._clock()
-            self._view.opened_at = datetime.now(timezone.utc)
-            self._view.state = OPEN
-            self.state = OPEN  # type: ignore[assignment]
-        return True
-
-    def half_open(self) -> None:
-        with self._lock:
-            self._view.state = HALF_OPEN
-            self.state = HALF_OPEN  # type: ignore[assignment]
-
-    def close(self) -> None:
-        with self._lock:
-            self._view.reset_success_counter()
-            self._view.state = CLOSED
-            self.state = CLOSED  # type: ignore[assignment]
-
-
-class _Observer(pybreaker.CircuitBreakerListener):
-    """Logs transitions on ``kitmw.breaker`` and feeds the state gauge and transition counter."""
-
-    def __init__(self, name: str, inst: Any) -> None:
-        self.name = name
-        self.gauges = {s: inst.breaker_state.labels(name, s) for s in STATES} if inst is not None else None
-        self.transitions = inst.breaker_transitions if inst is not None else None
-        if self.gauges is not None:
-            self.show(CLOSED)
-
-    def show(self, state: str) -> None:
-        if self.gauges is not None:
-            for s, gauge in self.gauges.items():
-                gauge.set(1 if s == state else 0)
-
-    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        old = old_state.name if old_state is not None else CLOSED
-        new = new_state.name
-        log.log(
-            logging.WARNING if new == OPEN else logging.INFO,
-            "circuit breaker %s: %s -> %s",
-            self.name,
-            old,
-            new,
-            extra={"breaker": self.name, "from_state": old, "to_state": new},
-        )
-        self.show(new)
-        if self.transitions is not None:
-            self.transitions.labels(self.name, old, new).inc()
-
-
-def _instruments(registry: Any) -> Any:
-    try:
-        from ..metrics import instruments
-    except ImportError:  # pragma: no cover - the metrics module ships with kitmw
-        return None
-    return instruments(registry)
-
-
-def _predicate(item: Any) -> Any:
-    # pybreaker tests ``type(exclusion) is type``: an exception class with a metaclass
-    # (ABCMeta, ...) would be *called* as a predicate and always match. Make it one.
-    if isinstance(item, type):
-
-        def excluded(exc: BaseException, cls: type = item) -> bool:
-            return isinstance(exc, cls)
-
-        excluded.__qualname__ = f"excluded[{item.__qualname__}]"
-        return excluded
-    return item
-
-
-def _check_int(option: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{option}: expected an integer >= 1, got {value!r}")
-    return value
-
-
-def _check_seconds(option: str, value: Any, *, zero: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or value < 0
-        or (value == 0 and not zero)
-    ):
-        raise ConfigError(f"{option}: expected a number of seconds {'>=' if zero else '>'} 0, got {value!r}")
-    return float(value)
-
-
-def check_storage(storage: Any) -> str | None:
-    """Validate ``storage``: ``None`` or a ``redis://``, ``rediss://`` or ``unix://`` URL."""
-    if storage is None:
-        return None
-    if not isinstance(storage, str) or urlsplit(storage).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"storage: expected None or a redis://, rediss:// or unix:// URL, got {storage!r}")
-    try:
-        import redis  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - redis is an extra
-        raise ConfigError(
-            "storage: a Redis URL needs the redis package (pip install 'kitmw[redis]')"
-        ) from exc
-    return storage
-
+__all__ = ["Breaker"]
 
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 try:
@@ -723,44 +575,3 @@ class Breaker:
         task = loop.create_task(self._arun(("unlease", token)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-class BreakerRegistry:
-    """Breakers by name, so several clients or apps in one process share one breaker.
-
-    Asking again for a name returns the same breaker; asking with other options is an
-    error (two meanings for one name would silently share state).
-    """
-
-    __slots__ = ("_breakers", "_lock")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._breakers: dict[str, tuple[dict[str, Any], Breaker]] = {}
-
-    def get(self, name: str, **options: Any) -> Breaker:
-        with self._lock:
-            found = self._breakers.get(name)
-            if found is not None:
-                if found[0] != options:
-                    raise ConfigError(f"name: breaker {name!r} already exists with other options")
-                return found[1]
-            breaker = Breaker(name=name, **options)
-            self._breakers[name] = (dict(options), breaker)
-            return breaker
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._breakers
-
-    def clear(self) -> None:
-        with self._lock:
-            self._breakers.clear()
-
-
-#: The process-wide registry behind :func:`get_breaker` (like prometheus-client's REGISTRY).
-default_registry = BreakerRegistry()
-
-
-def get_breaker(name: str, **options: Any) -> Breaker:
-    """The process-wide breaker called ``name``, built with ``options`` on first use."""
-    return default_registry.get(name, **options)

@@ -13,7 +13,8 @@ from .._paths import PathMatcher
 from .._types import Clock
 from ..errors import BreakerOpen, ConfigError, Rejection
 from ..exchange import Exchange, Policy
-from ._core import Breaker, Permit, ReportedFailure
+from ._core import Breaker
+from ._machine import Permit, ReportedFailure
 
 __all__ = ["BreakerPolicy", "default_is_failure", "default_name"]
 
