@@ -715,3 +715,24 @@ def test_twins_validate_options_at_construction() -> None:
 
     with pytest.raises(ConfigError, match="limit"):
         kitmw.wsgi.RateLimit(hello, limit="many per fortnight")
+
+
+def test_flask_send_file_keeps_the_servers_file_wrapper(tmp_path: Any) -> None:
+    from flask import Flask, send_file
+
+    path = tmp_path / "report.bin"
+    path.write_bytes(b"r" * 3000)
+    app = Flask("kitmw_test_send_file")
+
+    @app.get("/report")
+    def report() -> Any:
+        return send_file(path)
+
+    log: list[str] = []
+    environ = create_environ("/report")
+    environ["wsgi.file_wrapper"] = FileWrapper
+    result = Middleware(app, Recorder("a", log))(environ, StartResponse())
+    assert isinstance(result, FileWrapper)
+    assert b"".join(result) == b"r" * 3000
+    result.close()
+    assert log == ["enter a", "exit a 200 3000 None"]

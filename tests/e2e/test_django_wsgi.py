@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -28,16 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "django_wsgi"
 THREADS = 8
 PER_THREAD = 25
-
-
-def need(module: str, attr: str) -> Any:
-    try:
-        found = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        found = None
-    if found is None:
-        pytest.skip(f"{module}.{attr} is not available yet")
-    return found
 
 
 @pytest.fixture
@@ -124,7 +113,6 @@ def test_rate_limit_is_exact_under_concurrent_threads(
     registry: CollectorRegistry,
     request: pytest.FixtureRequest,
 ) -> None:
-    need("kitmw.ratelimit", "RateLimitPolicy")
     uri = "memory://" if storage == "memory" else request.getfixturevalue("redis_url")
     app = kitmw.stack(
         django_wsgi,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import uuid
@@ -21,16 +20,6 @@ pytestmark = pytest.mark.e2e
 
 THREADS = 8
 PER_THREAD = 25
-
-
-def need(module: str, attr: str) -> Any:
-    try:
-        found = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        found = None
-    if found is None:
-        pytest.skip(f"{module}.{attr} is not available yet")
-    return found
 
 
 class Gate:
@@ -174,7 +163,6 @@ def test_streaming_route_is_not_buffered_and_keeps_the_request_context(serve_wsg
 def test_rate_limit_is_exact_under_concurrent_threads(
     storage: str, serve_wsgi: Any, registry: CollectorRegistry, request: pytest.FixtureRequest
 ) -> None:
-    need("kitmw.ratelimit", "RateLimitPolicy")
     uri = "memory://" if storage == "memory" else request.getfixturevalue("redis_url")
     app = kitmw.stack(
         make_app(),
