@@ -38,7 +38,10 @@ def _route_key(ex: Exchange) -> str | None:
 
 
 def _route_id(route: str) -> str:
-    return "route:" + route.replace("%", "%25").replace("/", "%2F")
+    # Escaped: "/" separates limits' key parts, and braces would be a Redis Cluster hash
+    # tag putting every client of a templated route on one slot.
+    escaped = route.replace("%", "%25").replace("/", "%2F").replace("{", "%7B").replace("}", "%7D")
+    return "route:" + escaped
 
 
 class RateLimitPolicy(Policy):
