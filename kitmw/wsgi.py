@@ -227,8 +227,9 @@ class _Body:
     """The iterable handed to the server: per-request state, never buffering.
 
     Counts bytes per chunk (and per ``write()``), marks the end time at the last chunk,
-    and finishes the exchange exactly once in ``close()``, forwarding the inner
-    ``close()``. Every call into the app runs in the request's context copy.
+    and finishes the exchange exactly once: in ``close()``, or as soon as the body is
+    exhausted or fails, forwarding the inner ``close()`` then. Every call into the app
+    runs in the request's context copy.
     """
 
     __slots__ = (
@@ -489,7 +490,7 @@ class Middleware:
                 except Exception:
                     pass  # the server refused the answer: fall back to re-raising
             body._closed = True
-            body._finish(primary=exc)
+            body._close(primary=exc)  # closes what the app returned, if it got that far
             raise
         return body
 
