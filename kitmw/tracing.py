@@ -25,7 +25,7 @@ import os
 from collections.abc import Callable, Iterable
 from time import time_ns
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -165,41 +165,161 @@ def _neutral_request_attributes(ex: Exchange, sc: _Semconv) -> dict[str, Any]:
     return attrs
 
 
-def _server_helpers(protocol: str) -> tuple[Callable[..., dict[str, Any]] | None, Callable[..., None] | None]:
-    """contrib's (collect_request_attributes, set_status) for a protocol, if installed."""
-    if protocol == "asgi":
+def _decode_header(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except ValueError:
+        return value.decode("unicode_escape")
+
+
+def _asgi_request_attributes(scope: Any, sc: _Semconv, all_methods: bool) -> dict[str, Any]:
+    """``opentelemetry.instrumentation.asgi.collect_request_attributes(scope, mode)``, faster.
+
+    Same keys and values in every semconv mode (a test pins the equality against
+    contrib's function) at a fifth of the cost: one pass over the headers instead of
+    three, and contrib's ``redact_url`` only when the URL has credentials or a query.
+    Unlike contrib's, a non-UTF-8 query string does not raise.
+    """
+    host_values: list[str] | None = None
+    ua: str | None = None
+    for key, value in scope.get("headers") or ():
+        key = key.lower()
+        if key == b"host":
+            if host_values is None:
+                host_values = [_decode_header(value)]
+            else:
+                host_values.append(_decode_header(value))
+        elif key == b"user-agent" and ua is None:
+            ua = _decode_header(value)
+    server = scope.get("server") or ("0.0.0.0", 80)
+    port = server[1]
+    str_port = str(port)
+    server_host = server[0] + (":" + str_port if str_port != "80" else "")
+    path = scope.get("path", "")
+    old = sc.old
+    new = sc.new
+    result: dict[str, Any] = {}
+    query = scope.get("query_string")
+    if query and isinstance(query, bytes):
         try:
-            from opentelemetry.instrumentation import asgi as otel_asgi
-        except ImportError:  # pragma: no cover - a dependency of kitmw
-            return None, None
-
-        set_status_code: Any = otel_asgi.set_status_code
-
-        def asgi_status(span: Span, status: int, mode: Any) -> None:
-            set_status_code(span, status, None, mode)
-
-        return otel_asgi.collect_request_attributes, asgi_status
-    if protocol == "wsgi":
+            query = query.decode("utf8")
+        except UnicodeDecodeError:
+            query = query.decode("latin-1")
+    scheme = scope.get("scheme")
+    if scheme:
+        if old:
+            result["http.scheme"] = scheme
+        if new:
+            result["url.scheme"] = scheme
+    if server_host:
+        if old:
+            result["http.host"] = server_host
+        if new:
+            result["server.address"] = server_host
+    if port:
         try:
-            from opentelemetry.instrumentation import wsgi as otel_wsgi
-        except ImportError:  # the kitmw[wsgi] extra is not installed
-            return None, None
+            port_int = int(port)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if old:
+                result["net.host.port"] = port_int
+            if new:
+                result["server.port"] = port_int
+    flavor = scope.get("http_version")
+    if flavor:
+        if old:
+            result["http.flavor"] = flavor
+        if new:
+            result["network.protocol.version"] = flavor
+    if path:
+        if old:
+            result["http.target"] = path
+        if new:
+            result["url.path"] = path
+            if query:
+                result["url.query"] = query
+    if old:
+        url_host = host_values[0] if host_values else server_host
+        url = scope.get("scheme", "http") + "://" + url_host + path
+        if query:
+            url += "?" + unquote(query)
+        # contrib's redact_url only changes URLs with credentials or a query part.
+        result["http.url"] = _redact(url) if "@" in url or "?" in url else url
+    method = scope.get("method", "")
+    if method:
+        original = method.strip()
+        upper = method.upper()
+        normalized = upper if all_methods or upper in _KNOWN_METHODS else "_OTHER"
+        if new and original != normalized:
+            result["http.request.method_original"] = original
+        if old:
+            result["http.method"] = normalized
+        if new:
+            result["http.request.method"] = normalized
+    if host_values and old:
+        result["http.server_name"] = ",".join(host_values)
+    if ua:
+        if old:
+            result["http.user_agent"] = ua
+        if new:
+            result["user_agent.original"] = ua
+        synthetic = _synthetic_user_agent(ua)
+        if synthetic:
+            result["user_agent.synthetic.type"] = synthetic
+    client = scope.get("client")
+    if client is not None:
+        if client[0]:
+            if old:
+                result["net.peer.ip"] = client[0]
+            if new:
+                result["client.address"] = client[0]
+        if client[1]:
+            try:
+                client_port = int(client[1])
+            except (TypeError, ValueError):
+                pass
+            else:
+                if old:
+                    result["net.peer.port"] = client_port
+                if new:
+                    result["client.port"] = client_port
+    return result
 
-        def wsgi_status(span: Span, status: int, mode: Any) -> None:
-            otel_wsgi.add_response_attributes(span, f"{status} ", [], None, mode)
 
-        return otel_wsgi.collect_request_attributes, wsgi_status
-    return None, None
+def _synthetic_user_agent(ua: str) -> str | None:
+    try:
+        from opentelemetry.util.http import detect_synthetic_user_agent
+    except ImportError:  # pragma: no cover - older opentelemetry-util-http
+        return None
+    result: str | None = detect_synthetic_user_agent(ua)
+    return result
 
 
-def _set_status_neutral(span: Span, status: int, sc: _Semconv) -> None:
+def _wsgi_collect() -> Callable[..., dict[str, Any]] | None:
+    """contrib's WSGI ``collect_request_attributes``, if the ``kitmw[wsgi]`` extra is installed."""
+    try:
+        from opentelemetry.instrumentation.wsgi import collect_request_attributes
+    except ImportError:
+        return None
+    collect: Callable[..., dict[str, Any]] = collect_request_attributes
+    return collect
+
+
+def _status_attributes(status: int, sc: _Semconv) -> tuple[dict[str, Any], bool]:
+    """contrib's ``set_status_code`` / ``add_response_attributes`` for a server span, as a dict.
+
+    Returns the attributes and whether the span status is ERROR (5xx, or below 100).
+    """
+    error = status < 100 or status >= 500
+    attrs: dict[str, Any] = {}
     if sc.old:
-        span.set_attribute("http.status_code", status)
+        attrs["http.status_code"] = status
     if sc.new:
-        span.set_attribute("http.response.status_code", status)
-        if status >= 500:
-            span.set_attribute("error.type", str(status))
-    span.set_status(Status(StatusCode.ERROR if status >= 500 else StatusCode.UNSET))
+        attrs["http.response.status_code"] = status
+        if error:
+            attrs["error.type"] = str(status)
+    return attrs, error
 
 
 def _span_method(method: str) -> str:
@@ -264,6 +384,7 @@ class _Adopted:
         self.fastapi = fastapi
 
 
+_NOT_LOADED = object()
 _ADOPTED_FASTAPI = _Adopted(True)
 _ADOPTED_OTHER = _Adopted(False)
 
@@ -305,11 +426,11 @@ class TracingPolicy(_TracerMixin, Policy):
     __slots__ = (
         "_all_methods",
         "_exclude",
-        "_helpers",
         "_propagator",
         "_provider",
         "_sc",
         "_tracer",
+        "_wsgi",
         "record_exceptions",
         "server_request_hook",
         "server_response_hook",
@@ -344,14 +465,8 @@ class TracingPolicy(_TracerMixin, Policy):
         self.server_response_hook = server_response_hook
         self._sc = _Semconv(semconv)
         self._all_methods = _capture_all_methods()
-        # contrib's helpers per protocol, imported at the first request of that protocol.
-        self._helpers: dict[str, tuple[Any, Any]] = {}
-
-    def _helpers_for(self, protocol: str) -> tuple[Any, Any]:
-        helpers = self._helpers.get(protocol)
-        if helpers is None:
-            helpers = self._helpers[protocol] = _server_helpers(protocol)
-        return helpers
+        # contrib's WSGI helper, imported at the first WSGI request (an optional extra).
+        self._wsgi: Any = _NOT_LOADED
 
     # -- enter ----------------------------------------------------------------------------
 
@@ -393,15 +508,21 @@ class TracingPolicy(_TracerMixin, Policy):
         return None
 
     def _request_attributes(self, ex: Exchange, native: Any) -> dict[str, Any]:
-        sc = self._sc
-        collect = self._helpers_for(ex.protocol)[0] if native is not None else None
-        if collect is not None:
+        protocol = ex.protocol
+        if native is not None:
             try:
-                attributes: dict[str, Any] = collect(native, sc.mode)
-                return attributes
-            except Exception:  # hostile input (a non-UTF-8 query string) must not fail the request
+                if protocol == "asgi":
+                    return _asgi_request_attributes(native, self._sc, self._all_methods)
+                if protocol == "wsgi":
+                    collect = self._wsgi
+                    if collect is _NOT_LOADED:
+                        collect = self._wsgi = _wsgi_collect()
+                    if collect is not None:
+                        attributes: dict[str, Any] = collect(native, self._sc.mode)
+                        return attributes
+            except Exception:  # hostile or odd input must never fail the request
                 pass
-        return _neutral_request_attributes(ex, sc)
+        return _neutral_request_attributes(ex, self._sc)
 
     def _adopt(self, ex: Exchange, native: Any, on_asgi: bool) -> _Adopted | None:
         """Take over a server span another layer already started for this request."""
@@ -472,25 +593,28 @@ class TracingPolicy(_TracerMixin, Policy):
 
     def _finish(self, ex: Exchange, span: Span, span_name: str) -> None:
         sc = self._sc
+        attrs: dict[str, Any] = {}
         route = ex.route
         if route:
             span.update_name(f"{span_name} {route}")
-            span.set_attribute("http.route", route)
+            attrs["http.route"] = route
         status = ex.status
-        error = ex.error
+        error_status = False
         if status:
-            set_status = self._helpers_for(ex.protocol)[1] if ex.native is not None else None
-            if set_status is not None:
-                set_status(span, status, sc.mode)
-            else:
-                _set_status_neutral(span, status, sc)
+            status_attrs, error_status = _status_attributes(status, sc)
+            attrs.update(status_attrs)
         if ex.bytes_out:
             if sc.old:
-                span.set_attribute("http.response_content_length", ex.bytes_out)
+                attrs["http.response_content_length"] = ex.bytes_out
             if sc.new:
-                span.set_attribute("http.response.body.size", ex.bytes_out)
+                attrs["http.response.body.size"] = ex.bytes_out
+        if attrs:
+            span.set_attributes(attrs)  # one lock, one pass
+        error = ex.error
         if error is not None:
             self._record_error(span, error)
+        elif error_status:
+            span.set_status(Status(StatusCode.ERROR))
         elif not status:
             span.set_status(Status(StatusCode.ERROR, "no response was sent"))
         if self.server_response_hook is not None:

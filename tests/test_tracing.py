@@ -615,3 +615,74 @@ def test_bad_options_raise_config_error_naming_the_option(options: dict[str, Any
 def test_policy_declares_its_shared_options() -> None:
     assert TracingPolicy.name == ClientTracingPolicy.name == "tracing"
     assert TracingPolicy.shared_options == ("exclude_paths",)
+
+
+# -- parity with opentelemetry-instrumentation-asgi -------------------------------------------
+
+PARITY_SCOPES: list[Any] = [
+    pytest.param({}, id="plain"),
+    pytest.param({"query_string": b"a=1&b=%20x"}, id="query"),
+    pytest.param({"query_string": b"X-Amz-Signature=secret&x=1"}, id="sensitive-query"),
+    pytest.param({"headers": [(b"host", b"user:pw@evil.example")]}, id="credentials-in-host"),
+    pytest.param({"headers": []}, id="no-host-header"),
+    pytest.param({"headers": [(b"host", b"a.example"), (b"host", b"b.example")]}, id="two-hosts"),
+    pytest.param({"headers": [(b"Host", b"caps.example"), (b"User-Agent", b"curl/8")]}, id="caps-names"),
+    pytest.param({"headers": [(b"host", b"x"), (b"user-agent", b"Googlebot/2.1")]}, id="bot-agent"),
+    pytest.param({"headers": [(b"host", b"x"), (b"user-agent", b"\xe2\x98\x83 \xff")]}, id="odd-agent"),
+    pytest.param({"method": "get"}, id="lower-method"),
+    pytest.param({"method": "PURGE"}, id="unknown-method"),
+    pytest.param({"server": ("10.0.0.1", 80), "scheme": "https"}, id="port-80"),
+    pytest.param({"server": None, "client": None}, id="no-server-no-client"),
+    pytest.param({"path": "/a%3Fb/?X-Amz-Signature=1"}, id="question-mark-in-path"),
+    pytest.param({"http_version": "2"}, id="h2"),
+]
+
+
+@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
+@pytest.mark.parametrize("overrides", PARITY_SCOPES)
+def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) -> None:
+    from opentelemetry.instrumentation._semconv import _StabilityMode
+    from opentelemetry.instrumentation.asgi import collect_request_attributes
+
+    from kitmw.tracing import _asgi_request_attributes, _Semconv
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/items/1",
+        "query_string": b"",
+        "headers": [(b"host", b"api.example:8080"), (b"user-agent", b"Mozilla/5.0")],
+        "client": ("192.0.2.7", 51234),
+        "server": ("127.0.0.1", 8000),
+    }
+    scope.update(overrides)
+    stability = {
+        "default": _StabilityMode.DEFAULT,
+        "http": _StabilityMode.HTTP,
+        "http/dup": _StabilityMode.HTTP_DUP,
+    }
+    expected = collect_request_attributes(scope, stability[mode])
+    assert _asgi_request_attributes(scope, _Semconv(mode), False) == expected
+
+
+@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
+@pytest.mark.parametrize("status", [200, 302, 404, 500, 503, 99])
+def test_status_attributes_equal_contribs(spans: Any, mode: str, status: int) -> None:
+    from opentelemetry.instrumentation._semconv import _StabilityMode
+    from opentelemetry.instrumentation.asgi import set_status_code
+
+    from kitmw.tracing import _Semconv, _status_attributes
+
+    provider, _ = spans
+    stability = {
+        "default": _StabilityMode.DEFAULT,
+        "http": _StabilityMode.HTTP,
+        "http/dup": _StabilityMode.HTTP_DUP,
+    }
+    span = provider.get_tracer("t").start_span("x")
+    set_status_code(span, status, None, stability[mode])
+    attrs, error = _status_attributes(status, _Semconv(mode))
+    assert attrs == dict(span.attributes)
+    assert error == (span.status.status_code is StatusCode.ERROR)
