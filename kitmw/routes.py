@@ -77,6 +77,16 @@ def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
             continue
         path = getattr(route, "path", None)
         if not isinstance(path, str):
+            contexts = getattr(route, "effective_route_contexts", None)
+            if callable(contexts):
+                # FastAPI wraps include_router() routers in an _IncludedRouter (no path);
+                # its effective route contexts carry the full, prefixed templates.
+                found = _walk_contexts(contexts(), scope, Match)
+                if found is not None:
+                    if found[1]:
+                        return found[0]
+                    if partial is None:
+                        partial = found[0]
             continue
         inner_routes = getattr(route, "routes", None)
         if inner_routes is not None and "root_path" in child:  # a Mount
@@ -95,6 +105,38 @@ def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
     return partial
 
 
+def _walk_contexts(contexts: Any, scope: dict[str, Any], match_enum: Any) -> tuple[str, bool] | None:
+    """(template, full match) of the first FastAPI effective route context matching ``scope``."""
+    partial: str | None = None
+    for ctx in contexts:
+        try:
+            match, _ = ctx.matches(scope)
+        except Exception:
+            continue
+        template = getattr(ctx, "path_format", None) or getattr(ctx, "path", None)
+        if match is match_enum.NONE or not isinstance(template, str):
+            continue
+        if match is match_enum.FULL:
+            return template, True
+        if partial is None:
+            partial = template
+    return None if partial is None else (partial, False)
+
+
+def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
+    """The prefixed template FastAPI selected for a route reached through include_router()."""
+    fastapi_scope = scope.get("fastapi")
+    if not isinstance(fastapi_scope, dict):
+        return None
+    ctx = fastapi_scope.get("effective_route_context")
+    if ctx is None or getattr(ctx, "original_route", None) is not route:
+        return None
+    path = getattr(getattr(ctx, "starlette_route", None), "path_format", None) or getattr(
+        ctx, "path_format", None
+    )
+    return path if isinstance(path, str) and path else None
+
+
 def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
     """Template of the Starlette/FastAPI route that handles (or will handle) ``scope``."""
     route = scope.get("route")
@@ -103,7 +145,9 @@ def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
         if isinstance(path, str):
             app_root = scope.get("app_root_path")
             if app_root is None or scope.get("root_path", "") == app_root:
-                return path  # not under a Mount: the route's own template is complete
+                # not under a Mount: the route's own template is complete, unless FastAPI
+                # reached it through include_router() and prefixed it
+                return _fastapi_effective_path(scope, route) or path
     routes = _routes_of(scope.get("app") if root is None else root)
     if routes is None:
         return None

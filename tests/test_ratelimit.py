@@ -436,10 +436,6 @@ async def test_per_route_limits_with_fastapi(registry) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="kitmw.routes does not walk FastAPI's _IncludedRouter (FastAPI >= 0.16x) before dispatch yet",
-)
 async def test_per_route_limits_with_fastapi_included_router(registry) -> None:
     api = fastapi_app(registry, included=True)
     async with client_for(api) as c:
