@@ -499,6 +499,49 @@ def test_wsgi_exchange_gets_wsgi_attributes(spans: Any) -> None:
     assert span.attributes["http.status_code"] == 201
 
 
+def flask_app() -> Any:
+    from flask import Flask
+
+    app = Flask("traced")
+
+    @app.get("/items/<int:item_id>")
+    def get_item(item_id: int) -> str:
+        return f"item {item_id}"
+
+    @app.get("/fail")
+    def fail_view() -> str:
+        raise RuntimeError("flask boom")
+
+    return app
+
+
+def test_wsgi_driver_flask_route_and_parent(spans: Any, serve_wsgi: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.wsgi.Tracing(flask_app(), tracer_provider=provider)
+    with serve_wsgi(app) as server:
+        r = httpx.get(server.url + "/items/9", headers={"traceparent": TRACEPARENT}, timeout=10)
+    assert r.text == "item 9"
+    (span,) = exporter.get_finished_spans()
+    assert span.name == "GET /items/<int:item_id>"
+    assert span.attributes["http.route"] == "/items/<int:item_id>"
+    assert span.attributes["http.status_code"] == 200
+    assert span.attributes["net.peer.ip"] == "127.0.0.1"  # contrib's WSGI attributes
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert format(span.parent.span_id, "016x") == PARENT_ID
+
+
+def test_wsgi_driver_flask_500_marks_span_error_and_detaches(spans: Any) -> None:
+    from werkzeug.test import Client
+
+    provider, exporter = spans
+    app = kitmw.wsgi.Tracing(flask_app().wsgi_app, tracer_provider=provider)
+    r = Client(app).get("/fail", buffered=True)
+    assert r.status_code == 500  # Flask renders its own 500
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
 # -- client side ----------------------------------------------------------------------------
 
 
@@ -588,9 +631,40 @@ def test_client_error_and_5xx_mark_span_error(spans: Any) -> None:
     assert unavailable.status.status_code is StatusCode.ERROR
 
 
-@pytest.mark.skip(reason="needs kitmw.httpx (the httpx driver), written by another helper")
-def test_one_trace_across_client_and_server() -> None:
-    pass
+@pytest.mark.anyio
+async def test_one_trace_across_client_and_server(spans: Any) -> None:
+    provider, exporter = spans
+
+    async def upstream_item(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("upstream")
+
+    upstream = kitmw.Tracing(
+        Starlette(routes=[Route("/stock/{sku}", upstream_item)]), tracer_provider=provider
+    )
+    outgoing = httpx.AsyncClient(
+        transport=kitmw.httpx.AsyncTransport(
+            transport=httpx.ASGITransport(app=upstream), tracing={"tracer_provider": provider}
+        ),
+        base_url="http://stock",
+    )
+
+    async def front_item(request: Any) -> PlainTextResponse:
+        r = await outgoing.get("/stock/42")
+        return PlainTextResponse("front+" + r.text)
+
+    front = kitmw.Tracing(Starlette(routes=[Route("/items/{item_id}", front_item)]), tracer_provider=provider)
+    async with client(front) as c, outgoing:
+        r = await c.get("/items/1", headers={"traceparent": TRACEPARENT})
+    assert r.text == "front+upstream"
+    spans_by_name = {s.name: s for s in exporter.get_finished_spans()}
+    assert sorted(spans_by_name) == ["GET", "GET /items/{item_id}", "GET /stock/{sku}"]
+    front_span = spans_by_name["GET /items/{item_id}"]
+    client_span = spans_by_name["GET"]
+    upstream_span = spans_by_name["GET /stock/{sku}"]
+    assert client_span.kind is SpanKind.CLIENT
+    assert {format(s.context.trace_id, "032x") for s in spans_by_name.values()} == {TRACE_ID}
+    assert client_span.parent.span_id == front_span.context.span_id
+    assert upstream_span.parent.span_id == client_span.context.span_id
 
 
 # -- configuration ------------------------------------------------------------------------------
