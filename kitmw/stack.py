@@ -130,4 +130,4 @@ def stack(
         return Middleware(app, *policies, handle_errors=handle_errors)
     from .wsgi import Middleware as WsgiMiddleware
 
-    return WsgiMiddleware(app, *policies)
+    return WsgiMiddleware(app, *policies, handle_errors=handle_errors)

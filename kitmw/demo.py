@@ -1,0 +1,410 @@
+"""``kitmw demo``: Go kit's addsvc (Sum, Concat) with every kitmw concern, narrated.
+
+Two instances of a FastAPI service wrapped with ``kitmw.stack()`` run on loopback
+(embedded defaults: memory rate-limit storage, process-local breaker, an in-memory OTel
+exporter, Prometheus registries), and a client built on ``kitmw.httpx.AsyncTransport``
+balances over them. The tour: normal calls with their request ids and one trace id
+across client and server; a burst that meets 429s; a bad token that meets 401; one
+instance stopped so the client's breaker opens and the balancer routes around it; the
+``/metrics`` lines that changed. ``--serve`` keeps one instance up instead.
+"""
+
+import asyncio
+import logging
+import secrets
+import socket
+import sys
+import time
+from typing import Any
+
+__all__ = ["build_service", "run_demo"]
+
+MAX_INT = 2**31 - 1
+MAX_CONCAT = 10
+
+
+def _require_extras() -> None:
+    missing = []
+    for module in ("fastapi", "uvicorn", "httpx", "jwt", "opentelemetry.sdk"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise SystemExit(
+            f"kitmw demo needs {', '.join(missing)}: python -m pip install -e '.[demo]' (or 'kitmw[demo]')"
+        )
+
+
+class Narrator:
+    """Step headers and lines: rich on a terminal, plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self.console: Any = None
+        if sys.stdout.isatty():
+            try:
+                from rich.console import Console
+
+                self.console = Console(highlight=False)
+            except ImportError:
+                pass
+        self.step_no = 0
+        self.t0 = time.monotonic()
+
+    def step(self, title: str) -> None:
+        self.step_no += 1
+        text = f"[{time.monotonic() - self.t0:5.1f}s] Step {self.step_no}: {title}"
+        if self.console is not None:
+            self.console.rule(f"[bold cyan]{text}")
+        else:
+            print(f"\n== {text}", flush=True)
+
+    def say(self, text: str, style: str = "") -> None:
+        if self.console is not None:
+            self.console.print(f"  {text}", style=style or None, markup=False)
+        else:
+            print(f"  {text}", flush=True)
+
+
+class _Narrate(logging.Handler):
+    """Shows kitmw's own log records (access log, client log, breaker) as narration."""
+
+    def __init__(self, narrator: Narrator) -> None:
+        super().__init__(logging.INFO)
+        self.narrator = narrator
+        self.enabled = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.enabled:
+            return
+        get = record.__dict__.get
+        if record.name == "kitmw.access":
+            text = (
+                f"server log: {get('method')} {get('path')} route={get('route')} status={get('status')} "
+                f"request_id={_short(get('request_id'))} trace_id={_short(get('trace_id'))} "
+                f"principal={get('principal') or '-'}"
+            )
+        elif record.name == "kitmw.client":
+            text = (
+                f"client log: {get('method')} {get('url')} status={get('status')} attempts={get('attempts')} "
+                f"request_id={_short(get('request_id'))}"
+            )
+        else:
+            text = f"{record.name}: {record.getMessage()}"
+        self.narrator.say(text, "dim" if record.levelno < logging.WARNING else "yellow")
+
+
+def _short(value: Any) -> str:
+    return "-" if not value else str(value)[:12] + "…"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_service(
+    *, instance: str, secret: str, tracer_provider: Any, registry: Any, redis: str | None = None
+) -> Any:
+    """addsvc as a FastAPI app, wrapped with all six kitmw concerns."""
+    from fastapi import FastAPI, HTTPException, Request
+    from pydantic import BaseModel
+
+    import kitmw
+    from kitmw.auth import JWT
+
+    class SumRequest(BaseModel):
+        a: int
+        b: int
+
+    class ConcatRequest(BaseModel):
+        a: str
+        b: str
+
+    api = FastAPI(title=f"addsvc ({instance})")
+
+    @api.post("/sum")
+    async def sum_(req: SumRequest, request: Request) -> dict[str, Any]:
+        if (req.a > 0 and req.b > MAX_INT - req.a) or (req.a < 0 and req.b < -MAX_INT - req.a):
+            raise HTTPException(status_code=400, detail="integer overflow")  # addsvc's ErrIntOverflow
+        return {"v": req.a + req.b, "instance": instance, "caller": request.user.identity}
+
+    @api.post("/concat")
+    async def concat(req: ConcatRequest) -> dict[str, Any]:
+        if len(req.a) + len(req.b) > MAX_CONCAT:
+            raise HTTPException(status_code=400, detail="maximum size exceeded")  # ErrMaxSizeExceeded
+        return {"v": req.a + req.b, "instance": instance}
+
+    @api.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "instance": instance}
+
+    storage = {"storage": redis} if redis else {}
+    return kitmw.stack(
+        api,
+        tracing={"tracer_provider": tracer_provider},
+        access_log=True,
+        metrics={"registry": registry},
+        ratelimit={"limit": "10/second", "key": "principal", **storage},
+        auth=JWT(key=secret, algorithms=["HS256"]),
+        breaker={"fail_max": 5, "reset_timeout": 10, "name": f"addsvc-{instance}", **storage},
+        exclude_paths=["/health", "/metrics"],
+    )
+
+
+def _token(secret: str, subject: str) -> str:
+    import jwt
+
+    return jwt.encode({"sub": subject, "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
+
+
+class _Instance:
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or self.task.done():
+                raise RuntimeError(f"instance on port {self.port} did not start")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, timeout=10)
+
+
+def _metric_lines(text: str) -> dict[str, str]:
+    wanted = (
+        "http_server_requests_total",
+        "kitmw_ratelimit_decisions_total",
+        "http_client_requests_total",
+        "kitmw_breaker_state",
+        "kitmw_breaker_transitions_total",
+        "http_client_retries_total",
+    )
+    lines = {}
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            name, _, value = line.rpartition(" ")
+            lines[name] = value
+    return lines
+
+
+async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
+    import httpx
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+    import kitmw
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    secret = secrets.token_urlsafe(32)
+    handler = _Narrate(narrator)
+    for name in ("kitmw.access", "kitmw.client", "kitmw.breaker"):
+        log = logging.getLogger(name)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+    narrator.step("two instances of addsvc (Sum, Concat) behind kitmw.stack()")
+    ports = (port, port + 1) if port else (_free_port(), _free_port())
+    registries = (REGISTRY, CollectorRegistry())
+    instances = [
+        _Instance(
+            build_service(
+                instance=f"i{n + 1}",
+                secret=secret,
+                tracer_provider=provider,
+                registry=registries[n],
+                redis=redis,
+            ),
+            ports[n],
+        )
+        for n in range(2)
+    ]
+    for inst in instances:
+        await inst.start()
+    token = _token(secret, "demo-user")
+    narrator.say(f"instance i1 on {instances[0].url}, instance i2 on {instances[1].url}")
+    narrator.say(
+        "concerns: tracing, access log, metrics, rate limit (10/second per principal), JWT auth, breaker"
+    )
+    narrator.say(f"demo JWT (HS256, secret generated for this run): {token[:40]}…")
+    narrator.say(
+        f"storage: {'Redis at ' + redis if redis else 'embedded (memory rate limits, process-local breakers)'}"
+    )
+
+    client_registry = CollectorRegistry()
+    transport = kitmw.httpx.AsyncTransport(
+        tracing={"tracer_provider": provider},
+        access_log=True,
+        metrics={"registry": client_registry},
+        breaker={"fail_max": 2, "reset_timeout": 30},
+        retry={"methods": ["GET", "POST"], "attempts": 3, "backoff_base": 0.05},
+        instances=[inst.url for inst in instances],
+    )
+    before = _metric_lines(generate_latest(REGISTRY).decode())
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url=instances[0].url, headers=headers, timeout=5
+    ) as client:
+        narrator.step(
+            "normal calls through the balancing client: one request id and one trace across client and server"
+        )
+        for i, (path, body) in enumerate(
+            [
+                ("/sum", {"a": 2, "b": 3}),
+                ("/concat", {"a": "go", "b": "kit"}),
+                ("/sum", {"a": 40, "b": 2}),
+                ("/concat", {"a": "kit", "b": "mw"}),
+            ]
+        ):
+            exporter.clear()
+            # As inside a request handler: the client forwards the current request id.
+            with kitmw.logging.bind_context(request_id=f"tour-{i + 1:04d}-{secrets.token_hex(4)}"):
+                response = await client.post(path, json=body)
+            data = response.json()
+            narrator.say(
+                f"-> {path} {body} = {data['v']!r} from instance {data['instance']} "
+                f"(X-Request-ID {response.headers['x-request-id']})",
+                "bold",
+            )
+            if i == 0:
+                spans = exporter.get_finished_spans()
+                kinds = {s.kind.name: s for s in spans}
+                client_span, server_span = kinds.get("CLIENT"), kinds.get("SERVER")
+                if client_span is not None and server_span is not None:
+                    same = client_span.context.trace_id == server_span.context.trace_id
+                    narrator.say(
+                        f"one trace: client span '{client_span.name}' and server span '{server_span.name}' share "
+                        f"trace id {server_span.context.trace_id:032x}: {'yes' if same else 'NO'}",
+                        "green",
+                    )
+        response = await client.post("/sum", json={"a": MAX_INT, "b": 1})
+        narrator.say(
+            f"-> /sum overflow: {response.status_code} {response.json()} (a business error, "
+            f"not retried, not a breaker failure)"
+        )
+
+        narrator.step("a burst from one caller meets the rate limit (429 with Retry-After)")
+        handler.enabled = False
+        burst_headers = {"Authorization": f"Bearer {_token(secret, 'bursty-user')}"}
+        async with httpx.AsyncClient(base_url=instances[0].url, headers=burst_headers, timeout=5) as plain:
+            answers = await asyncio.gather(*(plain.post("/sum", json={"a": 1, "b": i}) for i in range(20)))
+        handler.enabled = True
+        allowed = sum(1 for r in answers if r.status_code == 200)
+        limited = [r for r in answers if r.status_code == 429]
+        narrator.say(
+            f"20 concurrent calls from 'bursty-user': {allowed} allowed, {len(limited)} answered 429"
+        )
+        if limited:
+            r = limited[0]
+            narrator.say(
+                f"429 body {r.json()}  Retry-After: {r.headers.get('retry-after')}  "
+                f"RateLimit: {r.headers.get('ratelimit')}  RateLimit-Policy: {r.headers.get('ratelimit-policy')}",
+                "yellow",
+            )
+        narrator.say("'demo-user' has its own budget: the limit is keyed by the verified principal")
+
+        narrator.step("a bad token meets 401")
+        async with httpx.AsyncClient(base_url=instances[0].url, timeout=5) as plain:
+            bad = await plain.post(
+                "/sum", json={"a": 1, "b": 1}, headers={"Authorization": "Bearer not.a.jwt"}
+            )
+            forged = await plain.post(
+                "/sum",
+                json={"a": 1, "b": 1},
+                headers={"Authorization": f"Bearer {_token('wrong-secret-' * 3, 'mallory')}"},
+            )
+        for label, r in (("garbage token", bad), ("token signed with another key", forged)):
+            narrator.say(
+                f"{label}: {r.status_code} {r.json()}  WWW-Authenticate: {r.headers.get('www-authenticate')}",
+                "yellow",
+            )
+
+        narrator.step("instance i2 stops: the client's breaker opens and the balancer routes around it")
+        await instances[1].stop()
+        narrator.say(f"instance i2 ({instances[1].url}) stopped")
+        served = []
+        for i in range(8):
+            response = await client.post("/sum", json={"a": i, "b": i})
+            served.append(response.json()["instance"])
+        narrator.say(f"8 calls after the stop, all answered, served by: {' '.join(served)}", "bold")
+        narrator.say(
+            "connection errors to i2 were retried on i1; after 2 failures i2's breaker is open "
+            "and i2 is skipped without a connection attempt"
+        )
+
+    narrator.step("the /metrics lines that changed")
+    handler.enabled = False
+    async with httpx.AsyncClient(base_url=instances[0].url, timeout=5) as plain:
+        exposition = (await plain.get("/metrics")).text
+    handler.enabled = True
+    after = _metric_lines(exposition)
+    after.update(_metric_lines(generate_latest(client_registry).decode()))
+    changed = [(k, before.get(k, "0.0"), v) for k, v in sorted(after.items()) if before.get(k) != v]
+    narrator.say(f"instance i1's /metrics (and the client's registry): {len(changed)} series changed")
+    for name, old, new in changed:
+        narrator.say(f"{name} {old} -> {new}")
+    await instances[0].stop()
+    narrator.step("done")
+    narrator.say("each concern above is one option of kitmw.stack(); see docs/ and `kitmw demo --serve`")
+    return 0
+
+
+async def _serve(narrator: Narrator, redis: str | None, port: int) -> int:
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import REGISTRY
+
+    import kitmw
+
+    provider = TracerProvider()  # trace ids in every log line; add an OTLP exporter in production
+    secret = secrets.token_urlsafe(32)
+    kitmw.logging.configure(format="logfmt")
+    port = port or 8000
+    instance = _Instance(
+        build_service(instance="i1", secret=secret, tracer_provider=provider, registry=REGISTRY, redis=redis),
+        port,
+    )
+    await instance.start()
+    token = _token(secret, "demo-user")
+    narrator.step(f"addsvc is serving on {instance.url} (Ctrl-C to stop)")
+    narrator.say(f"TOKEN={token}")
+    narrator.say(f'curl -s {instance.url}/sum -H "Authorization: Bearer $TOKEN" -d \'{{"a": 2, "b": 3}}\'')
+    narrator.say(
+        f'curl -s {instance.url}/concat -H "Authorization: Bearer $TOKEN" -d \'{{"a": "go", "b": "kit"}}\''
+    )
+    narrator.say(f'curl -s {instance.url}/sum -d \'{{"a": 1, "b": 1}}\'    # 401')
+    narrator.say(f"curl -s {instance.url}/metrics")
+    try:
+        assert instance.task is not None
+        await instance.task
+    except asyncio.CancelledError:
+        pass
+    return 0
+
+
+def run_demo(*, serve: bool = False, redis: str | None = None, port: int = 0) -> int:
+    """Run the tour (or ``serve``); returns the process exit status."""
+    _require_extras()
+    narrator = Narrator()
+    try:
+        return asyncio.run(_serve(narrator, redis, port) if serve else _tour(narrator, redis, port))
+    except KeyboardInterrupt:
+        return 0
