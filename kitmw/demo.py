@@ -386,11 +386,15 @@ async def _serve(narrator: Narrator, redis: str | None, port: int) -> int:
     token = _token(secret, "demo-user")
     narrator.step(f"addsvc is serving on {instance.url} (Ctrl-C to stop)")
     narrator.say(f"TOKEN={token}")
-    narrator.say(f'curl -s {instance.url}/sum -H "Authorization: Bearer $TOKEN" -d \'{{"a": 2, "b": 3}}\'')
     narrator.say(
-        f'curl -s {instance.url}/concat -H "Authorization: Bearer $TOKEN" -d \'{{"a": "go", "b": "kit"}}\''
+        f'curl -s {instance.url}/sum -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -d \'{{"a": 2, "b": 3}}\''
     )
-    narrator.say(f'curl -s {instance.url}/sum -d \'{{"a": 1, "b": 1}}\'    # 401')
+    narrator.say(
+        f'curl -s {instance.url}/concat -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" -d \'{{"a": "go", "b": "kit"}}\''
+    )
+    narrator.say(
+        f'curl -s {instance.url}/sum -H "Content-Type: application/json" -d \'{{"a": 1, "b": 1}}\'    # 401'
+    )
     narrator.say(f"curl -s {instance.url}/metrics")
     try:
         assert instance.task is not None
