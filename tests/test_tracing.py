@@ -411,6 +411,34 @@ async def test_trace_and_span_ids_visible_to_inner_policies(spans: Any) -> None:
 
 
 @pytest.mark.anyio
+async def test_unsampled_parent_no_span_exported_but_ids_for_logs(spans: Any) -> None:
+    provider, exporter = spans
+    recorder = IdRecorder()
+    app = kitmw.asgi.Middleware(starlette_app(), TracingPolicy(tracer_provider=provider), recorder)
+    async with client(app) as c:
+        r = await c.get("/items/1", headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"})
+    assert r.status_code == 200
+    assert exporter.get_finished_spans() == ()  # the default sampler follows the parent
+    assert recorder.seen[0][0] == TRACE_ID  # logs still correlate with the caller's trace
+
+
+@pytest.mark.anyio
+async def test_response_hook_sees_the_finished_exchange(spans: Any) -> None:
+    provider, exporter = spans
+    seen: list[tuple[int, str | None]] = []
+
+    def hook(span: Any, ex: Exchange) -> None:
+        seen.append((ex.status, ex.route))
+        span.set_attribute("app.tenant", "acme")
+
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider, server_response_hook=hook)
+    async with client(app) as c:
+        await c.get("/items/3")
+    assert seen == [(200, "/items/{item_id}")]
+    assert exporter.get_finished_spans()[0].attributes["app.tenant"] == "acme"
+
+
+@pytest.mark.anyio
 async def test_context_is_detached_after_the_request(spans: Any) -> None:
     provider, _ = spans
     app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
