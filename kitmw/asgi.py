@@ -35,13 +35,20 @@ _INTERNAL_ERROR = Rejection(500, "internal_error")
 
 
 def _is_django(app: Any) -> bool:
-    return type(app).__module__.startswith("django.")
+    """True if ``app``, or an app it wraps (kitmw layers, other middlewares), is Django's."""
+    for _ in range(32):
+        if app is None:
+            return False
+        if type(app).__module__.startswith("django."):
+            return True
+        app = getattr(app, "app", None) or getattr(app, "application", None)
+    return False
 
 
 class AsgiExchange(Exchange):
     """An exchange over an ASGI ``scope``: headers are read from the scope on demand."""
 
-    __slots__ = ("_root", "_router_kind", "_start_headers", "scope")
+    __slots__ = ("_applied", "_counting", "_root", "_router_kind", "_start_headers", "scope")
     protocol = "asgi"
 
     def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
@@ -50,6 +57,8 @@ class AsgiExchange(Exchange):
         self._root = root
         self._router_kind = router_kind
         self._start_headers: Any = None
+        self._counting = False
+        self._applied: frozenset[str] = frozenset()
 
     def header(self, name: str) -> str | None:
         key = name.encode("latin-1")
@@ -152,12 +161,21 @@ class Middleware:
         self._exits = tuple(exits)
         self._count_in = any(p.counts_request_bytes for p in self.policies)
         self._ws = any(p.handles_websocket for p in self.policies)
+        self._names = frozenset(p.name for p in self.policies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" and not (self._ws and scope["type"] == "websocket"):
             await self.app(scope, receive, send)
             return
+        outer = scope.get(_EXCHANGE_KEY)
+        if outer is not None:
+            # Another kitmw layer outside this one owns the exchange and its wrapped send:
+            # join it, so policies in separate layers see one exchange (trace id, principal).
+            await self._join(outer, scope, receive, send)
+            return
         ex = AsgiExchange(scope, scope.get("app") or self.app, self._router_kind)
+        scope[_EXCHANGE_KEY] = ex
+        ex._applied = self._names
         handle_errors = self.handle_errors
         if handle_errors is None:
             handle_errors = "app" not in scope
@@ -206,15 +224,7 @@ class Middleware:
                     await _send_answer(answer, ex, send_wrapper)
                 return
             if self._count_in:
-                inner_receive = receive
-
-                async def receive_wrapper() -> Message:
-                    message = await inner_receive()
-                    if message["type"] == "http.request":
-                        ex.bytes_in += len(message.get("body", b""))
-                    return message
-
-                receive = receive_wrapper
+                receive = _counting_receive(ex, receive)
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
             ex.error = exc
@@ -227,16 +237,78 @@ class Middleware:
                         pass  # the client is gone; the original error is what matters
             raise
         finally:
+            scope.pop(_EXCHANGE_KEY, None)
             if not ex.end_ns:
                 ex.end_ns = perf_counter_ns()
+            await self._exit(ex, entered)
+
+    async def _join(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run this layer's policies on an outer layer's exchange; its send is already wrapped.
+
+        A concern an outer layer already applies (two Tracing layers, say) is not applied
+        twice: one span, one access record, one request id header.
+        """
+        applied = ex._applied
+        enters, exits = self._enters, self._exits
+        if applied & self._names:
+            enters, exits = self._without(applied)
+        ex._applied = applied | self._names
+        entered = 0
+        try:
+            answer: Rejection | None = None
+            for enter, is_async in enters:
+                entered += 1
+                answer = (await enter(ex)) if is_async else enter(ex)
+                if answer is not None:
+                    break
+            if answer is not None:
+                if scope["type"] == "websocket":
+                    await _close_websocket(answer, send)
+                else:
+                    await _send_answer(answer, ex, send)
+                return
+            if self._count_in and not ex._counting:
+                receive = _counting_receive(ex, receive)
+            await self.app(scope, receive, send)
+        except BaseException as exc:
+            ex.error = exc
+            if not ex.status:
+                ex.status = 500
+            raise
+        finally:
+            if not ex.end_ns:
+                ex.end_ns = perf_counter_ns()
+            await self._exit(ex, entered, exits)
+
+    def _without(self, applied: frozenset[str]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        keep = [i for i, p in enumerate(self.policies) if p.name not in applied]
+        return tuple(self._enters[i] for i in keep), tuple(self._exits[i] for i in keep)
+
+    async def _exit(self, ex: Exchange, entered: int, exits: tuple[Any, ...] | None = None) -> None:
+        if exits is None:
             exits = self._exits
-            for i in range(entered - 1, -1, -1):
-                exit_, is_async = exits[i]
-                if exit_ is not None:
-                    if is_async:
-                        await exit_(ex)
-                    else:
-                        exit_(ex)
+        for i in range(entered - 1, -1, -1):
+            exit_, is_async = exits[i]
+            if exit_ is not None:
+                if is_async:
+                    await exit_(ex)
+                else:
+                    exit_(ex)
+
+
+_EXCHANGE_KEY = "kitmw.exchange"
+
+
+def _counting_receive(ex: AsgiExchange, receive: Receive) -> Receive:
+    ex._counting = True
+
+    async def receive_wrapper() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            ex.bytes_in += len(message.get("body", b""))
+        return message
+
+    return receive_wrapper
 
 
 async def _send_answer(answer: Rejection, ex: Exchange, send: Send, *, add: bool = False) -> None:

@@ -145,3 +145,40 @@ def test_path_matcher_is_anchored() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_nested_layers_share_one_exchange() -> None:
+    seen: list[Exchange] = []
+
+    class Seer(Policy):
+        name = "seer"
+
+        def enter(self, ex: Exchange) -> Rejection | None:
+            seen.append(ex)
+            return None
+
+    class Outer(Seer):
+        name = "outer"
+
+        def enter(self, ex: Exchange) -> Rejection | None:
+            ex.principal = "from-outer"
+            ex.add_response_header("x-outer", "1")
+            return super().enter(ex)
+
+    app = kitmw.asgi.Middleware(kitmw.asgi.Middleware(hello, Seer()), Outer())
+    async with client(app) as c:
+        r = await c.get("/")
+    assert seen[0] is seen[1] and seen[1].principal == "from-outer"
+    assert r.headers.get_list("x-outer") == ["1"]  # the outer layer's send wrapper adds it once
+
+
+@pytest.mark.anyio
+async def test_a_concern_applied_outside_is_not_applied_again() -> None:
+    log: list[str] = []
+    inner = kitmw.asgi.Middleware(hello, Recorder("inner", log))
+    app = kitmw.asgi.Middleware(inner, Recorder("outer", log))  # both named "recorder"
+    async with client(app) as c:
+        r = await c.get("/")
+    assert r.status_code == 200
+    assert log == ["enter outer", "exit outer 200 11 None"]
