@@ -101,7 +101,7 @@ def _find_router(app: Any) -> tuple[Any, bool]:
 class WsgiExchange(Exchange):
     """An exchange over a WSGI ``environ``: headers are read from the environ on demand."""
 
-    __slots__ = ("_django", "_flask", "_start_headers", "environ")
+    __slots__ = ("_applied", "_django", "_flask", "_start_headers", "environ")
     protocol = "wsgi"
 
     def __init__(self, environ: WSGIEnviron, flask_app: Any = None, django: bool = False) -> None:
@@ -111,6 +111,7 @@ class WsgiExchange(Exchange):
         self._flask = flask_app
         self._django = django
         self._start_headers: list[tuple[str, str]] | None = None
+        self._applied: frozenset[str] = frozenset()
 
     def header(self, name: str) -> str | None:
         return self.environ.get(_environ_key(name))  # type: ignore[no-any-return]
@@ -239,6 +240,7 @@ class _Body:
         "_finished",
         "_iterable",
         "_iterator",
+        "_joined",
         "_mw",
         "_start_response",
         "_started",
@@ -257,6 +259,7 @@ class _Body:
         self._iterable: Iterable[bytes] | None = None
         self._iterator: Iterator[bytes] | None = None
         self._entered = 0
+        self._joined: list[Callable[[Exchange], None]] = []
         self._started = False
         self._closed = False
         self._finished = False
@@ -378,6 +381,13 @@ class _Body:
             ex.end_ns = perf_counter_ns()
         first: BaseException | None = None
         exits = self._mw._exits
+        # Exits of inner kitmw layers that joined this exchange run first (they are inside).
+        for exit_ in reversed(self._joined):
+            try:
+                exit_(ex)
+            except BaseException as exc:
+                if first is None:
+                    first = exc
         for i in range(self._entered - 1, -1, -1):
             exit_ = exits[i]
             if exit_ is not None:
@@ -455,6 +465,7 @@ class Middleware:
         self._enters = tuple(p.enter for p in self.policies)
         self._exits = tuple(p.exit if type(p)._overrides("exit") else None for p in self.policies)
         self._count_in = any(p.counts_request_bytes for p in self.policies)
+        self._names = frozenset(p.name for p in self.policies)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         ctx = contextvars.copy_context()
@@ -463,9 +474,14 @@ class Middleware:
     def _call(
         self, ctx: contextvars.Context, environ: WSGIEnviron, start_response: StartResponse
     ) -> Iterable[bytes]:
+        outer = environ.get(_BODY_KEY)
+        if outer is not None:
+            return self._join(outer, environ, start_response)
         ex = WsgiExchange(environ, self._flask, self._django)
         ex.start_ns = perf_counter_ns()
+        ex._applied = self._names
         body = _Body(self, ex, ctx, start_response)
+        environ[_BODY_KEY] = body
         try:
             for enter in self._enters:
                 body._entered += 1
@@ -493,6 +509,37 @@ class Middleware:
             body._close(primary=exc)  # closes what the app returned, if it got that far
             raise
         return body
+
+    def _join(self, outer: _Body, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        """Run this layer's policies on an outer kitmw layer's exchange.
+
+        The outer layer already wraps ``start_response`` and the body and finishes the
+        exchange; this layer's exits run then, before the outer layer's. A concern an
+        outer layer already applies is not applied twice.
+        """
+        ex = outer.ex
+        applied = ex._applied
+        ex._applied = applied | self._names
+        for policy in self.policies:
+            if policy.name in applied:
+                continue
+            if type(policy)._overrides("exit"):
+                outer._joined.append(policy.exit)
+            answer = policy.enter(ex)
+            if answer is not None:
+                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.header_pairs()]
+                start_response(_status_line(answer.status), headers)
+                return [answer.body]
+        if (
+            self._count_in
+            and "wsgi.input" in environ
+            and not isinstance(environ["wsgi.input"], _CountingInput)
+        ):
+            environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
+        return self.app(environ, start_response)
+
+
+_BODY_KEY = "kitmw.body"
 
 
 def _pass_file(body: _Body, result: Any) -> Iterable[bytes] | None:

@@ -736,3 +736,32 @@ def test_flask_send_file_keeps_the_servers_file_wrapper(tmp_path: Any) -> None:
     assert b"".join(result) == b"r" * 3000
     result.close()
     assert log == ["enter a", "exit a 200 3000 None"]
+
+
+def test_nested_twins_share_one_exchange() -> None:
+    """Separate kitmw.wsgi layers see one exchange: the access record carries the trace id."""
+    import logging
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    def hello(environ, start_response):  # type: ignore[no-untyped-def]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hi"]
+
+    logger = logging.getLogger("kitmw.test.nested.wsgi")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    app = kitmw.wsgi.Tracing(
+        kitmw.wsgi.AccessLog(kitmw.wsgi.Tracing(hello, tracer_provider=TracerProvider()), logger=logger),
+        tracer_provider=TracerProvider(),
+    )
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as c:
+        r = c.get("/x")
+    assert r.status_code == 200 and r.headers.get_list("x-request-id") == [records[0].request_id]
+    assert records[0].trace_id is not None and len(records[0].trace_id) == 32
