@@ -382,9 +382,9 @@ class _Body:
         first: BaseException | None = None
         exits = self._mw._exits
         # Exits of inner kitmw layers that joined this exchange run first (they are inside).
-        for exit_ in reversed(self._joined):
+        for joined in reversed(self._joined):
             try:
-                exit_(ex)
+                joined(ex)
             except BaseException as exc:
                 if first is None:
                     first = exc
