@@ -63,7 +63,10 @@ def render(
     worker's values are collected from that directory instead.
     """
     source = _collecting_registry(REGISTRY if registry is None else registry)
-    encoder, content_type = choose_encoder(accept or "")
+    try:
+        encoder, content_type = choose_encoder(accept or "")
+    except Exception:  # a malformed Accept ("version=a") trips prometheus-client: plain text
+        encoder, content_type = choose_encoder("")
     if query and "name" in query:
         names = parse_qs(query).get("name[]")
         if names:
