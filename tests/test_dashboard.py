@@ -33,8 +33,7 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana" / "kitmw-da
 
 # ---------------------------------------------------------------------------- PromQL
 
-FUNCTIONS = frozenset(
-    """abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes
+_FUNCTION_NAMES = """abs absent absent_over_time acos acosh asin asinh atan atanh avg_over_time ceil changes
     clamp clamp_max clamp_min cos cosh count_over_time days_in_month day_of_month day_of_week
     day_of_year deg delta deriv double_exponential_smoothing exp floor histogram_avg
     histogram_count histogram_fraction histogram_quantile histogram_stddev histogram_stdvar
@@ -42,14 +41,15 @@ FUNCTIONS = frozenset(
     last_over_time ln log10 log2 mad_over_time max_over_time min_over_time minute month pi
     predict_linear present_over_time quantile_over_time rad rate resets round scalar sgn sin
     sinh sort sort_by_label sort_by_label_desc sort_desc sqrt stddev_over_time
-    stdvar_over_time sum_over_time tan tanh time timestamp vector year""".split()
+    stdvar_over_time sum_over_time tan tanh time timestamp vector year"""
+_AGGREGATION_NAMES = (
+    "sum min max avg group stddev stdvar count count_values bottomk topk quantile limitk limit_ratio"
 )
-AGGREGATIONS = frozenset(
-    "sum min max avg group stddev stdvar count count_values bottomk topk quantile limitk limit_ratio".split()
-)
+FUNCTIONS = frozenset(_FUNCTION_NAMES.split())
+AGGREGATIONS = frozenset(_AGGREGATION_NAMES.split())
 GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 KEYWORDS = frozenset({"and", "or", "unless", "atan2", "bool", "offset", "inf", "nan"})
-#: Labels Prometheus adds to every scraped series, and the histogram bucket bound.
+#: Labels Prometheus adds to every scraped series (absent from the exposition).
 TARGET_LABELS = frozenset({"job", "instance"})
 
 _TOKEN = re.compile(
@@ -373,7 +373,9 @@ def test_every_grouping_label_exists_on_a_metric_of_its_expression(exposed: Expo
         available = set(TARGET_LABELS)
         for name in query.metrics:
             available |= set(exposed.labels.get(name, {}))
-        problems += [f"{where}: no metric has label {label!r}" for label in query.grouping if label not in available]
+        problems += [
+            f"{where}: no metric has label {label!r}" for label in query.grouping if label not in available
+        ]
     assert not problems, "\n".join(problems)
 
 
@@ -399,7 +401,7 @@ def test_dashboard_is_importable_grafana_json() -> None:
     assert len(ids) == len(set(ids))
     for panel in panels(dashboard["panels"]):
         pos = panel["gridPos"]
-        assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
+        assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24, panel["title"]
         if panel["type"] != "row":
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
             for target in panel["targets"]:
