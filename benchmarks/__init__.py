@@ -1,1 +1,1 @@
-"""kitmw's performance harness: ``python -m benchmarks`` (see benchmarks/README.md)."""
+"""kitmw's performance harness: ``python -m benchmarks`` (see docs/performance.md)."""

@@ -1,7 +1,10 @@
-"""``python -m benchmarks``: in-process overhead, then throughput under uvicorn, as tables.
+"""``python -m benchmarks``: every in-process suite, then throughput under real servers.
 
-Options: ``--rounds N`` (in-process), ``--no-server``, ``--json FILE`` (default
-benchmarks/results/latest.json), ``--plot`` (docs/performance.png from the JSON).
+The in-process suites (``asgi``, ``wsgi``, ``httpx``; see :mod:`kitmw._bench`) print one
+table each; the throughput part (uvicorn / gunicorn + wrk) prints another. Figures, the
+machine, the commit and the settings go to ``--json`` (default
+benchmarks/results/latest.json); ``--plot`` also draws docs/performance.png from it
+(or run ``python -m benchmarks.plot`` later). ``docs/performance.md`` reads the figures.
 """
 
 from __future__ import annotations
@@ -10,47 +13,103 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
+from typing import Any
 
-from kitmw._bench import format_table, run
+from kitmw._bench import SUITES, format_table, run_suite
 
 from . import throughput
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 
-def main() -> int:
+def _cpu_model() -> str | None:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _commit() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=ROOT, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "kitmw"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=ROOT,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + (" (kitmw/ has uncommitted changes)" if dirty else "")
+
+
+def _machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("--rounds", type=int, default=21)
-    parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--no-server", action="store_true", help="skip the uvicorn + wrk part")
+    parser.add_argument("--rounds", type=int, default=21, help="interleaved in-process rounds")
+    parser.add_argument("--requests", type=int, default=400, help="requests per configuration per round")
+    parser.add_argument(
+        "--suite", choices=[*SUITES, "all"], default="all", help="in-process suite(s) to run (default all)"
+    )
+    parser.add_argument("--no-server", action="store_true", help="skip the throughput part")
     parser.add_argument("--server-rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds of wrk per measurement")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
     parser.add_argument("--plot", action="store_true", help="write docs/performance.png")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    print("in-process overhead per request (median of interleaved rounds)", file=sys.stderr)
-    results = run(
-        rounds=args.rounds,
-        requests_per_round=args.requests,
-        progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
-    )
-    print(format_table(results))
-    data: dict[str, object] = {
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
+    def progress(message: str) -> None:
+        print(f"  {message}", file=sys.stderr, flush=True)
+
+    data: dict[str, Any] = {
+        "machine": _machine(),
+        "commit": _commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_at_start": list(os.getloadavg()),
+        "settings": {
+            "rounds": args.rounds,
+            "requests_per_round": args.requests,
+            "server_rounds": args.server_rounds,
+            "duration_s": args.duration,
+            "connections": args.connections,
         },
-        "inprocess": [r.as_dict() for r in results],
+        "suites": {},
     }
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    for suite in suites:
+        print(f"{suite}: in-process overhead per request (median of interleaved rounds)", file=sys.stderr)
+        results = run_suite(suite, rounds=args.rounds, requests_per_round=args.requests, progress=progress)
+        print(f"\n{suite}:\n")
+        print(format_table(results))
+        data["suites"][suite] = [r.as_dict() for r in results]
     if not args.no_server:
-        rows = throughput.run(rounds=args.server_rounds, duration=args.duration)
-        print()
+        rows = throughput.run(rounds=args.server_rounds, duration=args.duration, connections=args.connections)
+        print("\nthroughput:\n")
         print(throughput.format_table(rows))
         data["throughput"] = rows
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    data["load_average_at_end"] = list(os.getloadavg())
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(data, f, indent=2)
     print(f"\nfigures written to {args.json}", file=sys.stderr)

@@ -21,7 +21,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Result", "configurations", "run"]
+__all__ = [
+    "SUITES",
+    "Result",
+    "configurations",
+    "format_table",
+    "interleave",
+    "run",
+    "run_suite",
+    "summarize",
+]
 
 JWT_SECRET = "kitmw-bench-secret-0123456789abcdef"
 
@@ -33,6 +42,10 @@ class Result:
     us_per_request: float = 0.0
     overhead_us: float = 0.0
     ratio: float = 0.0
+    #: interquartile range of the per-round figures (µs): how much rounds disagree
+    iqr_us: float = 0.0
+    #: the configuration this one's overhead and ratio are measured against
+    baseline: str = ""
     samples: list[float] = field(default_factory=list)
     skipped: str | None = None
 
@@ -149,13 +162,18 @@ def _kitmw_options(env: _Env, concern: str) -> dict[str, Any]:
     raise ValueError(concern)
 
 
+def _concern_options(env: _Env, concerns: Any) -> dict[str, Any]:
+    """``stack()`` keyword arguments for ``concerns`` (an iterable of concern names)."""
+    return {c: _kitmw_options(env, c) for c in concerns}
+
+
 def configurations() -> list[tuple[str, str, Builder, bool]]:
     """(name, group, builder, needs_token); builders get the env and return an ASGI app."""
     import kitmw
 
     def kitmw_one(concern: str) -> Builder:
         def build(env: _Env) -> Any:
-            return kitmw.stack(_starlette_app(), **{concern: _kitmw_options(env, concern)})
+            return kitmw.stack(_starlette_app(), **_concern_options(env, [concern]))
 
         return build
 
@@ -179,7 +197,7 @@ def configurations() -> list[tuple[str, str, Builder, bool]]:
 
     def kitmw_stack(concerns: list[str]) -> Builder:
         def build(env: _Env) -> Any:
-            return kitmw.stack(_starlette_app(), **{c: _kitmw_options(env, c) for c in concerns})
+            return kitmw.stack(_starlette_app(), **_concern_options(env, concerns))
 
         return build
 
@@ -463,26 +481,91 @@ def run(
 
     asyncio.run(main())
     bare = next((r for r in results if r.group == "bare" and not r.skipped), None)
+    summarize(results, bare)
+    return results
+
+
+def summarize(results: list[Result], bare: Result | None) -> None:
+    """Median and interquartile range of each result's rounds; overhead and ratio to ``bare``."""
     for result in results:
         if result.skipped or not result.samples:
             continue
         result.us_per_request = statistics.median(result.samples)
-    if bare is not None:
+        if len(result.samples) > 1:
+            q1, _, q3 = statistics.quantiles(result.samples, n=4, method="inclusive")
+            result.iqr_us = q3 - q1
+    if bare is not None and bare.samples:
         for result in results:
             if result.samples:
+                result.baseline = bare.name
                 result.overhead_us = result.us_per_request - bare.us_per_request
                 result.ratio = result.us_per_request / bare.us_per_request
-    return results
+
+
+async def interleave(
+    prepared: list[tuple[Result, Callable[[int], Any]]],
+    rounds: int,
+    requests_per_round: int,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Drive every prepared configuration once per round, in turn, with the GC paused.
+
+    ``drive(n)`` returns µs per request over ``n`` requests, or an awaitable of it (the
+    sync and async configurations of one suite share the rounds and the event loop).
+    """
+    for r in range(rounds):
+        if progress:
+            progress(f"round {r + 1}/{rounds}")
+        for result, drive in prepared:
+            gc.collect()
+            gc.disable()
+            try:
+                value = drive(requests_per_round)
+                if asyncio.iscoroutine(value):
+                    value = await value
+                result.samples.append(float(value))
+            finally:
+                gc.enable()
+
+
+def _run_wsgi(**kwargs: Any) -> list[Result]:
+    from ._bench_wsgi import run as run_wsgi
+
+    return run_wsgi(**kwargs)
+
+
+def _run_httpx(**kwargs: Any) -> list[Result]:
+    from ._bench_client import run as run_httpx
+
+    return run_httpx(**kwargs)
+
+
+#: suite name -> runner taking ``rounds``, ``requests_per_round``, ``only``, ``progress``
+SUITES: dict[str, Callable[..., list[Result]]] = {"asgi": run, "wsgi": _run_wsgi, "httpx": _run_httpx}
+
+
+def run_suite(suite: str, **kwargs: Any) -> list[Result]:
+    """Run one suite (``asgi``, ``wsgi``, ``httpx``) with :func:`run`'s keyword arguments."""
+    if suite not in SUITES:
+        raise ValueError(f"suite: expected one of {', '.join(SUITES)}, got {suite!r}")
+    return SUITES[suite](**kwargs)
 
 
 def format_table(results: list[Result]) -> str:
-    lines = [
-        "| configuration | µs/request | overhead µs | ratio to bare Starlette |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    for r in results:
-        if r.skipped:
-            lines.append(f"| {r.name} | skipped: {r.skipped[:60]} | | |")
-        else:
-            lines.append(f"| {r.name} | {r.us_per_request:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |")
-    return "\n".join(lines)
+    """Markdown tables, one per baseline (the httpx suite has a sync and an async one);
+    skipped configurations close the last table."""
+    baselines = list(dict.fromkeys(r.baseline for r in results if not r.skipped)) or [""]
+    tables: list[list[str]] = []
+    for baseline in baselines:
+        lines = [
+            f"| configuration | µs/request | IQR µs | overhead µs | ratio to {baseline or 'bare'} |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        lines.extend(
+            f"| {r.name} | {r.us_per_request:.1f} | {r.iqr_us:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |"
+            for r in results
+            if not r.skipped and r.baseline == baseline
+        )
+        tables.append(lines)
+    tables[-1].extend(f"| {r.name} | skipped: {(r.skipped or '')[:60]} | | | |" for r in results if r.skipped)
+    return "\n\n".join("\n".join(t) for t in tables)

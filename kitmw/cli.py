@@ -11,7 +11,7 @@ __all__ = ["main"]
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._bench import format_table, run
+    from ._bench import SUITES, format_table, run_suite
 
     def progress(message: str) -> None:
         if not args.quiet:
@@ -24,11 +24,19 @@ def _bench(args: argparse.Namespace) -> int:
         def only(name: str) -> bool:
             return needle in name.lower()
 
-    results = run(rounds=args.rounds, requests_per_round=args.requests, only=only, progress=progress)
-    print(format_table(results))
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    figures: dict[str, object] = {}
+    for suite in suites:
+        if len(suites) > 1:
+            print(f"\n{suite}:" if figures else f"{suite}:")
+        results = run_suite(
+            suite, rounds=args.rounds, requests_per_round=args.requests, only=only, progress=progress
+        )
+        print(format_table(results))
+        figures[suite] = [r.as_dict() for r in results]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump([r.as_dict() for r in results], f, indent=2)
+            json.dump(figures[suites[0]] if len(suites) == 1 else figures, f, indent=2)
         print(f"\nfigures written to {args.json}")
     return 0
 
@@ -53,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--rounds", type=int, default=15)
     bench.add_argument("--requests", type=int, default=300, help="requests per round")
     bench.add_argument("--only", help="only configurations whose name contains this")
+    bench.add_argument(
+        "--suite",
+        choices=["asgi", "wsgi", "httpx", "all"],
+        default="asgi",
+        help="ASGI middlewares (default), WSGI middlewares, httpx transports, or all three",
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.add_argument("--quiet", action="store_true")
     bench.set_defaults(func=_bench)

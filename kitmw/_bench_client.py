@@ -1,0 +1,223 @@
+"""The httpx suite of ``kitmw bench --suite httpx``: client overhead per request in-process.
+
+Every configuration is a transport chain ending in the same ``httpx.MockTransport``,
+which answers ``200 ok`` with an unread streaming body as a network transport does. It
+is driven the way ``httpx.Client.send`` drives a transport, without the client around it
+(whose own cost, tens of µs, would only dilute the figures): a fresh ``httpx.Request``
+with a timeout extension, ``handle_request`` (or ``handle_async_request``), read the body,
+close the response (kitmw finishes its exchange there). One configuration per kind goes
+through a real ``httpx.Client`` / ``AsyncClient`` too, to check the transports work under
+it. Sync and async configurations share the interleaved rounds; each is compared with the
+bare MockTransport of its own kind. The ratios are to a transport that does no I/O: the
+overhead in µs is the figure to weigh against a real network round trip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._bench import Result, _Env, _registry, interleave, summarize
+
+__all__ = ["CONCERNS", "configurations", "run"]
+
+BASE_URL = "http://bench.local"
+PATH = "/items/42"
+#: the client concerns of kitmw.httpx.Transport, each measured alone and all together
+CONCERNS = ("access_log", "metrics", "tracing", "ratelimit", "breaker", "retry")
+
+Builder = Callable[[_Env], Any]
+
+
+def _handler(request: Any) -> Any:
+    import httpx
+
+    return httpx.Response(200, headers={"content-type": "text/plain"}, stream=httpx.ByteStream(b"ok"))
+
+
+def _mock() -> Any:
+    import httpx
+
+    return httpx.MockTransport(_handler)
+
+
+def _client_options(env: _Env, concerns: tuple[str, ...]) -> dict[str, Any]:
+    """Options of kitmw's client transport, as ``kitmw bench``'s server options are fixed:
+    a huge rate, a real JSON log handler on a null stream, a fresh registry, an SDK provider."""
+    registry = _registry()
+    options: dict[str, Any] = {
+        "access_log": {"logger": env.access_logger()},
+        "metrics": {"registry": registry},
+        "tracing": {"tracer_provider": env.provider},
+        "ratelimit": {"limit": "1000000/minute", "registry": registry},
+        "breaker": {"name": f"bench-{time.monotonic_ns()}", "registry": registry},
+        "retry": True,
+    }
+    return {c: options[c] for c in concerns}
+
+
+def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
+    def build(env: _Env) -> Any:
+        from . import httpx as kitmw_httpx
+
+        cls = kitmw_httpx.AsyncTransport if is_async else kitmw_httpx.Transport
+        return cls(transport=_mock(), **_client_options(env, concerns))
+
+    return build
+
+
+def _otel(is_async: bool, retry: bool = False) -> Builder:
+    def build(env: _Env) -> Any:
+        from opentelemetry.instrumentation.httpx import (
+            AsyncOpenTelemetryTransport,
+            SyncOpenTelemetryTransport,
+        )
+
+        inner = _retries()(env) if retry else _mock()
+        cls = AsyncOpenTelemetryTransport if is_async else SyncOpenTelemetryTransport
+        return cls(inner, tracer_provider=env.provider)
+
+    return build
+
+
+def _retries() -> Builder:
+    def build(env: _Env) -> Any:
+        from httpx_retries import RetryTransport
+
+        return RetryTransport(transport=_mock())
+
+    return build
+
+
+def configurations() -> list[tuple[str, str, Builder, bool]]:
+    """(name, group, builder, is_async); builders get the env and return a transport."""
+    configs: list[tuple[str, str, Builder, bool]] = []
+    for is_async in (False, True):
+        kind = "async" if is_async else "sync"
+        cls = "AsyncTransport" if is_async else "Transport"
+        otel = "AsyncOpenTelemetryTransport" if is_async else "SyncOpenTelemetryTransport"
+        configs.append((f"bare MockTransport ({kind})", "bare", lambda env: _mock(), is_async))
+        configs.append((f"kitmw {cls}, no concern", "reference", _kitmw((), is_async), is_async))
+        for concern in CONCERNS:
+            configs.append((f"kitmw {cls} ({concern})", "kitmw", _kitmw((concern,), is_async), is_async))
+        configs += [
+            (f"kitmw {cls} (tracing + retry)", "kitmw", _kitmw(("tracing", "retry"), is_async), is_async),
+            (f"kitmw {cls}, all six", "kitmw", _kitmw(CONCERNS, is_async), is_async),
+            (otel, "peer", _otel(is_async), is_async),
+            (f"httpx-retries RetryTransport ({kind})", "peer", _retries(), is_async),
+            (f"{otel} over RetryTransport", "peer", _otel(is_async, retry=True), is_async),
+        ]
+    return configs
+
+
+_TIMEOUT = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+
+def _sync_driver(transport: Any) -> Callable[[int], float]:
+    import httpx
+
+    def drive(n: int) -> float:
+        send = transport.handle_request
+        new = httpx.Request
+        url = BASE_URL + PATH
+        bad = 0
+        perf = time.perf_counter_ns
+        start = perf()
+        for _ in range(n):
+            response = send(new("GET", url, extensions={"timeout": _TIMEOUT}))
+            try:
+                response.read()
+            finally:
+                response.close()
+            if response.status_code != 200:
+                bad += 1
+        elapsed = perf() - start
+        if bad:
+            raise RuntimeError(f"{bad} unexpected statuses")
+        return elapsed / n / 1000.0
+
+    return drive
+
+
+def _async_driver(transport: Any) -> Callable[[int], Any]:
+    import httpx
+
+    async def drive(n: int) -> float:
+        send = transport.handle_async_request
+        new = httpx.Request
+        url = BASE_URL + PATH
+        bad = 0
+        perf = time.perf_counter_ns
+        start = perf()
+        for _ in range(n):
+            response = await send(new("GET", url, extensions={"timeout": _TIMEOUT}))
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            if response.status_code != 200:
+                bad += 1
+        elapsed = perf() - start
+        if bad:
+            raise RuntimeError(f"{bad} unexpected statuses")
+        return elapsed / n / 1000.0
+
+    return drive
+
+
+def run(
+    *,
+    rounds: int = 15,
+    requests_per_round: int = 300,
+    only: Callable[[str], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Result]:
+    """Run every httpx configuration, interleaved; ratios to the bare MockTransport of
+    the same kind (sync or async)."""
+    import asyncio
+
+    import httpx
+
+    env = _Env()
+    results: list[Result] = []
+    kinds: dict[str, bool] = {}
+
+    async def check(transport: Any, is_async: bool) -> None:
+        """One call through a real client: it must answer ``200 ok``."""
+        if is_async:
+            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+                response = await client.get(PATH)
+        else:
+            with httpx.Client(transport=transport, base_url=BASE_URL) as client:
+                response = client.get(PATH)
+        if response.status_code != 200 or response.content != b"ok":
+            raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
+
+    async def main() -> None:
+        prepared: list[tuple[Result, Callable[[int], Any]]] = []
+        for name, group, build, is_async in configurations():
+            if only is not None and group != "bare" and not only(name):
+                continue
+            result = Result(name=name, group=group)
+            results.append(result)
+            kinds[name] = is_async
+            try:
+                await check(build(env), is_async)
+                transport = build(env)
+                drive = _async_driver(transport) if is_async else _sync_driver(transport)
+                value = drive(20)  # warm up
+                if asyncio.iscoroutine(value):
+                    await value
+            except Exception as exc:  # a missing peer package or a broken configuration
+                result.skipped = f"{type(exc).__name__}: {exc}"
+                continue
+            prepared.append((result, drive))
+        await interleave(prepared, rounds, requests_per_round, progress)
+
+    asyncio.run(main())
+    for is_async in (False, True):
+        side = [r for r in results if kinds[r.name] is is_async]
+        bare = next((r for r in side if r.group == "bare" and not r.skipped), None)
+        summarize(side, bare)
+    return results

@@ -1,0 +1,242 @@
+"""The WSGI suite of ``kitmw bench --suite wsgi``: overhead per request in-process.
+
+Every configuration wraps the same Flask app (one route, ``/items/<int:item_id>``) the
+way the Flask docs and kitmw's ``docs/flask.md`` say (``app.wsgi_app = Layer(app.wsgi_app)``)
+and is driven directly through PEP 3333: build the environ, call the app, iterate the
+body, ``close()`` it. No server, no sockets. Rounds are interleaved and each figure is the
+median over rounds, as in the ASGI suite (:mod:`kitmw._bench`); overhead and ratio are
+against the bare Flask app of the same run.
+
+django-prometheus is not measured here: it is Django middleware (it needs a configured
+Django project, its own bare Django baseline, and registers its metrics globally), so it
+would not share this suite's Flask baseline.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ._bench import Result, _concern_options, _Env, _hs256_token, _kitmw_options, interleave, summarize
+
+__all__ = ["configurations", "environ", "run"]
+
+SIX = ("tracing", "access_log", "metrics", "ratelimit", "auth", "breaker")
+_TITLES = {
+    "access_log": "kitmw.wsgi.AccessLog",
+    "metrics": "kitmw.wsgi.Metrics",
+    "tracing": "kitmw.wsgi.Tracing",
+    "ratelimit": "kitmw.wsgi.RateLimit (memory)",
+    "auth": "kitmw.wsgi.Auth (HS256 JWT)",
+    "breaker": "kitmw.wsgi.CircuitBreaker",
+}
+
+Builder = Callable[[_Env], Any]
+
+
+def flask_app() -> Any:
+    """The bare Flask app every configuration wraps."""
+    from flask import Flask
+
+    app = Flask("kitmw_bench")
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> tuple[str, int, dict[str, str]]:
+        return "ok", 200, {"Content-Type": "text/plain"}
+
+    return app
+
+
+def _raw_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]
+
+
+def _noop_middleware(env: _Env) -> Any:
+    app = flask_app()
+    inner = app.wsgi_app
+
+    def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return inner(environ, start_response)
+
+    app.wsgi_app = wsgi_app
+    return app
+
+
+def _wrapped(wrap: Callable[[Any], Any]) -> Any:
+    app = flask_app()
+    app.wsgi_app = wrap(app.wsgi_app)
+    return app
+
+
+def _kitmw_one(concern: str) -> Builder:
+    def build(env: _Env) -> Any:
+        from . import wsgi
+
+        cls = {
+            "access_log": wsgi.AccessLog,
+            "metrics": wsgi.Metrics,
+            "tracing": wsgi.Tracing,
+            "ratelimit": wsgi.RateLimit,
+            "auth": wsgi.Auth,
+            "breaker": wsgi.CircuitBreaker,
+        }[concern]
+        return _wrapped(lambda inner: cls(inner, **_kitmw_options(env, concern)))
+
+    return build
+
+
+def _kitmw_stack(concerns: tuple[str, ...]) -> Builder:
+    def build(env: _Env) -> Any:
+        from .stack import stack
+
+        return _wrapped(lambda inner: stack(inner, **_concern_options(env, concerns)))
+
+    return build
+
+
+def _peer_otel(env: _Env) -> Any:
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    return _wrapped(lambda inner: OpenTelemetryMiddleware(inner, tracer_provider=env.provider))
+
+
+def configurations() -> list[tuple[str, str, Builder, bool]]:
+    """(name, group, builder, needs_token); builders get the env and return a WSGI app."""
+    configs: list[tuple[str, str, Builder, bool]] = [
+        ("bare Flask app", "bare", lambda env: flask_app(), False),
+        ("bare raw WSGI app", "reference", lambda env: _raw_app, False),
+        ("no-op WSGI middleware", "reference", _noop_middleware, False),
+    ]
+    for concern in ("access_log", "metrics", "tracing", "ratelimit", "auth", "breaker"):
+        configs.append((_TITLES[concern], "kitmw", _kitmw_one(concern), concern == "auth"))
+    configs += [
+        ("kitmw stack() of 6", "kitmw", _kitmw_stack(SIX), True),
+        ("kitmw stack() of 6, tracing off", "kitmw", _kitmw_stack(SIX[1:]), True),
+        ("OpenTelemetryMiddleware (WSGI)", "peer", _peer_otel, False),
+    ]
+    return configs
+
+
+def environ(token: str | None) -> dict[str, Any]:
+    """The environ a WSGI server builds for ``GET /items/42`` (a copy is made per request)."""
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/items/42",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench.local",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": "50000",
+        "HTTP_HOST": "bench.local",
+        "HTTP_USER_AGENT": "kitmw-bench/1.0",
+        "HTTP_ACCEPT": "*/*",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if token:
+        env["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return env
+
+
+def _check(app: Any, base: dict[str, Any]) -> None:
+    """One request whose status and body must be the app's (``200``, ``ok``)."""
+    seen: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
+        seen.append(status)
+        return lambda data: None
+
+    request = dict(base)
+    request["wsgi.input"] = io.BytesIO(b"")
+    body = app(request, start_response)
+    try:
+        content = b"".join(body)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+    if seen != ["200 OK"] or content != b"ok":
+        raise RuntimeError(f"unexpected answer {seen} {content[:80]!r}")
+
+
+def _driver(app: Any, base: dict[str, Any]) -> Callable[[int], float]:
+    def drive(n: int) -> float:
+        bad: list[str] = []
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
+            if status[:3] != "200":
+                bad.append(status)
+            return _discard
+
+        perf = time.perf_counter_ns
+        new_input = io.BytesIO
+        start = perf()
+        for _ in range(n):
+            request = dict(base)
+            request["wsgi.input"] = new_input(b"")
+            body = app(request, start_response)
+            try:
+                for _chunk in body:
+                    pass
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+        elapsed = perf() - start
+        if bad:
+            raise RuntimeError(f"unexpected status {bad[0]}")
+        return elapsed / n / 1000.0
+
+    return drive
+
+
+def _discard(data: bytes) -> None:
+    return None
+
+
+def run(
+    *,
+    rounds: int = 15,
+    requests_per_round: int = 300,
+    only: Callable[[str], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Result]:
+    """Run every WSGI configuration, interleaved; overheads and ratios to the bare Flask app."""
+    env = _Env()
+    token: str | None = None
+    results: list[Result] = []
+    prepared: list[tuple[Result, Callable[[int], Any]]] = []
+    for name, group, build, needs_token in configurations():
+        if only is not None and group != "bare" and not only(name):
+            continue
+        result = Result(name=name, group=group)
+        results.append(result)
+        try:
+            if needs_token and token is None:
+                token = _hs256_token()
+            app = build(env)
+            base = environ(token if needs_token else None)
+            _check(app, base)
+            drive = _driver(app, base)
+            drive(20)  # warm up
+        except Exception as exc:  # a missing peer package or a broken configuration
+            result.skipped = f"{type(exc).__name__}: {exc}"
+            continue
+        prepared.append((result, drive))
+
+    import asyncio
+
+    asyncio.run(interleave(prepared, rounds, requests_per_round, progress))
+    bare = next((r for r in results if r.group == "bare" and not r.skipped), None)
+    summarize(results, bare)
+    return results

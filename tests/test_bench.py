@@ -1,0 +1,139 @@
+"""The benchmark harness runs every configuration of every suite and each one answers.
+
+Tiny rounds only; no test looks at a time beyond "one was recorded". A configuration that
+answered anything but ``200 ok`` is reported as skipped (warm-up) or raises (rounds), so
+"not skipped, one sample per round" means it ran and answered correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kitmw._bench import SUITES, Result, format_table, run_suite, summarize
+from kitmw.cli import main as cli_main
+
+ROUNDS = 2
+
+
+def _check_all_ran(results: list[Result]) -> None:
+    skipped = {r.name: r.skipped for r in results if r.skipped}
+    assert skipped == {}
+    for r in results:
+        assert len(r.samples) == ROUNDS, r.name
+        assert r.us_per_request > 0, r.name
+        assert r.baseline, r.name
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+def test_every_configuration_of_the_suite_runs_and_answers(suite: str) -> None:
+    results = run_suite(suite, rounds=ROUNDS, requests_per_round=5)
+    assert len(results) >= 10
+    _check_all_ran(results)
+
+
+def test_wsgi_suite_measures_each_kitmw_class_the_stack_and_the_otel_peer() -> None:
+    names = {r.name for r in run_suite("wsgi", rounds=ROUNDS, requests_per_round=5)}
+    assert {
+        "bare Flask app",
+        "kitmw.wsgi.AccessLog",
+        "kitmw.wsgi.Metrics",
+        "kitmw.wsgi.Tracing",
+        "kitmw.wsgi.RateLimit (memory)",
+        "kitmw.wsgi.Auth (HS256 JWT)",
+        "kitmw.wsgi.CircuitBreaker",
+        "kitmw stack() of 6",
+        "OpenTelemetryMiddleware (WSGI)",
+    } <= names
+
+
+def test_httpx_suite_compares_sync_and_async_with_their_own_bare_transport() -> None:
+    results = run_suite("httpx", rounds=ROUNDS, requests_per_round=5, only=lambda n: "all six" in n)
+    baselines = {r.name: r.baseline for r in results}
+    assert baselines == {
+        "bare MockTransport (sync)": "bare MockTransport (sync)",
+        "kitmw Transport, all six": "bare MockTransport (sync)",
+        "bare MockTransport (async)": "bare MockTransport (async)",
+        "kitmw AsyncTransport, all six": "bare MockTransport (async)",
+    }
+
+
+def test_summarize_reports_median_and_interquartile_range() -> None:
+    bare = Result("bare", "bare", samples=[10.0, 10.0, 10.0])
+    other = Result("other", "kitmw", samples=[11.0, 12.0, 13.0, 14.0, 15.0])
+    summarize([bare, other], bare)
+    assert (other.us_per_request, other.iqr_us, other.overhead_us, other.ratio) == (13.0, 2.0, 3.0, 1.3)
+
+
+def test_format_table_lists_a_skipped_configuration_with_its_reason() -> None:
+    bare = Result("bare", "bare", samples=[10.0])
+    summarize([bare], bare)
+    table = format_table([bare, Result("peer", "peer", skipped="ImportError: no peer")])
+    assert "| peer | skipped: ImportError: no peer |" in table
+
+
+def test_cli_bench_suite_writes_the_figures_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "wsgi.json"
+    code = cli_main(
+        [
+            "bench",
+            "--suite",
+            "wsgi",
+            "--rounds",
+            "1",
+            "--requests",
+            "3",
+            "--only",
+            "stack",
+            "--quiet",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == [
+        "bare Flask app",
+        "kitmw stack() of 6",
+        "kitmw stack() of 6, tracing off",
+    ]
+    assert all(r["skipped"] is None and "iqr_us" in r for r in rows)
+    assert "ratio to bare Flask app" in capsys.readouterr().out
+
+
+def test_plot_draws_one_panel_per_suite_from_the_json(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks.plot import plot
+
+    data = {
+        "machine": {"cpus": 2, "python": "3.11"},
+        "commit": "0" * 40,
+        "suites": {
+            suite: [
+                r.as_dict()
+                for r in run_suite(suite, rounds=1, requests_per_round=2, only=lambda n: "stack" in n)
+            ]
+            for suite in ("asgi", "wsgi")
+        },
+        "throughput": [{"name": "bare Starlette app", "rps": 1000.0, "iqr_rps": 10.0}],
+    }
+    source = tmp_path / "latest.json"
+    source.write_text(json.dumps(data))
+    png = Path(plot(str(source), str(tmp_path / "performance.png")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
+def test_throughput_serves_each_server_kind_and_counts_only_2xx() -> None:
+    from benchmarks import throughput
+
+    names = ["bare Starlette app", "Flask + kitmw stack() of 6 (gunicorn gthread)"]
+    rows = throughput.run(rounds=1, duration=1, connections=4, only=names)
+    assert [r["name"] for r in rows] == names
+    assert all("skipped" not in r and r["rps"] > 0 for r in rows), rows
