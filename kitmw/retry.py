@@ -134,7 +134,9 @@ class Retry:
         from ``budget_ratio``, ``budget_min_per_second`` and ``budget_window``.
     :param retry_on: optional predicate ``(exception) -> bool`` deciding which
         transport errors are retried (default: connection errors and timeouts).
-    :param sleep, random, clock: injectable for tests.
+    :param sleep: injectable for tests.
+    :param random: injectable for tests.
+    :param clock: injectable for tests.
     """
 
     __slots__ = (

@@ -79,8 +79,9 @@ class BreakerPolicy(Policy):
     :param registry: prometheus-client registry for the breaker instruments.
     :param clock: seconds, injectable for tests.
     :param breaker: a ready :class:`~kitmw.breaker.Breaker` to use instead of building one.
-    :param refresh_interval, storage_timeout, storage_retry: Redis tuning, see
-        :class:`~kitmw.breaker.Breaker`.
+    :param refresh_interval: Redis tuning, see :class:`~kitmw.breaker.Breaker`.
+    :param storage_timeout: Redis tuning, see :class:`~kitmw.breaker.Breaker`.
+    :param storage_retry: Redis tuning, see :class:`~kitmw.breaker.Breaker`.
     """
 
     __slots__ = ("_cache", "_excluded", "_is_failure", "_key", "_plain", "breaker")
