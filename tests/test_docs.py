@@ -696,3 +696,33 @@ def test_operations_cli_flags_exist() -> None:
         tool = line.split()[0]
         for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", line):
             assert flag in helps[tool], f"{tool} has no {flag}"
+
+
+def test_getting_started_sample_prints_what_the_page_shows() -> None:
+    """The in-process sample, run as a fresh script, prints exactly the text shown after it."""
+    page = DOCS / "getting-started.md"
+    block = next(b for b in extract(page) if "asyncio.run(main())" in b.source)
+    lines = page.read_text().splitlines()
+    start = next(i for i in range(block.line, len(lines)) if lines[i].startswith("```text"))
+    end = lines.index("```", start + 1)
+    shown = lines[start + 1 : end]
+    done = subprocess.run(
+        [sys.executable, "-c", block.source], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == shown
+
+
+def test_site_builds_strict(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: every nav entry, link, anchor, include and docstring is valid."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings_handlers.python")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-5000:]
