@@ -8,16 +8,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from time import perf_counter_ns
 from typing import Any
 
 from starlette.authentication import AuthCredentials
+from starlette.requests import ClientDisconnect
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import Rejection
 from .exchange import Exchange, Policy
-from .routes import django_route, starlette_route
+from .routes import django_route, starlette_route, url_map_route
 
 __all__ = [
     "AccessLog",
@@ -32,6 +34,22 @@ __all__ = [
 ]
 
 _INTERNAL_ERROR = Rejection(500, "internal_error")
+
+#: Status recorded when the client went away before the response was complete (nginx's).
+CLIENT_CLOSED = 499
+
+
+def _find_url_map(app: Any) -> Any:
+    """The Quart-like app (with a werkzeug ``url_map``) that ``app`` is or wraps, else None."""
+    for _ in range(32):
+        if app is None:
+            return None
+        owner = getattr(app, "__self__", None)  # app.asgi_app, a bound method
+        for candidate in (app, owner):
+            if candidate is not None and hasattr(candidate, "url_map") and hasattr(candidate, "asgi_app"):
+                return candidate
+        app = getattr(app, "app", None) or getattr(owner, "app", None)
+    return None
 
 
 def _is_django(app: Any) -> bool:
@@ -48,7 +66,7 @@ def _is_django(app: Any) -> bool:
 class AsgiExchange(Exchange):
     """An exchange over an ASGI ``scope``: headers are read from the scope on demand."""
 
-    __slots__ = ("_applied", "_counting", "_root", "_router_kind", "_start_headers", "scope")
+    __slots__ = ("_applied", "_counting", "_gone", "_root", "_router_kind", "_start_headers", "scope")
     protocol = "asgi"
 
     def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
@@ -58,6 +76,7 @@ class AsgiExchange(Exchange):
         self._router_kind = router_kind
         self._start_headers: Any = None
         self._counting = False
+        self._gone = False  # the client disconnected (http.disconnect seen, or send failed)
         self._applied: frozenset[str] = frozenset()
 
     def header(self, name: str) -> str | None:
@@ -99,6 +118,11 @@ class AsgiExchange(Exchange):
             if root_path and path.startswith(root_path):
                 path = path[len(root_path) :] or "/"
             return django_route(path)
+        if kind == _ROUTER_URL_MAP:
+            return url_map_route(self._root, self.scope)
+        template = self.scope.get("path_template")  # Litestar records the matched template
+        if isinstance(template, str) and template:
+            return template
         return starlette_route(self.scope, self._root)  # type: ignore[arg-type]
 
     def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
@@ -118,6 +142,7 @@ class AsgiExchange(Exchange):
 
 _ROUTER_STARLETTE = 0
 _ROUTER_DJANGO = 1
+_ROUTER_URL_MAP = 2  # Quart (werkzeug url rules, as Flask)
 
 
 class Middleware:
@@ -140,7 +165,13 @@ class Middleware:
         self.app = app
         self.policies: tuple[Policy, ...] = tuple(policies)
         self.handle_errors = handle_errors
-        self._router_kind = _ROUTER_DJANGO if _is_django(app) else _ROUTER_STARLETTE
+        self._url_map_app = _find_url_map(app)
+        if _is_django(app):
+            self._router_kind = _ROUTER_DJANGO
+        elif self._url_map_app is not None:
+            self._router_kind = _ROUTER_URL_MAP
+        else:
+            self._router_kind = _ROUTER_STARLETTE
         enters: list[tuple[Any, bool]] = []
         for policy in self.policies:
             cls = type(policy)
@@ -173,7 +204,7 @@ class Middleware:
             # join it, so policies in separate layers see one exchange (trace id, principal).
             await self._join(outer, scope, receive, send)
             return
-        ex = AsgiExchange(scope, scope.get("app") or self.app, self._router_kind)
+        ex = AsgiExchange(scope, self._url_map_app or scope.get("app") or self.app, self._router_kind)
         scope[_EXCHANGE_KEY] = ex
         ex._applied = self._names
         handle_errors = self.handle_errors
@@ -215,7 +246,12 @@ class Middleware:
                     started = True
                 elif kind == "websocket.close" and not started:
                     ex.status = 403
-                await send(message)
+                try:
+                    await send(message)
+                except OSError:  # ASGI 2.4 servers raise it once the client is gone
+                    ex._gone = True
+                    ex.end_ns = 0  # the response did not reach its end
+                    raise
 
             if answer is not None:
                 if scope["type"] == "websocket":
@@ -223,11 +259,12 @@ class Middleware:
                 else:
                     await _send_answer(answer, ex, send_wrapper)
                 return
-            if self._count_in:
-                receive = _counting_receive(ex, receive)
+            if scope["type"] == "http":
+                receive = _counting_receive(ex, receive, self._count_in)
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
-            ex.error = exc
+            if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
+                ex.error = exc  # not the app's answer to a client that left: record it
             if not started:
                 ex.status = 500
                 if handle_errors and scope["type"] == "http":
@@ -239,6 +276,8 @@ class Middleware:
         finally:
             scope.pop(_EXCHANGE_KEY, None)
             if not ex.end_ns:
+                if ex._gone:  # the client left before the response was complete
+                    ex.status = CLIENT_CLOSED
                 ex.end_ns = perf_counter_ns()
             await self._exit(ex, entered)
 
@@ -299,13 +338,23 @@ class Middleware:
 _EXCHANGE_KEY = "kitmw.exchange"
 
 
-def _counting_receive(ex: AsgiExchange, receive: Receive) -> Receive:
-    ex._counting = True
+#: What an app raises because its client went away (not a fault of the app).
+_DISCONNECT_ERRORS = (OSError, ClientDisconnect, asyncio.CancelledError)
+
+
+def _counting_receive(ex: AsgiExchange, receive: Receive, count: bool = True) -> Receive:
+    """Count request body bytes (if ``count``) and notice a client that disconnected."""
+    if count:
+        ex._counting = True
 
     async def receive_wrapper() -> Message:
         message = await receive()
-        if message["type"] == "http.request":
-            ex.bytes_in += len(message.get("body", b""))
+        kind = message["type"]
+        if kind == "http.request":
+            if count:
+                ex.bytes_in += len(message.get("body", b""))
+        elif kind == "http.disconnect":
+            ex._gone = True
         return message
 
     return receive_wrapper
@@ -336,42 +385,42 @@ def _policy(module: str, attr: str, options: dict[str, Any]) -> Policy:
 class AccessLog(Middleware):
     """Access log and request id (:class:`kitmw.logging.AccessLogPolicy` options)."""
 
-    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".logging", "AccessLogPolicy", options), handle_errors=handle_errors)
 
 
 class Metrics(Middleware):
     """Prometheus RED metrics and ``/metrics`` (:class:`kitmw.metrics.MetricsPolicy` options)."""
 
-    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".metrics", "MetricsPolicy", options), handle_errors=handle_errors)
 
 
 class Tracing(Middleware):
     """OpenTelemetry server spans (:class:`kitmw.tracing.TracingPolicy` options)."""
 
-    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".tracing", "TracingPolicy", options), handle_errors=handle_errors)
 
 
 class RateLimit(Middleware):
     """Rate limiting with ``limits`` (:class:`kitmw.ratelimit.RateLimitPolicy` options)."""
 
-    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".ratelimit", "RateLimitPolicy", options), handle_errors=handle_errors)
 
 
 class CircuitBreaker(Middleware):
     """Circuit breaking with pybreaker (:class:`kitmw.breaker.BreakerPolicy` options)."""
 
-    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".breaker", "BreakerPolicy", options), handle_errors=handle_errors)
 
 
 class Auth(Middleware):
     """Authentication and scopes (:class:`kitmw.auth.AuthPolicy` options)."""
 
-    def __init__(self, app: ASGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".auth", "AuthPolicy", options), handle_errors=handle_errors)
 
 

@@ -13,10 +13,10 @@ random URLs cannot grow memory.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
-__all__ = ["RouteCache", "django_route", "flask_route", "starlette_route"]
+__all__ = ["RouteCache", "django_route", "flask_route", "starlette_route", "url_map_route"]
 
 _MAX_CACHE = 2048
 
@@ -193,6 +193,16 @@ def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:
     try:
         adapter = flask_app.url_map.bind_to_environ(environ)
         rule, _ = adapter.match(return_rule=True)
+    except Exception:
+        return None
+    return str(rule.rule)
+
+
+def url_map_route(app: Any, scope: MutableMapping[str, Any]) -> str | None:
+    """The werkzeug url rule (Quart) that matches an ASGI ``scope``."""
+    try:
+        adapter = app.url_map.bind("localhost", script_name=scope.get("root_path") or None)
+        rule, _ = adapter.match(scope.get("path", "/"), method=scope.get("method", "GET"), return_rule=True)
     except Exception:
         return None
     return str(rule.rule)

@@ -561,40 +561,40 @@ def _policy(module: str, attr: str, options: dict[str, Any]) -> Policy:
 class AccessLog(Middleware):
     """Access log and request id (:class:`kitmw.logging.AccessLogPolicy` options)."""
 
-    def __init__(self, app: WSGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".logging", "AccessLogPolicy", options), handle_errors=handle_errors)
 
 
 class Metrics(Middleware):
     """Prometheus RED metrics and ``/metrics`` (:class:`kitmw.metrics.MetricsPolicy` options)."""
 
-    def __init__(self, app: WSGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".metrics", "MetricsPolicy", options), handle_errors=handle_errors)
 
 
 class Tracing(Middleware):
     """OpenTelemetry server spans (:class:`kitmw.tracing.TracingPolicy` options)."""
 
-    def __init__(self, app: WSGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".tracing", "TracingPolicy", options), handle_errors=handle_errors)
 
 
 class RateLimit(Middleware):
     """Rate limiting with ``limits`` (:class:`kitmw.ratelimit.RateLimitPolicy` options)."""
 
-    def __init__(self, app: WSGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".ratelimit", "RateLimitPolicy", options), handle_errors=handle_errors)
 
 
 class CircuitBreaker(Middleware):
     """Circuit breaking with pybreaker (:class:`kitmw.breaker.BreakerPolicy` options)."""
 
-    def __init__(self, app: WSGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".breaker", "BreakerPolicy", options), handle_errors=handle_errors)
 
 
 class Auth(Middleware):
     """Authentication and scopes (:class:`kitmw.auth.AuthPolicy` options)."""
 
-    def __init__(self, app: WSGIApp, /, *, handle_errors: bool | None = None, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
         super().__init__(app, _policy(".auth", "AuthPolicy", options), handle_errors=handle_errors)

@@ -61,3 +61,38 @@ async def test_method_mismatch_still_names_the_route() -> None:
     app = Starlette(routes=[Route("/items/{item_id}", item, methods=["POST"])])
     text = await _routes_seen(app, ["/items/1"])
     assert 'route="/items/{item_id}",status="405"} 1.0' in text
+
+
+async def test_litestar_route_template_and_keyword_app() -> None:
+    from litestar import Litestar, get
+    from litestar.middleware import DefineMiddleware
+
+    @get("/items/{item_id:int}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    registry = CollectorRegistry()
+    # Litestar builds middlewares with app= as a keyword.
+    app = Litestar([item], middleware=[DefineMiddleware(kitmw.Metrics, registry=registry)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        assert (await c.get("/items/3")).status_code == 200
+    assert 'route="/items/{item_id}",status="200"} 1.0' in generate_latest(registry).decode()
+
+
+async def test_quart_url_rule() -> None:
+    from quart import Quart
+
+    quart = Quart(__name__)
+
+    @quart.route("/items/<int:item_id>")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    registry = CollectorRegistry()
+    quart.asgi_app = kitmw.stack(quart.asgi_app, metrics={"registry": registry})  # type: ignore[method-assign]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=quart), base_url="http://t") as c:
+        assert (await c.get("/items/3")).status_code == 200
+        assert (await c.get("/nope")).status_code == 404
+    text = generate_latest(registry).decode()
+    assert 'route="/items/<int:item_id>",status="200"} 1.0' in text
+    assert 'route="<unmatched>",status="404"} 1.0' in text

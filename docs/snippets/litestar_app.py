@@ -1,4 +1,5 @@
 from litestar import Litestar, get
+from litestar.middleware import DefineMiddleware
 
 import kitmw
 
@@ -15,9 +16,8 @@ app = kitmw.stack(
     ratelimit="100/minute",
 )
 
-# Or one concern in Litestar's middleware list: a factory whose parameter is named `app`
-# (Litestar passes it by keyword, so DefineMiddleware(kitmw.RateLimit) does not work).
+# Or one concern in Litestar's middleware list (Litestar passes app= by keyword).
 inner = Litestar(
     route_handlers=[read_item],
-    middleware=[lambda app: kitmw.RateLimit(app, limit="100/minute")],
+    middleware=[DefineMiddleware(kitmw.RateLimit, limit="100/minute")],
 )
