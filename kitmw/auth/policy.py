@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -15,6 +16,8 @@ from ._base import AuthError, Backend, Principal
 __all__ = ["AuthPolicy"]
 
 _ANONYMOUS = UnauthenticatedUser()
+#: Runs of slashes: werkzeug (Flask) serves ``//admin/x`` as ``/admin/x``, so rules must too.
+_SLASHES = re.compile(r"//+")
 
 
 class _Rule:
@@ -166,6 +169,8 @@ class AuthPolicy(Policy):
         )
 
     def _rule(self, path: str) -> _Rule | None:
+        if "//" in path:
+            path = _SLASHES.sub("/", path)
         for rule in self._rules:
             if path == rule.prefix or path.startswith(rule.under):
                 return rule
