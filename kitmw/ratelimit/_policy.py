@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -13,6 +14,9 @@ from ._limiter import Decision, Limiter
 from ._storage import Backend
 
 __all__ = ["RateLimitPolicy"]
+
+#: Runs of slashes: werkzeug (Flask) serves ``//api/x`` as ``/api/x``, so prefixes must too.
+_SLASHES = re.compile(r"//+")
 
 KeyFunc = Callable[[Exchange], "str | None"]
 
@@ -208,6 +212,8 @@ class RateLimitPolicy(Policy):
         if route is not None and route in self._templates:
             return self._templates[route]
         path = ex.path
+        if "//" in path:
+            path = _SLASHES.sub("/", path)
         for prefix, limiter in self._prefixes:
             if path == prefix or path.startswith(prefix + "/") or not prefix:
                 return limiter
