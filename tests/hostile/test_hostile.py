@@ -173,12 +173,17 @@ def starlette_app(app_log: logging.Logger) -> Any:
         app_log.info("serving %s for %s", request.scope["path"], request.headers.get("user-agent"))
         return PlainTextResponse(rid or "", headers={"x-app-rid": rid or "-"})
 
+    async def admin(request: StarletteRequest) -> PlainTextResponse:
+        response = await endpoint(request)
+        response.headers["x-app-admin"] = "served"
+        return response
+
     app = Starlette(
         routes=[
             Route("/", endpoint),
             Route("/items/{item_id}", endpoint),
             Route("/users/{name}/posts/{post_id:int}", endpoint),
-            Route("/admin/stats", endpoint),
+            Route("/admin/stats", admin),
             Route("/healthz", endpoint),
             Mount("/api", routes=[Route("/v1/{thing}", endpoint)]),
         ]
@@ -198,8 +203,14 @@ def flask_app(app_log: logging.Logger) -> Any:
         app_log.info("serving %s for %s", request.environ.get("PATH_INFO"), request.headers.get("User-Agent"))
         return rid or "", 200, {"x-app-rid": rid or "-"}
 
-    for rule in ("/", "/items/<item_id>", "/users/<name>/posts/<int:post_id>", "/admin/stats", "/healthz"):
+    for rule in ("/", "/items/<item_id>", "/users/<name>/posts/<int:post_id>", "/healthz"):
         app.add_url_rule(rule, rule, endpoint)
+
+    @app.get("/admin/stats")
+    def admin() -> Any:
+        body, status, headers = endpoint()
+        return body, status, {**headers, "x-app-admin": "served"}
+
     api = Blueprint("api", __name__, url_prefix="/api")
     api.add_url_rule("/v1/<thing>", "thing", endpoint)
     app.register_blueprint(api)
@@ -240,7 +251,15 @@ def _latin1(text: str) -> str:
 class Harness:
     """The full stack on one driver, fresh registry / provider / loggers, and the checks."""
 
-    def __init__(self, protocol: str, *, limit: str = "1000000/minute", trusted: Any = ()) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        *,
+        limit: str = "1000000/minute",
+        trusted: Any = (),
+        key: Any = "client",
+        routes: Any = None,
+    ) -> None:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -277,7 +296,7 @@ class Harness:
             tracing={"tracer_provider": self.provider},
             access_log={"logger": access_name, "log_query": True},
             metrics={"registry": self.registry},
-            ratelimit={"limit": limit, "trusted_proxies": trusted},
+            ratelimit={"limit": limit, "trusted_proxies": trusted, "key": key, "routes": routes},
             auth={
                 "backend": kitmw.auth.JWT(key=SECRET, algorithms=["HS256"]),
                 "scopes": {"/admin": ["admin"]},
@@ -802,6 +821,113 @@ def test_garbage_forwarding_through_a_trusted_proxy_is_a_decision_not_a_failure(
         h.check_bounded()
     finally:
         h.close()
+
+
+@pytest.mark.parametrize("protocol", ["asgi", "wsgi"])
+def test_distinct_api_keys_never_share_a_budget(protocol: str) -> None:
+    """Keyed by a header: any two different values (``/``, ``%``, huge, binary) are two budgets."""
+    h = make_harness(protocol, limit="1/hour", key="header:X-API-Key")
+    try:
+        values = st.one_of(
+            st.binary(min_size=1, max_size=40),
+            st.sampled_from([b"a/b", b"a%2Fb", b"a%252Fb", b"a", b"A", b"a ", b"sha256:" + b"0" * 64]),
+            huge_bytes,
+            st.builds(lambda n: b"k" * n, st.integers(195, 210)),  # around the hashing threshold
+        )
+        seen: set[str] = set()
+
+        @FUZZ
+        @given(value=values)
+        def run(value: bytes) -> None:
+            text = value.decode("latin-1").strip(" \t")  # what a server hands over
+            if not text or text in seen or (protocol == "wsgi" and "," in text):
+                return
+            seen.add(text)
+            request = Request(headers=[BEARER, (b"x-api-key", value)])
+            assert h.call(request, statuses=frozenset({200})).status == 200  # a budget of its own
+            assert h.call(request, statuses=frozenset({429})).status == 429
+
+        run()
+        assert len(seen) > 10
+        h.check_bounded()
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("protocol", ["asgi", "wsgi"])
+def test_repeated_slashes_do_not_escape_a_per_route_limit(protocol: str) -> None:
+    """werkzeug serves ``//api/x`` as ``/api/x``: a limit on ``/api/*`` must count it too."""
+    h = make_harness(protocol, routes={"/api/*": "2/hour"})
+    try:
+        for _ in range(2):
+            assert h.call(Request(path="/api/v1/a")).status == 200
+        slashes = st.integers(1, 4).map(lambda n: "/" * n)
+
+        @FUZZ
+        @given(a=slashes, b=slashes, c=slashes, rest=segment)
+        def run(a: str, b: str, c: str, rest: str) -> None:
+            h.call(Request(path=f"{a}api{b}v1{c}{rest}"), statuses=frozenset({429}))
+
+        run()
+        h.check_bounded()
+    finally:
+        h.close()
+
+
+ADMIN_WORDS = [
+    "admin",
+    "Admin",
+    "ADMIN",
+    "stats",
+    "",
+    ".",
+    "..",
+    "%2f",
+    "%2F",
+    "%00",
+    ";x",
+    "stats/",
+    " ",
+    "\\",
+]
+
+
+def test_path_confusion_never_reaches_the_admin_endpoint_without_the_scope(harness: Harness) -> None:
+    """``/admin`` needs the ``admin`` scope: no spelling of the path gets the app to serve it."""
+    variants = st.one_of(
+        st.sampled_from(
+            [
+                "/admin/stats",
+                "//admin/stats",
+                "/admin//stats",
+                "/./admin/stats",
+                "/x/../admin/stats",
+                "/admin/./stats",
+                "/admin/stats/",
+                "/%61dmin/stats",
+                "/admin/stats;",
+                "admin/stats",
+                "/admin/stats\x00",
+            ]
+        ),
+        st.lists(st.sampled_from(ADMIN_WORDS), min_size=1, max_size=5).map(lambda ws: "/" + "/".join(ws)),
+    )
+
+    @FUZZ
+    @given(path=variants, method=st.sampled_from(["GET", "HEAD", "OPTIONS", "get"]), preflight=st.booleans())
+    def run(path: str, method: str, preflight: bool) -> None:
+        if harness.protocol == "wsgi" and not path.startswith("/"):
+            path = "/" + path
+        headers = [BEARER, (b"access-control-request-method", b"GET")] if preflight else [BEARER]
+        result = harness.call(Request(method=method, path=path, headers=headers))
+        assert not result.header(b"x-app-admin"), (path, method, result.status)
+
+    run()
+    ok = harness.call(
+        Request(path="/admin/stats", headers=[(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())])
+    )
+    assert ok.header(b"x-app-admin") == [b"served"]  # the endpoint does serve an admin
+    harness.check_bounded()
 
 
 # -- trace context -----------------------------------------------------------------------------
