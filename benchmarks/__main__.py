@@ -48,10 +48,13 @@ def _commit() -> str | None:
             text=True,
             timeout=10,
             cwd=ROOT,
-        ).stdout.strip()
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return head + (" (kitmw/ has uncommitted changes)" if dirty else "")
+    files = ", ".join(line[3:] for line in dirty.splitlines() if line.strip())
+    if not files:
+        return head
+    return f"{head} (uncommitted changes in {files})"
 
 
 def _machine() -> dict[str, Any]:

@@ -1,10 +1,17 @@
 """In-process overhead harness behind ``kitmw bench`` and ``python -m benchmarks``.
 
-Every configuration wraps the same Starlette app (one route, ``/items/{item_id}``) and is
-driven directly through ASGI (no server, no sockets). Rounds are interleaved across
+This module is the ``asgi`` suite and the machinery the others share; the ``wsgi`` suite
+is :mod:`kitmw._bench_wsgi`, the ``httpx`` one :mod:`kitmw._bench_client`
+(``kitmw bench --suite asgi|wsgi|httpx|all``).
+
+Every ASGI configuration wraps the same Starlette app (one route, ``/items/{item_id}``)
+and is driven directly through ASGI (no server, no sockets). Rounds are interleaved across
 configurations so drift in machine speed hits every configuration alike; each figure is
-the median over rounds of the mean µs per request within a round. Overhead is the
-configuration's figure minus the bare app's from the same run.
+the median over rounds of the mean µs per request within a round, with the interquartile
+range over rounds as the spread. Both wall time and the benchmark thread's CPU time are
+read: on a shared machine the CPU figure does not count the time other processes held
+the core. Overhead is the configuration's (wall) figure minus the bare app's from the
+same run.
 
 Peer packages are optional: a configuration whose package is missing is reported as
 skipped with the reason.
@@ -24,9 +31,11 @@ from typing import Any
 __all__ = [
     "SUITES",
     "Result",
+    "clock",
     "configurations",
     "format_table",
     "interleave",
+    "per_request",
     "run",
     "run_suite",
     "summarize",
@@ -44,14 +53,21 @@ class Result:
     ratio: float = 0.0
     #: interquartile range of the per-round figures (µs): how much rounds disagree
     iqr_us: float = 0.0
+    #: CPU time of the benchmark thread per request (median, µs) and its IQR: unlike
+    #: wall time it does not count the time other processes held the core
+    cpu_us_per_request: float = 0.0
+    cpu_iqr_us: float = 0.0
     #: the configuration this one's overhead and ratio are measured against
     baseline: str = ""
+    #: per round: wall µs per request, and CPU µs per request
     samples: list[float] = field(default_factory=list)
+    cpu_samples: list[float] = field(default_factory=list)
     skipped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data.pop("samples")
+        data["samples"] = [round(v, 2) for v in self.samples]
+        data["cpu_samples"] = [round(v, 2) for v in self.cpu_samples]
         return data
 
 
@@ -415,7 +431,18 @@ def _scope(token: str | None) -> dict[str, Any]:
     }
 
 
-async def _drive(app: Any, base_scope: dict[str, Any], n: int) -> float:
+def clock() -> tuple[int, int]:
+    """(wall ns, CPU ns of this thread): the two clocks every driver reads."""
+    return time.perf_counter_ns(), time.thread_time_ns()
+
+
+def per_request(start: tuple[int, int], n: int) -> tuple[float, float]:
+    """(wall µs, CPU µs) per request since ``start`` (from :func:`clock`)."""
+    wall, cpu = clock()
+    return (wall - start[0]) / n / 1000.0, (cpu - start[1]) / n / 1000.0
+
+
+async def _drive(app: Any, base_scope: dict[str, Any], n: int) -> tuple[float, float]:
     request = {"type": "http.request", "body": b"", "more_body": False}
     statuses: list[int] = []
 
@@ -426,17 +453,16 @@ async def _drive(app: Any, base_scope: dict[str, Any], n: int) -> float:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    perf = time.perf_counter_ns
-    start = perf()
+    start = clock()
     for _ in range(n):
         scope = dict(base_scope)
         scope["state"] = {}
         await app(scope, receive, send)
-    elapsed = perf() - start
+    timing = per_request(start, n)
     bad = [s for s in statuses if s != 200]
     if bad:
         raise RuntimeError(f"unexpected status {bad[0]}")
-    return elapsed / n / 1000.0
+    return timing
 
 
 def run(
@@ -467,19 +493,11 @@ def run(
             continue
         apps.append((result, app, scope))
 
-    async def main() -> None:
-        for r in range(rounds):
-            if progress:
-                progress(f"round {r + 1}/{rounds}")
-            for result, app, scope in apps:
-                gc.collect()
-                gc.disable()
-                try:
-                    result.samples.append(await _drive(app, scope, requests_per_round))
-                finally:
-                    gc.enable()
+    def driver(app: Any, scope: dict[str, Any]) -> Callable[[int], Any]:
+        return lambda n: _drive(app, scope, n)
 
-    asyncio.run(main())
+    prepared = [(result, driver(app, scope)) for result, app, scope in apps]
+    asyncio.run(interleave(prepared, rounds, requests_per_round, progress))
     bare = next((r for r in results if r.group == "bare" and not r.skipped), None)
     summarize(results, bare)
     return results
@@ -491,15 +509,23 @@ def summarize(results: list[Result], bare: Result | None) -> None:
         if result.skipped or not result.samples:
             continue
         result.us_per_request = statistics.median(result.samples)
-        if len(result.samples) > 1:
-            q1, _, q3 = statistics.quantiles(result.samples, n=4, method="inclusive")
-            result.iqr_us = q3 - q1
+        result.iqr_us = _iqr(result.samples)
+        if result.cpu_samples:
+            result.cpu_us_per_request = statistics.median(result.cpu_samples)
+            result.cpu_iqr_us = _iqr(result.cpu_samples)
     if bare is not None and bare.samples:
         for result in results:
             if result.samples:
                 result.baseline = bare.name
                 result.overhead_us = result.us_per_request - bare.us_per_request
                 result.ratio = result.us_per_request / bare.us_per_request
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
 
 
 async def interleave(
@@ -510,8 +536,9 @@ async def interleave(
 ) -> None:
     """Drive every prepared configuration once per round, in turn, with the GC paused.
 
-    ``drive(n)`` returns µs per request over ``n`` requests, or an awaitable of it (the
-    sync and async configurations of one suite share the rounds and the event loop).
+    ``drive(n)`` returns (wall µs, CPU µs) per request over ``n`` requests (see
+    :func:`per_request`), or an awaitable of it (the sync and async configurations of one
+    suite share the rounds and the event loop).
     """
     for r in range(rounds):
         if progress:
@@ -523,7 +550,9 @@ async def interleave(
                 value = drive(requests_per_round)
                 if asyncio.iscoroutine(value):
                     value = await value
-                result.samples.append(float(value))
+                wall, cpu = value
+                result.samples.append(wall)
+                result.cpu_samples.append(cpu)
             finally:
                 gc.enable()
 
@@ -558,14 +587,18 @@ def format_table(results: list[Result]) -> str:
     tables: list[list[str]] = []
     for baseline in baselines:
         lines = [
-            f"| configuration | µs/request | IQR µs | overhead µs | ratio to {baseline or 'bare'} |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            f"| configuration | µs/request | IQR µs | CPU µs/request | CPU IQR µs | overhead µs "
+            f"| ratio to {baseline or 'bare'} |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         lines.extend(
-            f"| {r.name} | {r.us_per_request:.1f} | {r.iqr_us:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |"
+            f"| {r.name} | {r.us_per_request:.1f} | {r.iqr_us:.1f} | {r.cpu_us_per_request:.1f} "
+            f"| {r.cpu_iqr_us:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |"
             for r in results
             if not r.skipped and r.baseline == baseline
         )
         tables.append(lines)
-    tables[-1].extend(f"| {r.name} | skipped: {(r.skipped or '')[:60]} | | | |" for r in results if r.skipped)
+    tables[-1].extend(
+        f"| {r.name} | skipped: {(r.skipped or '')[:60]} | | | | | |" for r in results if r.skipped
+    )
     return "\n\n".join("\n".join(t) for t in tables)

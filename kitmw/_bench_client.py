@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._bench import Result, _Env, _registry, interleave, summarize
+from ._bench import Result, _Env, _registry, clock, interleave, per_request, summarize
 
 __all__ = ["CONCERNS", "configurations", "run"]
 
@@ -114,16 +114,15 @@ def configurations() -> list[tuple[str, str, Builder, bool]]:
 _TIMEOUT = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
 
 
-def _sync_driver(transport: Any) -> Callable[[int], float]:
+def _sync_driver(transport: Any) -> Callable[[int], tuple[float, float]]:
     import httpx
 
-    def drive(n: int) -> float:
+    def drive(n: int) -> tuple[float, float]:
         send = transport.handle_request
         new = httpx.Request
         url = BASE_URL + PATH
         bad = 0
-        perf = time.perf_counter_ns
-        start = perf()
+        start = clock()
         for _ in range(n):
             response = send(new("GET", url, extensions={"timeout": _TIMEOUT}))
             try:
@@ -132,10 +131,10 @@ def _sync_driver(transport: Any) -> Callable[[int], float]:
                 response.close()
             if response.status_code != 200:
                 bad += 1
-        elapsed = perf() - start
+        timing = per_request(start, n)
         if bad:
             raise RuntimeError(f"{bad} unexpected statuses")
-        return elapsed / n / 1000.0
+        return timing
 
     return drive
 
@@ -143,13 +142,12 @@ def _sync_driver(transport: Any) -> Callable[[int], float]:
 def _async_driver(transport: Any) -> Callable[[int], Any]:
     import httpx
 
-    async def drive(n: int) -> float:
+    async def drive(n: int) -> tuple[float, float]:
         send = transport.handle_async_request
         new = httpx.Request
         url = BASE_URL + PATH
         bad = 0
-        perf = time.perf_counter_ns
-        start = perf()
+        start = clock()
         for _ in range(n):
             response = await send(new("GET", url, extensions={"timeout": _TIMEOUT}))
             try:
@@ -158,10 +156,10 @@ def _async_driver(transport: Any) -> Callable[[int], Any]:
                 await response.aclose()
             if response.status_code != 200:
                 bad += 1
-        elapsed = perf() - start
+        timing = per_request(start, n)
         if bad:
             raise RuntimeError(f"{bad} unexpected statuses")
-        return elapsed / n / 1000.0
+        return timing
 
     return drive
 

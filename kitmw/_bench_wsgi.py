@@ -16,11 +16,20 @@ from __future__ import annotations
 
 import io
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from ._bench import Result, _concern_options, _Env, _hs256_token, _kitmw_options, interleave, summarize
+from ._bench import (
+    Result,
+    _concern_options,
+    _Env,
+    _hs256_token,
+    _kitmw_options,
+    clock,
+    interleave,
+    per_request,
+    summarize,
+)
 
 __all__ = ["configurations", "environ", "run"]
 
@@ -169,8 +178,8 @@ def _check(app: Any, base: dict[str, Any]) -> None:
         raise RuntimeError(f"unexpected answer {seen} {content[:80]!r}")
 
 
-def _driver(app: Any, base: dict[str, Any]) -> Callable[[int], float]:
-    def drive(n: int) -> float:
+def _driver(app: Any, base: dict[str, Any]) -> Callable[[int], tuple[float, float]]:
+    def drive(n: int) -> tuple[float, float]:
         bad: list[str] = []
 
         def start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], Any]:
@@ -178,9 +187,8 @@ def _driver(app: Any, base: dict[str, Any]) -> Callable[[int], float]:
                 bad.append(status)
             return _discard
 
-        perf = time.perf_counter_ns
         new_input = io.BytesIO
-        start = perf()
+        start = clock()
         for _ in range(n):
             request = dict(base)
             request["wsgi.input"] = new_input(b"")
@@ -192,10 +200,10 @@ def _driver(app: Any, base: dict[str, Any]) -> Callable[[int], float]:
                 close = getattr(body, "close", None)
                 if close is not None:
                     close()
-        elapsed = perf() - start
+        timing = per_request(start, n)
         if bad:
             raise RuntimeError(f"unexpected status {bad[0]}")
-        return elapsed / n / 1000.0
+        return timing
 
     return drive
 

@@ -23,7 +23,7 @@ def _check_all_ran(results: list[Result]) -> None:
     skipped = {r.name: r.skipped for r in results if r.skipped}
     assert skipped == {}
     for r in results:
-        assert len(r.samples) == ROUNDS, r.name
+        assert len(r.samples) == len(r.cpu_samples) == ROUNDS, r.name
         assert r.us_per_request > 0, r.name
         assert r.baseline, r.name
 
@@ -137,3 +137,33 @@ def test_throughput_serves_each_server_kind_and_counts_only_2xx() -> None:
     rows = throughput.run(rounds=1, duration=1, connections=4, only=names)
     assert [r["name"] for r in rows] == names
     assert all("skipped" not in r and r["rps"] > 0 for r in rows), rows
+
+
+def test_report_prints_the_machine_a_table_per_suite_and_throughput() -> None:
+    from benchmarks.report import report
+
+    bare = Result("bare Flask app", "bare", samples=[100.0, 110.0])
+    stack = Result("kitmw stack() of 6", "kitmw", samples=[300.0, 330.0])
+    summarize([bare, stack], bare)
+    data = {
+        "machine": {"cpus": 2, "cpu_model": "AMD EPYC", "python": "3.11.7"},
+        "commit": "abc",
+        "settings": {"rounds": 2},
+        "suites": {"wsgi": [bare.as_dict(), stack.as_dict()]},
+        "throughput": [
+            {
+                "name": "bare Starlette app",
+                "server": "uvicorn",
+                "rps": 5000.0,
+                "iqr_rps": 100.0,
+                "ratio_to_bare": 1.0,
+                "ratio_to_peer_stack": None,
+                "server_cpu": 0.98,
+                "wrk_cpu": 0.2,
+            }
+        ],
+    }
+    text = report(data)
+    assert "2 CPUs (AMD EPYC)" in text
+    assert "| kitmw stack() of 6 | 315.0 | 15.0 | 0.0 | 0.0 | +210.0 | 3.00 |" in text
+    assert "| bare Starlette app | uvicorn | 5000 | 100 | 1.00 |  | 98 % | 20 % |" in text
