@@ -14,7 +14,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import IO, Any
 
 from ..errors import ConfigError
@@ -60,6 +61,54 @@ class _Stamper:
         return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
+_esc = encode_basestring  # the C escaper json.dumps(ensure_ascii=False) uses for strings
+_INF = float("inf")
+#: Keys the JSON line writes itself: a static field by one of these names takes the dict path.
+_FIXED_KEYS = frozenset(("time", "level", "logger", "message", "exc_info", "stack_info", *CONTEXT_FIELDS))
+#: Keys before the static fields: an extra field by one of these names is left out.
+_BASE_KEYS = frozenset(("time", "level", "logger", "message"))
+_KEY_JSON = {k: _esc(k) + ":" for k in (*CONTEXT_FIELDS, *ACCESS_FIELDS, *CLIENT_FIELDS, "query")}
+_CONTEXT_JSON = {k: "," + _KEY_JSON[k] for k in CONTEXT_FIELDS}
+
+
+def _orders(*fields: tuple[str, ...]) -> dict[int, tuple[frozenset[str], tuple[tuple[str, str], ...]]]:
+    out = {}
+    for names in fields:
+        extras = tuple(k for k in names if k not in _RESERVED)
+        out[len(extras)] = (frozenset(extras), tuple((k, "," + _KEY_JSON[k]) for k in extras))
+    assert len(out) == len(fields), "the known field sets must differ in size"
+    return out
+
+
+#: Extra fields of kitmw's access and client records, by number: (set, insertion order).
+_KNOWN_ORDERS = _orders(ACCESS_FIELDS, (*ACCESS_FIELDS, "query"), CLIENT_FIELDS)
+
+
+def _key_json(key: str) -> str:
+    known = _KEY_JSON.get(key)
+    return known if known is not None else _esc(key) + ":"
+
+
+def _float_json(value: float) -> str:
+    return float.__repr__(value) if -_INF < value < _INF else _JSON.encode(value)
+
+
+#: Exact type -> how json.dumps writes a value of it (C functions but for floats);
+#: anything else goes through the encoder itself.
+_ENCODERS: dict[type[Any], Callable[[Any], str]] = {
+    str: _esc,
+    int: int.__repr__,
+    type(None): "null".format,  # str.format ignores the argument: always "null"
+    float: _float_json,
+    bool: {True: "true", False: "false"}.__getitem__,
+}
+
+
+def _value_json(value: Any) -> str:
+    """``_JSON.encode(value)``, without the encoder's setup for the common scalar types."""
+    return _ENCODERS.get(type(value), _JSON.encode)(value)
+
+
 def _context_values(record: logging.LogRecord) -> list[tuple[str, Any]]:
     """The context fields: from the record (ContextFilter) or, without the filter, the context."""
     d = record.__dict__
@@ -100,8 +149,76 @@ class JsonFormatter(logging.Formatter):
         super().__init__()
         self.static = dict(static or {})
         self._stamp = _Stamper()
+        self._static_of: Any = None  # the static dict _static_json was made from
+        self._static_len = -1
+        self._static_json: str | None = ""
+        self._skip: frozenset[str] = _BASE_KEYS
+
+    def _static_fragment(self) -> str | None:
+        """``,"k":v`` for every static field, or None when one would collide with a fixed key."""
+        static = self.static
+        if static is not self._static_of or len(static) != self._static_len:
+            if not static:
+                self._static_json, self._skip = "", _BASE_KEYS
+            elif _FIXED_KEYS.isdisjoint(static) and all(type(k) is str for k in static):
+                self._static_json = "".join("," + _key_json(k) + _value_json(v) for k, v in static.items())
+            else:
+                self._static_json = None
+            if static:
+                self._skip = _BASE_KEYS | frozenset(static)
+            self._static_of = static
+            self._static_len = len(static)
+        return self._static_json
 
     def format(self, record: logging.LogRecord) -> str:
+        # Written directly, pair by pair (strings through the C escaper json.dumps uses):
+        # the same line as json.dumps of the dict below, at a third of the cost.
+        static = self._static_fragment()
+        if static is not None:
+            parts = [
+                '{"time":"',
+                self._stamp(record),
+                '","level":',
+                _esc(record.levelname.lower()),
+                ',"logger":',
+                _esc(record.name),
+                ',"message":',
+                _esc(record.getMessage()),
+                static,
+            ]
+            append = parts.append
+            enc = _ENCODERS.get
+            other = _JSON.encode
+            for key, value in _context_values(record):
+                append(_CONTEXT_JSON[key])
+                append(enc(type(value), other)(value))
+            d = record.__dict__
+            keys = d.keys() - _RESERVED  # a set operation in C: cheap when there are no extras
+            if keys:
+                skip = self._skip
+                known = _KNOWN_ORDERS.get(len(keys))
+                if known is not None and skip is _BASE_KEYS and keys == known[0]:
+                    # kitmw's own records: their fields in the order the policies add them.
+                    for key, prefix in known[1]:
+                        value = d[key]
+                        append(prefix)
+                        append(enc(type(value), other)(value))
+                else:
+                    for key in [k for k in d if k in keys and k[0] != "_"]:
+                        if key not in skip:
+                            value = d[key]
+                            append("," + _key_json(key))
+                            append(enc(type(value), other)(value))
+            exc = _exception_text(self, record)
+            if exc:
+                append(',"exc_info":' + _esc(exc))
+            if record.stack_info:
+                append(',"stack_info":' + _esc(self.formatStack(record.stack_info)))
+            append("}")
+            line = "".join(parts)
+            if line.isprintable():
+                return line
+            # U+2028, bidi controls, lone surrogates: go pure ASCII (below)
         out: dict[str, Any] = {
             "time": self._stamp(record),
             "level": record.levelname.lower(),
