@@ -7,9 +7,11 @@ alive), bounded by a timeout. Configurations are measured in interleaved rounds 
 median taken, with the interquartile range over rounds.
 
 The CPU time the server process (gunicorn: master and worker) and wrk used during the run
-is recorded as a share of one core: a server near 100 % and wrk well below it shows the
-server, not the load generator, is the bottleneck. The raw ASGI row is the ceiling of the
-setup: wrk drives it several times faster than any real app.
+is recorded, as a share of one core and per request. wrk's CPU per request gives the rate
+it could sustain on one whole core (``wrk_max_rps``): far above every measured rate, so
+the load generator is not what limits the figures. The server's CPU µs per request does
+not count time other processes held the core, so it is the steadier figure on a shared
+machine. The raw ASGI row is the ceiling of the setup.
 """
 
 from __future__ import annotations
@@ -137,7 +139,9 @@ def _children_cpu() -> float:
 def measure(
     factory: str, *, duration: int, connections: int, token: str, server: str = "uvicorn"
 ) -> dict[str, float | None]:
-    """One run: ``rps``, and ``server_cpu`` / ``wrk_cpu`` as shares of one core (1.0 = 100 %)."""
+    """One run: ``rps``; ``server_cpu`` / ``wrk_cpu`` as shares of one core (1.0 = 100 %);
+    ``server_us`` (server CPU µs per request) and ``wrk_max_rps`` (requests wrk could send
+    per second of a whole core, at the CPU cost per request it had in this run)."""
     port = _free_port()
     proc = subprocess.Popen(
         _command(server, factory, port),
@@ -181,7 +185,7 @@ def measure(
             check=True,
         )
         elapsed = time.monotonic() - started
-        wrk_cpu = (_children_cpu() - wrk_before) / elapsed
+        wrk_seconds = _children_cpu() - wrk_before
         server_after = _cpu_seconds(proc.pid)
     finally:
         proc.terminate()
@@ -193,18 +197,27 @@ def measure(
         if proc.stderr is not None:
             proc.stderr.close()
     match = re.search(r"Requests/sec:\s+([\d.]+)", wrk.stdout)
+    total = re.search(r"(\d+) requests in", wrk.stdout)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", wrk.stdout)
     errors = re.search(r"Socket errors:.*", wrk.stdout)
-    if match is None:
+    if match is None or total is None:
         raise RuntimeError(f"could not read wrk output:\n{wrk.stdout}")
     if non2xx:
         raise RuntimeError(f"{factory}: {non2xx.group(1)} non-2xx responses")
     if errors and re.search(r"(read|write|timeout) [1-9]", errors.group(0)):
         raise RuntimeError(f"{factory}: {errors.group(0)}")
-    server_cpu = None
+    requests = max(int(total.group(1)), 1)
+    server_cpu = server_us = None
     if server_before is not None and server_after is not None:
         server_cpu = (server_after - server_before) / elapsed
-    return {"rps": float(match.group(1)), "server_cpu": server_cpu, "wrk_cpu": wrk_cpu}
+        server_us = (server_after - server_before) / requests * 1e6
+    return {
+        "rps": float(match.group(1)),
+        "server_cpu": server_cpu,
+        "server_us": server_us,
+        "wrk_cpu": wrk_seconds / elapsed,
+        "wrk_max_rps": requests / wrk_seconds if wrk_seconds > 0 else None,
+    }
 
 
 def _iqr(values: list[float]) -> float:
@@ -265,7 +278,9 @@ def run(
                 rps / medians[PEER_STACK] if server == "uvicorn" and PEER_STACK in medians else None
             ),
             "server_cpu": _median([m["server_cpu"] for m in runs[name]]),
+            "server_us_per_request": _median([m["server_us"] for m in runs[name]]),
             "wrk_cpu": _median([m["wrk_cpu"] for m in runs[name]]),
+            "wrk_max_rps": _median([m["wrk_max_rps"] for m in runs[name]]),
             "samples": values,
         }
         rows.append(row)
@@ -280,19 +295,24 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| configuration | server | requests/s | IQR | ratio to bare | ratio to peer stack "
-        "| server CPU | wrk CPU |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU | server CPU µs/request | wrk CPU | wrk max requests/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['name']} | | skipped: {row['skipped']} | | | | | |")
+            lines.append(f"| {row['name']} | | skipped: {row['skipped']} | | | | | | | |")
         else:
             lines.append(
                 f"| {row['name']} | {row['server']} | {row['rps']:.0f} | {row['iqr_rps']:.0f} "
-                f"| {_ratio(row['ratio_to_bare'])} | {_ratio(row['ratio_to_peer_stack'])} "
-                f"| {_pct(row['server_cpu'])} | {_pct(row['wrk_cpu'])} |"
+                f"| {_ratio(row['ratio_to_bare'])} | {_ratio(row.get('ratio_to_peer_stack'))} "
+                f"| {_pct(row.get('server_cpu'))} | {_num(row.get('server_us_per_request'))} "
+                f"| {_pct(row.get('wrk_cpu'))} | {_num(row.get('wrk_max_rps'))} |"
             )
     return "\n".join(lines)
