@@ -166,4 +166,4 @@ def test_report_prints_the_machine_a_table_per_suite_and_throughput() -> None:
     text = report(data)
     assert "2 CPUs (AMD EPYC)" in text
     assert "| kitmw stack() of 6 | 315.0 | 15.0 | 0.0 | 0.0 | +210.0 | 3.00 |" in text
-    assert "| bare Starlette app | uvicorn | 5000 | 100 | 1.00 |  | 98 % | 20 % |" in text
+    assert "| bare Starlette app | uvicorn | 5000 | 100 | 1.00 |  | 98 % |  | 20 % |  |" in text
