@@ -190,12 +190,20 @@ class Middleware:
             else:
                 exits.append((None, False))
         self._exits = tuple(exits)
+        # (position, exit, is_async) of the policies that have an exit, innermost first.
+        self._rexits = tuple(
+            (i, exit_, is_async)
+            for i, (exit_, is_async) in reversed(list(enumerate(exits)))
+            if exit_ is not None
+        )
+        self._sync_enters = None if any(a for _, a in enters) else tuple(e for e, _ in enters)
         self._count_in = any(p.counts_request_bytes for p in self.policies)
         self._ws = any(p.handles_websocket for p in self.policies)
         self._names = frozenset(p.name for p in self.policies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" and not (self._ws and scope["type"] == "websocket"):
+        kind = scope["type"]
+        if kind != "http" and not (self._ws and kind == "websocket"):
             await self.app(scope, receive, send)
             return
         outer = scope.get(_EXCHANGE_KEY)
@@ -204,27 +212,42 @@ class Middleware:
             # join it, so policies in separate layers see one exchange (trace id, principal).
             await self._join(outer, scope, receive, send)
             return
-        ex = AsgiExchange(scope, self._url_map_app or scope.get("app") or self.app, self._router_kind)
+        outer_app = scope.get("app")
+        ex = AsgiExchange(scope, self._url_map_app or outer_app or self.app, self._router_kind)
         scope[_EXCHANGE_KEY] = ex
         ex._applied = self._names
         handle_errors = self.handle_errors
         if handle_errors is None:
-            handle_errors = "app" not in scope
+            handle_errors = outer_app is None and "app" not in scope
         ex.start_ns = perf_counter_ns()
         entered = 0
         started = False
         try:
             answer: Rejection | None = None
-            for enter, is_async in self._enters:
-                entered += 1
-                answer = (await enter(ex)) if is_async else enter(ex)
-                if answer is not None:
-                    break
+            sync_enters = self._sync_enters
+            if sync_enters is not None:  # no policy awaits: no coroutine per enter
+                for enter in sync_enters:
+                    entered += 1
+                    answer = enter(ex)
+                    if answer is not None:
+                        break
+            else:
+                for enter, is_async in self._enters:
+                    entered += 1
+                    answer = (await enter(ex)) if is_async else enter(ex)
+                    if answer is not None:
+                        break
 
             async def send_wrapper(message: Message) -> None:
                 nonlocal started
                 kind = message["type"]
-                if kind == "http.response.start":
+                if kind == "http.response.body":
+                    body = message.get("body")
+                    if body:
+                        ex.bytes_out += len(body)
+                    if not message.get("more_body", False):
+                        ex.end_ns = perf_counter_ns()
+                elif kind == "http.response.start":
                     started = True
                     ex.status = message["status"]
                     added = ex._added_headers
@@ -235,10 +258,6 @@ class Middleware:
                         ex._start_headers = headers
                     else:
                         ex._start_headers = message.get("headers")
-                elif kind == "http.response.body":
-                    ex.bytes_out += len(message.get("body", b""))
-                    if not message.get("more_body", False):
-                        ex.end_ns = perf_counter_ns()
                 elif kind == "http.response.pathsend":
                     ex.end_ns = perf_counter_ns()
                 elif kind == "websocket.accept":
@@ -254,12 +273,12 @@ class Middleware:
                     raise
 
             if answer is not None:
-                if scope["type"] == "websocket":
+                if kind == "websocket":
                     await _close_websocket(answer, send_wrapper)
                 else:
                     await _send_answer(answer, ex, send_wrapper)
                 return
-            if scope["type"] == "http":
+            if kind == "http":
                 receive = _counting_receive(ex, receive, self._count_in)
             await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
@@ -267,7 +286,7 @@ class Middleware:
                 ex.error = exc  # not the app's answer to a client that left: record it
             if not started:
                 ex.status = 500
-                if handle_errors and scope["type"] == "http":
+                if handle_errors and kind == "http":
                     try:
                         await _send_answer(_INTERNAL_ERROR, ex, send, add=True)
                     except Exception:
@@ -279,7 +298,13 @@ class Middleware:
                 if ex._gone:  # the client left before the response was complete
                     ex.status = CLIENT_CLOSED
                 ex.end_ns = perf_counter_ns()
-            await self._exit(ex, entered)
+            # The exits, innermost first, inline (no coroutine unless a policy awaits).
+            for i, exit_, is_async in self._rexits:
+                if i < entered:
+                    if is_async:
+                        await exit_(ex)
+                    else:
+                        exit_(ex)
 
     async def _join(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
         """Run this layer's policies on an outer layer's exchange; its send is already wrapped.
