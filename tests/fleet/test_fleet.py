@@ -144,23 +144,25 @@ def test_300_requests_over_three_processes_allow_exactly_100(fleet: list[Worker]
     # The decisions are counted once each, whichever process took them.
     after = scrape(fleet[1])
     decisions = "kitmw_ratelimit_decisions_total"
-    assert sample(after, decisions, side="server", decision="allowed") - sample(
-        before, decisions, side="server", decision="allowed"
-    ) == 100
-    assert sample(after, decisions, side="server", decision="limited") - sample(
-        before, decisions, side="server", decision="limited"
-    ) == 200
+    assert (
+        sample(after, decisions, side="server", decision="allowed")
+        - sample(before, decisions, side="server", decision="allowed")
+        == 100
+    )
+    assert (
+        sample(after, decisions, side="server", decision="limited")
+        - sample(before, decisions, side="server", decision="limited")
+        == 200
+    )
     assert sample(after, decisions, side="server", decision="fail_open") == 0
 
 
-def _breaker_key(url: str) -> str:
+def _breaker_keys(url: str) -> list[str]:
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
     try:
-        keys = [k for k in client.keys("kitmw:breaker:*") if ":probe:" not in k]
+        return [k for k in client.keys("kitmw:breaker:*") if ":probe:" not in k]
     finally:
         client.close()
-    assert len(keys) == 1, keys  # three stacks in three processes: one shared breaker
-    return keys[0]
 
 
 def _shared_state(url: str, key: str) -> str | None:
@@ -176,13 +178,16 @@ def test_breaker_opened_by_one_process_refuses_in_the_others(fleet: list[Worker]
     with httpx.Client(timeout=10) as http:
         assert [http.get(w.url + "/work").status_code for w in fleet] == [200] * PROCESSES
         assert [http.get(first.url + "/work?fail=1").status_code for _ in range(3)] == [500] * 3
-        key = _breaker_key(redis_server.url)
         try:
             # The verdict is written after the response went out: wait (bounded) for it.
             deadline = time.monotonic() + 5
-            while _shared_state(redis_server.url, key) != "open":
+            while (
+                not (keys := _breaker_keys(redis_server.url))
+                or _shared_state(redis_server.url, keys[0]) != "open"
+            ):
                 assert time.monotonic() < deadline, "the third failure did not open the shared breaker"
                 time.sleep(0.01)
+            assert len(keys) == 1, keys  # three stacks in three processes: one shared breaker
             for worker in others:
                 # The other processes re-read the shared state at most every refresh_interval
                 # (0.1 s by default): within 1 s each answers 503 without a failure of its own.
@@ -198,7 +203,8 @@ def test_breaker_opened_by_one_process_refuses_in_the_others(fleet: list[Worker]
         finally:
             # Close it again for the other tests: a missing hash reads as closed.
             client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
-            client.delete(key)
+            for key in _breaker_keys(redis_server.url):
+                client.delete(key)
             client.close()
             for worker in fleet:
                 deadline = time.monotonic() + 5
