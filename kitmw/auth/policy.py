@@ -176,20 +176,43 @@ class AuthPolicy(Policy):
                 return rule
         return None
 
+    def _rules_for(self, ex: Exchange) -> tuple[_Rule, ...]:
+        """Rules for the full path and, for an app mounted under a prefix (ASGI
+        ``root_path``, WSGI ``SCRIPT_NAME``), for the path the app routes on: a prefix
+        written either way protects the route."""
+        path = ex.path
+        rule = self._rule(path)
+        native = ex.native
+        mount = (
+            native.get("root_path" if ex.protocol == "asgi" else "SCRIPT_NAME")
+            if isinstance(native, dict)
+            else None
+        )
+        if (
+            mount
+            and isinstance(mount, str)
+            and path.startswith(mount)
+            and path[len(mount) : len(mount) + 1] == "/"
+        ):
+            inner = self._rule(path[len(mount) :])
+            if inner is not None and inner is not rule:
+                return (inner,) if rule is None else (rule, inner)
+        return () if rule is None else (rule,)
+
     def _admit(self, ex: Exchange, principal: Principal, at: int) -> Rejection | None:
         # getattr: a custom backend may return any Starlette BaseUser.
         scopes = getattr(principal, "scopes", ())
         ex.set_user(principal.identity, scopes, getattr(principal, "claims", None), principal)
         if self._rules:
-            rule = self._rule(ex.path)
-            if rule is not None and not rule.required <= ex.scopes:
-                return rule.forbidden[at]
+            for rule in self._rules_for(ex):
+                if not rule.required <= ex.scopes:
+                    return rule.forbidden[at]
         return None
 
     def _refuse(self, ex: Exchange, error_at: int) -> Rejection | None:
         if error_at >= 0:
             return self._invalid[error_at]
-        if self._optional and self._rule(ex.path) is None:
+        if self._optional and not self._rules_for(ex):
             if ex.protocol == "asgi":
                 # Starlette's convention for "nobody", so ``request.user`` works in handlers.
                 ex.set_user("", (), None, _ANONYMOUS)

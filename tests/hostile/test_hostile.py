@@ -228,6 +228,7 @@ class Request:
     query: bytes = b""
     client: Any = ("198.51.100.20", 40000)
     drop: tuple[str, ...] = ()  # optional ASGI scope keys left out
+    mount: str = ""  # the app is mounted here: ASGI root_path, WSGI SCRIPT_NAME
 
 
 @dataclass
@@ -326,8 +327,8 @@ class Harness:
             "http_version": "1.1",
             "method": req.method,
             "scheme": "http",
-            "path": req.path,
-            "root_path": "",
+            "path": req.mount + req.path,  # ASGI: path includes root_path
+            "root_path": req.mount,
             "query_string": req.query,
             "headers": list(req.headers),
             "client": req.client,
@@ -368,7 +369,7 @@ class Harness:
     def environ(self, req: Request) -> dict[str, Any]:
         env: dict[str, Any] = {
             "REQUEST_METHOD": _latin1(req.method),
-            "SCRIPT_NAME": "",
+            "SCRIPT_NAME": _latin1(req.mount),
             "PATH_INFO": _latin1(req.path),
             "QUERY_STRING": req.query.decode("latin-1"),
             "SERVER_NAME": "testserver",
@@ -420,8 +421,8 @@ class Harness:
 
     def expected_path(self, req: Request) -> str:
         if self.protocol == "asgi":
-            return req.path
-        raw = _latin1(req.path) or "/"
+            return req.mount + req.path
+        raw = _latin1(req.mount + req.path) or "/"
         return raw if raw.isascii() else raw.encode("latin-1").decode("utf-8", "replace")
 
     def call(self, req: Request, *, statuses: frozenset[int] = STATUSES) -> Result:
@@ -927,6 +928,26 @@ def test_path_confusion_never_reaches_the_admin_endpoint_without_the_scope(harne
         Request(path="/admin/stats", headers=[(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())])
     )
     assert ok.header(b"x-app-admin") == [b"served"]  # the endpoint does serve an admin
+    harness.check_bounded()
+
+
+def test_scope_rules_protect_an_app_mounted_under_a_prefix(harness: Harness) -> None:
+    """Behind ``uvicorn --root-path`` or a WSGI ``SCRIPT_NAME``, ``/admin`` still needs the scope."""
+    mounts = st.sampled_from(["/api", "/v2/app", "/admin", "/x y"]) | st.text("abc/", max_size=8).map(
+        lambda t: "/" + t
+    )
+
+    @FUZZ
+    @given(mount=mounts, tail=st.sampled_from(["/admin/stats", "//admin/stats", "/admin/stats/"]))
+    def run(mount: str, tail: str) -> None:
+        mount = mount.rstrip("/")
+        result = harness.call(Request(path=tail, mount=mount))
+        assert not result.header(b"x-app-admin"), (mount, tail, result.status)
+
+    run()
+    admin = [(b"authorization", f"Bearer {ADMIN_TOKEN}".encode())]
+    served = harness.call(Request(path="/admin/stats", mount="/api", headers=admin))
+    assert served.header(b"x-app-admin") == [b"served"]
     harness.check_bounded()
 
 
