@@ -30,9 +30,12 @@ from urllib.parse import unquote, urlsplit
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 try:  # a dependency of opentelemetry-instrumentation-asgi, itself a kitmw dependency
     from opentelemetry.util.http import detect_synthetic_user_agent, redact_url
@@ -179,39 +182,44 @@ def _decode_header(value: bytes) -> str:
         return value.decode("unicode_escape")
 
 
-def _asgi_request_attributes(scope: Any, sc: _Semconv, all_methods: bool) -> dict[str, Any]:
+def _asgi_request_attributes(
+    scope: Any, sc: _Semconv, all_methods: bool, cache: dict[Any, Any] | None = None
+) -> dict[str, Any]:
     """``opentelemetry.instrumentation.asgi.collect_request_attributes(scope, mode)``, faster.
 
     Same keys and values in every semconv mode (a test pins the equality against
     contrib's function) at a fifth of the cost: one pass over the headers instead of
     three, and contrib's ``redact_url`` only when the URL has credentials or a query.
-    Unlike contrib's, a non-UTF-8 query string does not raise.
+    Unlike contrib's, a non-UTF-8 query string does not raise. With a ``cache`` (a
+    dict owned by the caller, kept small), the attributes that depend only on the
+    listening socket (scheme, server address and port, HTTP version) and the user
+    agent's synthetic type are computed once per distinct value.
     """
-    host_values: list[str] | None = None
-    ua: str | None = None
-    for key, value in scope.get("headers") or ():
-        key = key.lower()
-        if key == b"host":
-            if host_values is None:
-                host_values = [_decode_header(value)]
-            else:
-                host_values.append(_decode_header(value))
-        elif key == b"user-agent" and ua is None:
-            ua = _decode_header(value)
+    if cache is not None:
+        server = scope.get("server")
+        key = (scope.get("scheme"), tuple(server) if server else None, scope.get("http_version"))
+        fixed = cache.get(key)
+        if fixed is None:
+            if len(cache) >= _MAX_CACHED:
+                cache.clear()
+            fixed = cache[key] = _asgi_fixed_attributes(scope, sc)
+        return _asgi_varying_attributes(scope, sc, all_methods, fixed, cache)
+    return _asgi_varying_attributes(scope, sc, all_methods, _asgi_fixed_attributes(scope, sc), None)
+
+
+#: Entries of a policy's attribute cache before it starts over.
+_MAX_CACHED = 256
+
+
+def _asgi_fixed_attributes(scope: Any, sc: _Semconv) -> tuple[dict[str, Any], str]:
+    """The attributes that depend only on the listening socket, and the server's host."""
     server = scope.get("server") or ("0.0.0.0", 80)
     port = server[1]
     str_port = str(port)
     server_host = server[0] + (":" + str_port if str_port != "80" else "")
-    path = scope.get("path", "")
     old = sc.old
     new = sc.new
     result: dict[str, Any] = {}
-    query = scope.get("query_string")
-    if query and isinstance(query, bytes):
-        try:
-            query = query.decode("utf8")
-        except UnicodeDecodeError:
-            query = query.decode("latin-1")
     scheme = scope.get("scheme")
     if scheme:
         if old:
@@ -239,6 +247,34 @@ def _asgi_request_attributes(scope: Any, sc: _Semconv, all_methods: bool) -> dic
             result["http.flavor"] = flavor
         if new:
             result["network.protocol.version"] = flavor
+    return result, server_host
+
+
+def _asgi_varying_attributes(
+    scope: Any, sc: _Semconv, all_methods: bool, fixed: tuple[dict[str, Any], str], cache: Any
+) -> dict[str, Any]:
+    host_values: list[str] | None = None
+    ua: str | None = None
+    for key, value in scope.get("headers") or ():
+        key = key.lower()
+        if key == b"host":
+            if host_values is None:
+                host_values = [_decode_header(value)]
+            else:
+                host_values.append(_decode_header(value))
+        elif key == b"user-agent" and ua is None:
+            ua = _decode_header(value)
+    path = scope.get("path", "")
+    old = sc.old
+    new = sc.new
+    result, server_host = fixed
+    result = dict(result)
+    query = scope.get("query_string")
+    if query and isinstance(query, bytes):
+        try:
+            query = query.decode("utf8")
+        except UnicodeDecodeError:
+            query = query.decode("latin-1")
     if path:
         if old:
             result["http.target"] = path
@@ -271,7 +307,15 @@ def _asgi_request_attributes(scope: Any, sc: _Semconv, all_methods: bool) -> dic
             result["http.user_agent"] = ua
         if new:
             result["user_agent.original"] = ua
-        synthetic = _synthetic_user_agent(ua)
+        if cache is None:
+            synthetic = _synthetic_user_agent(ua)
+        else:
+            ua_key = ("ua", ua)
+            synthetic = cache.get(ua_key, _NOT_LOADED)
+            if synthetic is _NOT_LOADED:
+                if len(cache) >= _MAX_CACHED:
+                    cache.clear()
+                synthetic = cache[ua_key] = _synthetic_user_agent(ua)
         if synthetic:
             result["user_agent.synthetic.type"] = synthetic
     client = scope.get("client")
@@ -292,6 +336,38 @@ def _asgi_request_attributes(scope: Any, sc: _Semconv, all_methods: bool) -> dic
                 if new:
                     result["client.port"] = client_port
     return result
+
+
+def _quiet_fields(propagator: Any) -> frozenset[bytes] | None:
+    """The headers ``propagator`` reads, if without them it surely extracts an empty Context.
+
+    True of OpenTelemetry's W3C trace context propagator alone or first in a composite
+    with the W3C baggage one (the default): then a request carrying none of
+    ``traceparent``, ``tracestate``, ``baggage`` skips the extraction. ``None`` for any
+    other propagator, which is always asked.
+    """
+    if type(propagator) is TraceContextTextMapPropagator:
+        parts = [propagator]
+    elif type(propagator) is CompositePropagator:
+        parts = list(getattr(propagator, "_propagators", None) or ())
+    else:
+        return None
+    if not parts or type(parts[0]) is not TraceContextTextMapPropagator:
+        return None
+    names: set[bytes] = set()
+    for part in parts:
+        if type(part) not in (TraceContextTextMapPropagator, W3CBaggagePropagator):
+            return None
+        names.update(name.lower().encode("latin-1") for name in part.fields)
+    return frozenset(names)
+
+
+def _has_header(scope: Any, names: frozenset[bytes]) -> bool:
+    # A plain loop: any() over a generator costs a frame per header.
+    for key, _ in scope.get("headers") or ():  # noqa: SIM110
+        if key.lower() in names:
+            return True
+    return False
 
 
 def _synthetic_user_agent(ua: str) -> str | None:
@@ -430,7 +506,9 @@ class TracingPolicy(_TracerMixin, Policy):
 
     __slots__ = (
         "_all_methods",
+        "_attr_cache",
         "_exclude",
+        "_prop",
         "_propagator",
         "_provider",
         "_sc",
@@ -472,6 +550,9 @@ class TracingPolicy(_TracerMixin, Policy):
         self._all_methods = _capture_all_methods()
         # contrib's WSGI helper, imported at the first WSGI request (an optional extra).
         self._wsgi: Any = _NOT_LOADED
+        self._attr_cache: dict[Any, Any] = {}
+        # (propagator, the header names it reads if it is known to find nothing without them)
+        self._prop: tuple[Any, frozenset[bytes] | None] = (None, None)
 
     # -- enter ----------------------------------------------------------------------------
 
@@ -491,10 +572,17 @@ class TracingPolicy(_TracerMixin, Policy):
             native[FASTAPI_KEY] = None
         tracer = self._tracer or self._get_tracer()
         propagator = self._propagator or propagate.get_global_textmap()
-        try:
-            parent = propagator.extract(ex, getter=_GETTER)
-        except Exception:  # garbage traceparent/tracestate/baggage: a new root trace
-            parent = Context()
+        seen, fields = self._prop
+        if seen is not propagator:
+            fields = _quiet_fields(propagator)
+            self._prop = (propagator, fields)
+        if fields is not None and on_asgi and not _has_header(native, fields):
+            parent = Context()  # what the W3C propagators extract from a request without their headers
+        else:
+            try:
+                parent = propagator.extract(ex, getter=_GETTER)
+            except Exception:  # garbage traceparent/tracestate/baggage: a new root trace
+                parent = Context()
         method = ex.method
         span_name = method if self._all_methods or method in _KNOWN_METHODS else "HTTP"
         attributes = self._request_attributes(ex, native)
@@ -517,7 +605,7 @@ class TracingPolicy(_TracerMixin, Policy):
         if native is not None:
             try:
                 if protocol == "asgi":
-                    return _asgi_request_attributes(native, self._sc, self._all_methods)
+                    return _asgi_request_attributes(native, self._sc, self._all_methods, self._attr_cache)
                 if protocol == "wsgi":
                     collect = self._wsgi
                     if collect is _NOT_LOADED:
