@@ -57,7 +57,7 @@ from kitmw.logging import (
 
 pytestmark = pytest.mark.faults
 
-EXAMPLES = int(os.environ.get("KITMW_HOSTILE_EXAMPLES", "80"))
+EXAMPLES = int(os.environ.get("KITMW_HOSTILE_EXAMPLES", "60"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
