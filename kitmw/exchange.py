@@ -169,6 +169,14 @@ class Exchange:
         else:
             self._added_headers.append(pair)
 
+    def _add_header_pair(self, pair: tuple[bytes, bytes]) -> None:
+        """:meth:`add_response_header` with a lower-case name and value already encoded."""
+        added = self._added_headers
+        if added is None:
+            self._added_headers = [pair]
+        else:
+            added.append(pair)
+
     @property
     def added_headers(self) -> list[tuple[bytes, bytes]] | None:
         return self._added_headers

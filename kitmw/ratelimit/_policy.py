@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from .._paths import PathMatcher
 from ..errors import ConfigError, Rejection
@@ -81,6 +82,7 @@ class RateLimitPolicy(Policy):
         "_headers",
         "_key",
         "_methods",
+        "_policy_pairs",
         "_prefixes",
         "_templates",
         "_unavailable",
@@ -91,6 +93,14 @@ class RateLimitPolicy(Policy):
 
     name: ClassVar[str] = "ratelimit"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
+
+    def __new__(cls, **options: Any) -> RateLimitPolicy:
+        # In-memory storage does no I/O: this class leaves aenter alone, so the async
+        # drivers call enter() directly (no coroutine per request). Other storages get
+        # the subclass that awaits the async storage.
+        if cls is RateLimitPolicy and not _is_memory(options.get("storage", "memory://")):
+            cls = _AsyncRateLimitPolicy
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -169,6 +179,12 @@ class RateLimitPolicy(Policy):
         prefixes.sort(key=lambda p: len(p[0]), reverse=True)
         self._templates = templates
         self._prefixes = tuple(prefixes)
+        # RateLimit-Policy is fixed per limiter: encoded once.
+        self._policy_pairs = {
+            limiter.policy: (b"ratelimit-policy", limiter.policy.encode("latin-1"))
+            for limiter in (self._default, *templates.values(), *(p[1] for p in prefixes))
+            if limiter is not None
+        }
         self._unavailable = Rejection(
             503,
             "unavailable",
@@ -240,8 +256,11 @@ class RateLimitPolicy(Policy):
     def _answer(self, ex: Exchange, decision: Decision) -> Rejection | None:
         if decision.allowed:
             if self._headers and not decision.degraded:
-                ex.add_response_header("RateLimit-Policy", decision.policy)
-                ex.add_response_header("RateLimit", decision.ratelimit)
+                pair = self._policy_pairs.get(decision.policy)
+                if pair is None:
+                    pair = (b"ratelimit-policy", decision.policy.encode("latin-1"))
+                ex._add_header_pair(pair)
+                ex._add_header_pair((b"ratelimit", decision.ratelimit.encode("latin-1")))
             return None
         if decision.degraded:
             return self._unavailable
@@ -254,9 +273,19 @@ class RateLimitPolicy(Policy):
         limiter, key, cost = plan
         return self._answer(ex, limiter.hit(key, cost, stats=self._headers))
 
+
+class _AsyncRateLimitPolicy(RateLimitPolicy):
+    """The same policy with the storage awaited on the async drivers (Redis and the like)."""
+
+    __slots__ = ()
+
     async def aenter(self, ex: Exchange) -> Rejection | None:
         plan = self._plan(ex)
         if plan is None:
             return None
         limiter, key, cost = plan
         return self._answer(ex, await limiter.ahit(key, cost, stats=self._headers))
+
+
+def _is_memory(storage: Any) -> bool:
+    return isinstance(storage, str) and urlsplit(storage.removeprefix("async+")).scheme == "memory"
