@@ -155,6 +155,7 @@ class Limiter:
         "_m_allowed",
         "_m_limited",
         "_open",
+        "_single",
         "_specs",
         "_strategy",
         "policy",
@@ -213,6 +214,8 @@ class Limiter:
         ns = f"{namespace}/{backend.side}/{strategy}"
         self._specs, self.policy = parse_limit(limit, ns, option)
         self._limit0 = self._specs[0].amount
+        # One fixed-window limit (the common case): _run takes the straight path.
+        self._single = self._specs[0] if len(self._specs) == 1 and strategy == "fixed-window" else None
         inst = instruments(registry)
         self._m_allowed = inst.ratelimit_decisions.labels(backend.side, "allowed")
         self._m_limited = inst.ratelimit_decisions.labels(backend.side, "limited")
@@ -277,6 +280,15 @@ class Limiter:
 
     def _run(self, key: str, cost: int, stats: bool) -> Decision:
         strategy = self._backend.strategy
+        spec = self._single
+        if spec is not None:  # the loop below for one fixed-window limit, unrolled
+            storage = strategy.storage
+            storage_key = spec.prefix + key + spec.suffix
+            count = storage.incr(storage_key, spec.expiry, amount=cost)
+            if count > spec.amount:
+                return self._refused(spec, storage.get_expiry(storage_key))
+            reset = storage.get_expiry(storage_key) if stats else 0.0
+            return self._allowed((spec.amount - count, reset, spec))
         fixed = self._strategy == "fixed-window"
         best: tuple[int, float, _Spec] | None = None
         for spec in self._specs:
