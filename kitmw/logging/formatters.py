@@ -370,6 +370,22 @@ class TextFormatter(logging.Formatter):
 class _KitmwHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler :func:`configure` installs (so a second call replaces it)."""
 
+    def emit(self, record: logging.LogRecord) -> None:
+        # StreamHandler.emit, minus flush()'s second trip through the handler lock:
+        # handle() holds it already while emit runs.
+        try:
+            formatter = self.formatter
+            msg = formatter.format(record) if formatter is not None else self.format(record)
+            stream = self.stream
+            stream.write(msg + self.terminator)
+            flush = getattr(stream, "flush", None)
+            if flush is not None:
+                flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
 
 def configure(
     format: str = "json",
