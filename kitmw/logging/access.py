@@ -108,6 +108,7 @@ class AccessLogPolicy(Policy):
         "_exclude",
         "_generate",
         "_header",
+        "_header_bytes",
         "_header_key",
         "_level",
         "_log_query",
@@ -148,6 +149,7 @@ class AccessLogPolicy(Policy):
             raise ConfigError(f"request_id_header: expected a header name, got {request_id_header!r}")
         self._header = request_id_header
         self._header_key = request_id_header.lower()
+        self._header_bytes = self._header_key.encode("latin-1")
         self._exclude = PathMatcher(exclude_paths, option="exclude_paths") or None
         if not callable(generate):
             raise ConfigError(f"generate: expected a callable returning a new id, got {generate!r}")
@@ -201,7 +203,7 @@ class AccessLogPolicy(Policy):
         if rid is None:
             rid = (self._use_trace_id and ex.trace_id) or self._generate()
         ex.request_id = rid
-        ex.add_response_header(self._header, rid)
+        ex._add_header_pair((self._header_bytes, rid.encode("latin-1")))  # rid is ASCII: checked
         ex.state[_STATE] = _current.set(ex)
         return answer
 
