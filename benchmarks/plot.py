@@ -1,9 +1,9 @@
 """The figures as bar charts: ``python -m benchmarks.plot [results.json [out.png]]``.
 
 One panel per in-process suite (overhead per request over that suite's bare baseline,
-median, with the interquartile range over rounds as an error bar; kitmw blue, peers red,
-references grey; the bare apps of other frameworks left out) and one for throughput
-(requests per second under a real server).
+median of wall time and, paler, of CPU time, with the interquartile range over rounds as
+an error bar; kitmw blue, peers red, references grey; the bare apps of other frameworks
+left out) and one for throughput (requests per second under a real server).
 """
 
 from __future__ import annotations
@@ -35,19 +35,56 @@ def _suite_panel(ax: Any, suite: str, rows: list[dict[str, Any]]) -> None:
         and r["group"] in ("kitmw", "peer", "reference")
         and not r["name"].startswith("bare ")
     ]
-    names = [r["name"] for r in rows]
+    ys = list(range(len(rows)))
     values = [r["overhead_us"] for r in rows]
     errors = [r.get("iqr_us", 0.0) / 2 for r in rows]
     colors = [COLORS[r["group"]] for r in rows]
-    ax.barh(names, values, xerr=errors, color=colors, error_kw={"elinewidth": 0.8, "ecolor": "#333"})
-    for y, v in enumerate(values):
-        ax.text(max(v, 0), y, f" {v:.0f}", va="center", fontsize=7)
+    ax.barh(
+        [y - 0.2 for y in ys],
+        values,
+        height=0.4,
+        xerr=errors,
+        color=colors,
+        error_kw={"elinewidth": 0.8, "ecolor": "#333"},
+    )
+    cpu = [r.get("cpu_overhead_us") for r in rows]
+    if all(v is not None for v in cpu):
+        ax.barh(
+            [y + 0.2 for y in ys],
+            cpu,
+            height=0.4,
+            xerr=[r.get("cpu_iqr_us", 0.0) / 2 for r in rows],
+            color=colors,
+            alpha=0.45,
+            error_kw={"elinewidth": 0.8, "ecolor": "#666"},
+        )
+        for y, v in zip(ys, cpu, strict=True):
+            ax.text(max(v or 0, 0), y + 0.2, f" {v:.0f}", va="center", fontsize=6, color="#555")
+    for y, v in zip(ys, values, strict=True):
+        ax.text(max(v, 0), y - 0.2, f" {v:.0f}", va="center", fontsize=7)
+    ax.set_yticks(ys, [r["name"] for r in rows])
     ax.invert_yaxis()
     ax.axvline(0, color="#333", linewidth=0.6)
     ax.tick_params(axis="y", labelsize=7)
     baselines = sorted({r.get("baseline", "") for r in rows if r.get("baseline")})
-    ax.set_xlabel(f"overhead per request over {' / '.join(baselines)} (µs, median ± IQR/2)", fontsize=8)
+    over = baselines[0] if len(baselines) == 1 else "the bare one of each kind"
+    ax.set_xlabel(
+        f"overhead per request over {over} (µs, median ± IQR/2; solid: wall time, pale: CPU time)",
+        fontsize=8,
+    )
     ax.set_title(TITLES.get(suite, suite), fontsize=10)
+
+
+def _with_cpu_overhead(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``cpu_overhead_us`` (CPU µs over the row's baseline) where the JSON has CPU figures."""
+    cpu = {r["name"]: r.get("cpu_us_per_request") for r in rows if not r.get("skipped")}
+    out = []
+    for r in rows:
+        base = cpu.get(r.get("baseline", ""))
+        own = r.get("cpu_us_per_request")
+        extra = own - base if own and base else None
+        out.append({**r, "cpu_overhead_us": extra})
+    return out
 
 
 def _throughput_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
@@ -88,7 +125,7 @@ def plot(path: str = DEFAULT_JSON, out: str = DEFAULT_PNG) -> str:
     if len(heights) == 1:
         axes = [axes]
     for ax, (suite, rows) in zip(axes, panels, strict=False):
-        _suite_panel(ax, suite, rows)
+        _suite_panel(ax, suite, _with_cpu_overhead(rows))
     if throughput:
         _throughput_panel(axes[-1], throughput)
     machine = data.get("machine", {})
