@@ -123,7 +123,7 @@ class MetricsPolicy(Policy):
         gauge = inst.server_in_progress
         self._in_progress = {m: gauge.labels(m) for m in (*KNOWN_METHODS, OTHER_METHOD)}
         self._other_in_progress = self._in_progress[OTHER_METHOD]
-        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any, Any]] = {}
 
     # -- exposition --------------------------------------------------------------------
 
@@ -157,21 +157,23 @@ class MetricsPolicy(Policy):
 
     def exit(self, ex: Exchange) -> None:
         method = ex.method
-        if ex.path == self.expose and method in _EXPOSE_METHODS:
+        path = ex.path
+        if path == self.expose and method in _EXPOSE_METHODS:
             return
-        if self._excluded is not None and self._excluded(ex.path):
+        if self._excluded is not None and self._excluded(path):
             return
-        method = _METHOD_LABEL.get(method, OTHER_METHOD)
-        self._in_progress[method].dec()
         try:
             route = ex.route_label()
         except Exception:  # a router that cannot be walked must not fail the request
             route = UNMATCHED
-        key = (method, route, _status_label(ex.status, self._status))
-        children = self._children.get(key)
+        # Keyed by the status code: its label is worked out on a miss only. Unknown
+        # methods share one key, so a scan with random methods cannot churn the cache.
+        raw = (_METHOD_LABEL.get(method, OTHER_METHOD), route, ex.status)
+        children = self._children.get(raw)
         if children is None:
-            children = self._make_children(key)
-        requests, duration, request_size, response_size = children
+            children = self._make_children(raw)
+        in_progress, requests, duration, request_size, response_size = children
+        in_progress.dec()
         trace_id = ex.trace_id
         if trace_id is None:
             requests.inc()
@@ -182,8 +184,11 @@ class MetricsPolicy(Policy):
         if request_size is not None:
             request_size.observe(ex.bytes_in)
 
-    def _make_children(self, key: tuple[str, str, str]) -> tuple[Any, Any, Any, Any]:
+    def _make_children(self, raw: tuple[str, str, int]) -> tuple[Any, Any, Any, Any, Any]:
+        method = raw[0]
+        key = (method, raw[1], _status_label(raw[2], self._status))
         children = (
+            self._in_progress[method],
             self._requests.labels(*key),
             self._duration.labels(*key),
             None if self._request_size is None else self._request_size.labels(*key),
@@ -191,7 +196,7 @@ class MetricsPolicy(Policy):
         )
         if len(self._children) >= _MAX_CHILDREN:
             self._children.clear()
-        self._children[key] = children
+        self._children[raw] = children
         return children
 
 
