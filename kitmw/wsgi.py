@@ -274,6 +274,10 @@ class _Body:
             ex.status = int(status[:3])
         except ValueError:
             ex.status = 0
+        if ex._route is False and ex._flask is not None:
+            # Flask's request (and its matched rule) is live now; by close() it is gone and
+            # the route would cost a second url_map match.
+            ex.route  # noqa: B018
         added = ex._added_headers
         if added:
             headers = list(headers)
