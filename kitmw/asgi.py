@@ -335,7 +335,8 @@ class Middleware:
                 receive = _counting_receive(ex, receive)
             await self.app(scope, receive, send)
         except BaseException as exc:
-            ex.error = exc
+            if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
+                ex.error = exc  # as in __call__: a client that left is not an app error
             if not ex.status:
                 ex.status = 500
             raise
