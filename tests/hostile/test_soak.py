@@ -300,6 +300,7 @@ def _rss() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
+@pytest.mark.timeout(600)  # 100,000 requests: 77 s quiet, up to ~140 s on a loaded 2-core machine
 def test_soak_memory_series_contexts_tasks_and_caches_stay_flat(record_property: Any) -> None:
     soak = Soak(random.Random(20241123))
     figures: dict[str, Any] = {"requests": REQUESTS}
