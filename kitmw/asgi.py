@@ -16,6 +16,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials
 from starlette.requests import ClientDisconnect
 
+from ._concerns import build_policy
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .errors import Rejection
 from .exchange import Exchange, Policy
@@ -401,53 +402,46 @@ async def _close_websocket(answer: Rejection, send: Send) -> None:
     await send({"type": "websocket.close", "code": code, "reason": answer.code})
 
 
-def _policy(module: str, attr: str, options: dict[str, Any]) -> Policy:
-    import importlib
-
-    policy_cls = getattr(importlib.import_module(module, __package__), attr)
-    return policy_cls(**options)  # type: ignore[no-any-return]
-
-
 class AccessLog(Middleware):
     """Access log and request id (:class:`kitmw.logging.AccessLogPolicy` options)."""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, _policy(".logging", "AccessLogPolicy", options), handle_errors=handle_errors)
+        super().__init__(app, build_policy("access_log", options), handle_errors=handle_errors)
 
 
 class Metrics(Middleware):
     """Prometheus RED metrics and ``/metrics`` (:class:`kitmw.metrics.MetricsPolicy` options)."""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, _policy(".metrics", "MetricsPolicy", options), handle_errors=handle_errors)
+        super().__init__(app, build_policy("metrics", options), handle_errors=handle_errors)
 
 
 class Tracing(Middleware):
     """OpenTelemetry server spans (:class:`kitmw.tracing.TracingPolicy` options)."""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, _policy(".tracing", "TracingPolicy", options), handle_errors=handle_errors)
+        super().__init__(app, build_policy("tracing", options), handle_errors=handle_errors)
 
 
 class RateLimit(Middleware):
     """Rate limiting with ``limits`` (:class:`kitmw.ratelimit.RateLimitPolicy` options)."""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, _policy(".ratelimit", "RateLimitPolicy", options), handle_errors=handle_errors)
+        super().__init__(app, build_policy("ratelimit", options), handle_errors=handle_errors)
 
 
 class CircuitBreaker(Middleware):
     """Circuit breaking with pybreaker (:class:`kitmw.breaker.BreakerPolicy` options)."""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, _policy(".breaker", "BreakerPolicy", options), handle_errors=handle_errors)
+        super().__init__(app, build_policy("breaker", options), handle_errors=handle_errors)
 
 
 class Auth(Middleware):
     """Authentication and scopes (:class:`kitmw.auth.AuthPolicy` options)."""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, _policy(".auth", "AuthPolicy", options), handle_errors=handle_errors)
+        super().__init__(app, build_policy("auth", options), handle_errors=handle_errors)
 
 
 def is_asgi(app: Any) -> bool:

@@ -13,24 +13,17 @@ Server order, outermost first, and why:
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from ._concerns import CONCERNS, policy_class
 from .errors import ConfigError
 from .exchange import Policy
 
 __all__ = ["CANONICAL_ORDER", "build_policies", "stack"]
 
 #: (option, module, policy class), outermost first.
-CANONICAL_ORDER: tuple[tuple[str, str, str], ...] = (
-    ("tracing", ".tracing", "TracingPolicy"),
-    ("access_log", ".logging", "AccessLogPolicy"),
-    ("metrics", ".metrics", "MetricsPolicy"),
-    ("ratelimit", ".ratelimit", "RateLimitPolicy"),
-    ("auth", ".auth", "AuthPolicy"),
-    ("breaker", ".breaker", "BreakerPolicy"),
-)
+CANONICAL_ORDER: tuple[tuple[str, str, str], ...] = tuple((name, *where) for name, where in CONCERNS.items())
 
 
 def _options(name: str, value: Any) -> dict[str, Any]:
@@ -56,12 +49,12 @@ def build_policies(concerns: Mapping[str, Any], *, shared: Mapping[str, Any] | N
     ``shared`` options (``exclude_paths``, ``registry``) are given to every policy that
     accepts them unless that concern's own options set them.
     """
-    unknown = set(concerns) - {name for name, _, _ in CANONICAL_ORDER}
+    unknown = set(concerns) - set(CONCERNS)
     if unknown:
         raise ConfigError(f"unknown concern(s): {', '.join(sorted(unknown))}")
     policies: list[Policy] = []
     registry = None
-    for name, module, attr in CANONICAL_ORDER:
+    for name in CONCERNS:
         value = concerns.get(name)
         if value is None or value is False:
             continue
@@ -69,7 +62,7 @@ def build_policies(concerns: Mapping[str, Any], *, shared: Mapping[str, Any] | N
             policies.append(value)
             continue
         options = _options(name, value)
-        policy_cls = getattr(importlib.import_module(module, __package__), attr)
+        policy_cls = policy_class(name)
         accepted = getattr(policy_cls, "shared_options", ())
         for key, shared_value in (shared or {}).items():
             if key in accepted and key not in options and shared_value is not None:
