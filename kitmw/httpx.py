@@ -24,8 +24,6 @@ import httpx; importing this module does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from . import errors
@@ -72,23 +70,11 @@ class Transport(SyncTransportBase, httpx.BaseTransport):
 
     _lib = _LIB
 
-    def __enter__(self) -> Transport:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
 
 class AsyncTransport(AsyncTransportBase, httpx.AsyncBaseTransport):
     """The async twin of :class:`Transport` (same options)."""
 
     _lib = _LIB
-
-    async def __aenter__(self) -> AsyncTransport:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
 
 
 Transport.__doc__ = (Transport.__doc__ or "") + OPTIONS_DOC

@@ -15,8 +15,6 @@ own classes and exception tree. These transports are the same driver as
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx2
 
 from . import errors
@@ -62,23 +60,11 @@ class Transport(SyncTransportBase, httpx2.BaseTransport):
 
     _lib = _LIB
 
-    def __enter__(self) -> Transport:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
 
 class AsyncTransport(AsyncTransportBase, httpx2.AsyncBaseTransport):
     """The async twin of :class:`Transport` (same options)."""
 
     _lib = _LIB
-
-    async def __aenter__(self) -> AsyncTransport:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
 
 
 Transport.__doc__ = (Transport.__doc__ or "") + OPTIONS_DOC
