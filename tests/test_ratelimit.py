@@ -197,6 +197,29 @@ def test_allowed_decision_reports_the_tightest_limit(registry) -> None:
     assert (decision.name, decision.limit, decision.remaining) == ("3/h", 3, 2)
 
 
+@pytest.mark.parametrize("limit", ["5/minute", "5/minute;10/hour"])
+def test_hit_header_is_the_ratelimit_value_hit_would_give(limit: str, registry) -> None:
+    # The policy's fast path: the allowed RateLimit value, encoded, with no Decision built.
+    fast = Limiter(limit=limit, registry=registry, namespace=ns())
+    slow = Limiter(limit=limit, registry=registry, namespace=ns())
+    for _ in range(5):
+        value = fast.hit_header("k")
+        expected = slow.hit("k").ratelimit
+        assert isinstance(value, bytes)
+        # t= may differ by one if a second boundary passes between the two calls.
+        assert value.decode().rsplit(";t=", 1)[0] == expected.rsplit(";t=", 1)[0]
+        assert abs(int(value.decode().rsplit("=", 1)[1]) - int(expected.rsplit("=", 1)[1])) <= 1
+    refused = fast.hit_header("k")
+    assert isinstance(refused, Decision) and not refused.allowed and not refused.degraded
+
+
+def test_hit_header_escapes_keys_like_hit(registry) -> None:
+    limiter = Limiter(limit="1/minute", registry=registry, namespace=ns())
+    assert isinstance(limiter.hit_header("a/b"), bytes)
+    assert not limiter.hit("a/b").allowed  # one budget: both paths escape the same way
+    assert limiter.hit("a%2Fb").allowed  # and it is not the escaped spelling's
+
+
 def test_cost_weighs_requests(registry) -> None:
     policy = RateLimitPolicy(limit="5/minute", cost=lambda ex: 2, registry=registry, namespace=ns())
     assert decisions(policy, 3) == [200, 200, 429]

@@ -74,13 +74,15 @@ class Decision(NamedTuple):
 class _Spec:
     """One limit: the ``limits`` item (with kitmw's namespace) and its header pieces."""
 
-    __slots__ = ("amount", "expiry", "item", "name", "prefix", "suffix")
+    __slots__ = ("amount", "expiry", "header", "item", "name", "prefix", "suffix")
 
     def __init__(self, item: RateLimitItem, name: str) -> None:
         self.item = item
         self.amount = int(item.amount)
         self.expiry = int(item.get_expiry())
         self.name = name
+        # The RateLimit header value up to the remaining count (Decision.ratelimit's start).
+        self.header = f'"{name}";r='.encode("latin-1")
         # item.key_for(key) == prefix + key + suffix, without its per-call list and joins.
         self.prefix = f"{item.namespace}/"
         self.suffix = f"/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
@@ -277,6 +279,41 @@ class Limiter:
         if backend.down:
             backend.recovered()
         return self._count(decision)
+
+    def hit_header(self, key: str, cost: int = 1) -> bytes | Decision:
+        """:meth:`hit` with stats, answered as the ``RateLimit`` header value when allowed.
+
+        The server policy's hot path: for one fixed-window limit on a reachable storage
+        an allowed request gets its header value (``Decision.ratelimit``, encoded)
+        without a :class:`Decision` being built; a refusal, a degraded decision or any
+        other configuration returns the :class:`Decision` :meth:`hit` would.
+        """
+        spec = self._single
+        backend = self._backend
+        if spec is None or backend.down:
+            decision = self.hit(key, cost, stats=True)
+            if decision.allowed and not decision.degraded:
+                return decision.ratelimit.encode("latin-1")
+            return decision
+        if "/" in key or "%" in key or len(key) > _MAX_KEY:
+            key = _escape(key)
+        try:
+            storage = backend.strategy.storage
+            storage_key = spec.prefix + key + spec.suffix
+            count = storage.incr(storage_key, spec.expiry, amount=cost)
+            reset = storage.get_expiry(storage_key)
+        except Exception as exc:
+            backend.failed(exc)
+            return self._degraded()
+        if backend.down:  # another thread saw an outage meanwhile; this call went through
+            backend.recovered()
+        if count > spec.amount:
+            self._m_limited.inc()
+            return self._refused(spec, reset)
+        self._m_allowed.inc()
+        # Decision.ratelimit of _allowed((amount - count, reset, spec)): remaining >= 0 here.
+        after = reset - time.time() if reset else 0.0
+        return spec.header + b"%d;t=%d" % (spec.amount - count, math.ceil(after) if after > 0.0 else 0)
 
     def _run(self, key: str, cost: int, stats: bool) -> Decision:
         strategy = self._backend.strategy

@@ -82,6 +82,7 @@ class RateLimitPolicy(Policy):
         "_headers",
         "_key",
         "_methods",
+        "_only",
         "_policy_pairs",
         "_prefixes",
         "_templates",
@@ -185,6 +186,10 @@ class RateLimitPolicy(Policy):
             for limiter in (self._default, *templates.values(), *(p[1] for p in prefixes))
             if limiter is not None
         }
+        # One limit for every request (no route limits, exclusions, methods or cost):
+        # enter() goes straight to the key and the limiter.
+        simple = not templates and not prefixes and not self._exclude and methods is None and cost is None
+        self._only = self._default if simple else None
         self._unavailable = Rejection(
             503,
             "unavailable",
@@ -267,11 +272,26 @@ class RateLimitPolicy(Policy):
         return Rejection(429, "rate_limited", headers=decision.headers())
 
     def enter(self, ex: Exchange) -> Rejection | None:
-        plan = self._plan(ex)
-        if plan is None:
+        limiter = self._only
+        if limiter is not None:
+            key = self._key(ex)
+            if key is None:
+                return None
+            cost = 1
+        else:
+            plan = self._plan(ex)
+            if plan is None:
+                return None
+            limiter, key, cost = plan
+        if not self._headers:
+            return self._answer(ex, limiter.hit(str(key), cost, stats=False))
+        # Allowed: the RateLimit value comes encoded, no Decision is built.
+        value = limiter.hit_header(str(key), cost)
+        if isinstance(value, bytes):
+            ex._add_header_pair(self._policy_pairs[limiter.policy])
+            ex._add_header_pair((b"ratelimit", value))
             return None
-        limiter, key, cost = plan
-        return self._answer(ex, limiter.hit(key, cost, stats=self._headers))
+        return self._answer(ex, value)
 
 
 class _AsyncRateLimitPolicy(RateLimitPolicy):
