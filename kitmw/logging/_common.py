@@ -108,20 +108,31 @@ def _emit(
     fields: dict[str, Any],
     err: BaseException | None,
 ) -> None:
+    logger.handle(_make_record(logger, level, msg, args, fields, err))
+
+
+def _make_record(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    args: tuple[Any, ...],
+    fields: dict[str, Any],
+    err: BaseException | None,
+) -> logging.LogRecord:
     exc_info = None if err is None else (type(err), err, err.__traceback__)
-    # makeRecord + handle instead of logger.log(): no findCaller() stack walk, and the
-    # fields are known not to collide with LogRecord attributes, so no per-key check.
+    # makeRecord instead of logger.log(): no findCaller() stack walk, and the fields are
+    # known not to collide with LogRecord attributes, so no per-key check.
     if (
         _FAST_RECORD
         and logging.getLogRecordFactory() is _LogRecord
         and type(logger).makeRecord is _MAKE_RECORD
         and "makeRecord" not in logger.__dict__
     ):
-        record = _record(logger.name, level, msg, args, exc_info, fields)
-    else:  # a custom record factory or logger class: let it build the record
-        record = logger.makeRecord(logger.name, level, _SRC, 0, msg, args, exc_info, "exit")
-        record.__dict__.update(fields)
-    logger.handle(record)
+        return _record(logger.name, level, msg, args, exc_info, fields)
+    # a custom record factory or logger class: let it build the record
+    record = logger.makeRecord(logger.name, level, _SRC, 0, msg, args, exc_info, "exit")
+    record.__dict__.update(fields)
+    return record
 
 
 # -- a LogRecord without LogRecord.__init__ ---------------------------------------------------

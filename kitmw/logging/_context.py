@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from typing import Any, Protocol
 
 __all__ = [
+    "ACCESS_FIELDS",
+    "CLIENT_FIELDS",
     "CONTEXT_FIELDS",
     "ContextFilter",
     "bind_context",
@@ -30,6 +32,38 @@ __all__ = [
 
 #: Record attributes :class:`ContextFilter` adds to every record.
 CONTEXT_FIELDS = ("request_id", "trace_id", "span_id", "principal")
+
+#: Attributes :class:`~kitmw.logging.AccessLogPolicy` puts on its record (plus ``query`` with ``log_query``).
+ACCESS_FIELDS = (
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "client",
+    "user_agent",
+    "request_id",
+    "trace_id",
+    "span_id",
+    "principal",
+    "error",
+    "error_message",
+)
+
+#: Attributes :class:`~kitmw.logging.ClientLogPolicy` puts on its record.
+CLIENT_FIELDS = (
+    "method",
+    "url",
+    "host",
+    "status",
+    "duration_ms",
+    "attempts",
+    "request_id",
+    "error",
+    "error_message",
+)
 
 
 class _Context(Protocol):

@@ -25,10 +25,14 @@ from ._common import (
     _failed,
     _level,
     _logger,
+    _make_record,
     _redactor,
     redact_query,
 )
-from ._context import _current, _safe
+from ._context import ACCESS_FIELDS, CONTEXT_FIELDS, _current, _safe
+from ._direct import json_targets, json_value, write_json
+from .formatters import _CONTEXT_JSON as _CONTEXT_PREFIX
+from .formatters import _esc
 
 __all__ = [
     "ACCESS_FIELDS",
@@ -37,24 +41,6 @@ __all__ = [
     "is_valid_request_id",
 ]
 
-#: Attributes :class:`AccessLogPolicy` puts on its record (plus ``query`` with ``log_query``).
-ACCESS_FIELDS = (
-    "method",
-    "path",
-    "route",
-    "status",
-    "duration_ms",
-    "bytes_in",
-    "bytes_out",
-    "client",
-    "user_agent",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "principal",
-    "error",
-    "error_message",
-)
 _MAX_ID = 128
 # Lenient on purpose: UUIDs with or without dashes, nginx $request_id, ULIDs, W3C trace
 # ids, base64 ids all pass; CR/LF, spaces, quotes and non-ASCII can never reach a header
@@ -106,6 +92,7 @@ class AccessLogPolicy(Policy):
         "_error_level",
         "_exc_info",
         "_exclude",
+        "_fields",
         "_generate",
         "_header",
         "_header_bytes",
@@ -177,6 +164,7 @@ class AccessLogPolicy(Policy):
         self._exc_info = _bool(exc_info, "exc_info")
         self._log_query = _bool(log_query, "log_query")
         self._redact = _redactor(redact_query)
+        self._fields = frozenset(ACCESS_FIELDS + (("query",) if self._log_query else ()))
 
     @property
     def logger(self) -> logging.Logger:
@@ -227,13 +215,104 @@ class AccessLogPolicy(Policy):
 
     def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
         duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
+        method = ex.method
         path = ex.path
+        route = ex.route
         ua = ex.header("user-agent")
         if ua is not None and len(ua) > _MAX_UA:
             ua = ua[:_MAX_UA]
+        client = ex.client
+        bytes_in = ex.bytes_in if self.counts_request_bytes else None
+        error = error_message = None
+        if err is None:
+            msg = "%s %s %s %.1fms"
+            args: tuple[Any, ...] = (method, _safe(path), status, duration_ms)
+        else:
+            error, error_message = _error_fields(err)
+            msg = "%s %s %s %.1fms %s"
+            args = (method, _safe(path), status, duration_ms, error)
+        query = redact_query(ex.query, self._redact) if self._log_query else None
+        logger = self._logger
+        exc = err if self._exc_info else None
+        if exc is None:
+            targets = json_targets(logger, level, self._fields)
+            if targets is not None:
+                # The line JsonFormatter writes for the record below (a test pins it).
+                j = json_value
+                tail = [
+                    _CONTEXT_PREFIX[key] + j(value)
+                    for key, value in zip(
+                        CONTEXT_FIELDS, (ex.request_id, ex.trace_id, ex.span_id, ex.principal), strict=True
+                    )
+                    if value is not None and value != "-"
+                ]
+                bytes_out = ex.bytes_out
+                tail += (
+                    ',"method":',
+                    _esc(method) if type(method) is str else j(method),
+                    ',"path":',
+                    _esc(path) if type(path) is str else j(path),
+                    ',"route":',
+                    "null" if route is None else _esc(route) if type(route) is str else j(route),
+                    ',"status":',
+                    int.__repr__(status) if type(status) is int else j(status),
+                    ',"duration_ms":',
+                    j(round(duration_ms, 3)),  # the record's value: the formatter checks it is finite
+                    ',"bytes_in":',
+                    "null"
+                    if bytes_in is None
+                    else int.__repr__(bytes_in)
+                    if type(bytes_in) is int
+                    else j(bytes_in),
+                    ',"bytes_out":',
+                    int.__repr__(bytes_out) if type(bytes_out) is int else j(bytes_out),
+                    ',"client":',
+                    "null" if client is None else _esc(client) if type(client) is str else j(client),
+                    ',"user_agent":',
+                    "null" if ua is None else _esc(ua) if type(ua) is str else j(ua),
+                    ',"error":',
+                    "null" if error is None else _esc(error) if type(error) is str else j(error),
+                    ',"error_message":',
+                    "null"
+                    if error_message is None
+                    else _esc(error_message)
+                    if type(error_message) is str
+                    else j(error_message),
+                )
+                if query is not None:
+                    tail += (',"query":', j(query))
+                if write_json(
+                    targets,
+                    logger,
+                    level,
+                    msg % args,
+                    "".join(tail),
+                    lambda: _make_record(
+                        logger,
+                        level,
+                        msg,
+                        args,
+                        self._fields_of(ex, status, duration_ms, ua, error, error_message, query),
+                        None,
+                    ),
+                ):
+                    return
+        fields = self._fields_of(ex, status, duration_ms, ua, error, error_message, query)
+        _emit(logger, level, msg, args, fields, exc)
+
+    def _fields_of(
+        self,
+        ex: Exchange,
+        status: int,
+        duration_ms: float,
+        ua: str | None,
+        error: str | None,
+        error_message: str | None,
+        query: str | None,
+    ) -> dict[str, Any]:
         fields: dict[str, Any] = {
             "method": ex.method,
-            "path": path,
+            "path": ex.path,
             "route": ex.route,
             "status": status,
             "duration_ms": round(duration_ms, 3),
@@ -245,16 +324,9 @@ class AccessLogPolicy(Policy):
             "trace_id": ex.trace_id,
             "span_id": ex.span_id,
             "principal": ex.principal,
-            "error": None,
-            "error_message": None,
+            "error": error,
+            "error_message": error_message,
         }
-        if self._log_query:
-            fields["query"] = redact_query(ex.query, self._redact)
-        if err is None:
-            msg = "%s %s %s %.1fms"
-            args: tuple[Any, ...] = (ex.method, _safe(path), status, duration_ms)
-        else:
-            fields["error"], fields["error_message"] = _error_fields(err)
-            msg = "%s %s %s %.1fms %s"
-            args = (ex.method, _safe(path), status, duration_ms, fields["error"])
-        _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)
+        if query is not None:
+            fields["query"] = query
+        return fields

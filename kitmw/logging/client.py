@@ -19,22 +19,9 @@ from ._common import (
     _redactor,
     redact_query,
 )
-from ._context import _current, _safe
+from ._context import CLIENT_FIELDS, _current, _safe
 
 __all__ = ["CLIENT_FIELDS", "ClientLogPolicy"]
-
-#: Attributes :class:`ClientLogPolicy` puts on its record.
-CLIENT_FIELDS = (
-    "method",
-    "url",
-    "host",
-    "status",
-    "duration_ms",
-    "attempts",
-    "request_id",
-    "error",
-    "error_message",
-)
 
 
 class ClientLogPolicy(Policy):

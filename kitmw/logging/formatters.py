@@ -20,9 +20,7 @@ from typing import IO, Any
 
 from ..errors import ConfigError
 from ._common import _level, _logger
-from ._context import CONTEXT_FIELDS, _current, _safe
-from .access import ACCESS_FIELDS
-from .client import CLIENT_FIELDS
+from ._context import ACCESS_FIELDS, CLIENT_FIELDS, CONTEXT_FIELDS, _current, _safe
 
 __all__ = ["FORMATS", "JsonFormatter", "LogfmtFormatter", "TextFormatter", "configure"]
 
@@ -45,6 +43,9 @@ _JSON_ASCII = json.JSONEncoder(default=str, separators=(",", ":"))
 _NO_ESCAPE = frozenset({"message", "exc_text", "stack_info", "msg", "args", "exc_info"})
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 class _Stamper:
     """ISO 8601 UTC timestamps with milliseconds; strftime runs once per second, not per record."""
 
@@ -54,11 +55,18 @@ class _Stamper:
         self._second: tuple[int, str] = (-1, "")
 
     def __call__(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        return self.at(record.created, record.msecs)
+
+    def at(self, created: float, msecs: float) -> str:
+        ms = int(msecs)
+        return self.second(int(created)) + (_MILLIS[ms] if 0 <= ms < 1000 else f".{ms:03d}Z")
+
+    def second(self, second: int) -> str:
+        """``YYYY-MM-DDTHH:MM:SS`` of ``second`` (UTC)."""
         cached = self._second
         if cached[0] != second:  # a tuple swap is atomic, so threads may share the stamper
             cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return f"{cached[1]}.{int(record.msecs):03d}Z"
+        return cached[1]
 
 
 _esc = encode_basestring  # the C escaper json.dumps(ensure_ascii=False) uses for strings
