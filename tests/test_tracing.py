@@ -788,3 +788,62 @@ def test_status_attributes_equal_contribs(spans: Any, mode: str, status: int) ->
     attrs, error = _status_attributes(status, _Semconv(mode))
     assert attrs == dict(span.attributes)
     assert error == (span.status.status_code is StatusCode.ERROR)
+
+
+@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
+@pytest.mark.parametrize("overrides", PARITY_SCOPES)
+def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overrides: dict[str, Any]) -> None:
+    """The per-policy cache (socket, Host, User-Agent) never leaks one request's values into another."""
+    from opentelemetry.instrumentation._semconv import _StabilityMode
+    from opentelemetry.instrumentation.asgi import collect_request_attributes
+
+    from kitmw.tracing import _asgi_request_attributes, _Semconv
+
+    stability = {
+        "default": _StabilityMode.DEFAULT,
+        "http": _StabilityMode.HTTP,
+        "http/dup": _StabilityMode.HTTP_DUP,
+    }
+    first: dict[str, Any] = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/items/1",
+        "query_string": b"",
+        "headers": [(b"host", b"api.example:8080"), (b"user-agent", b"Mozilla/5.0")],
+        "client": ("192.0.2.7", 51234),
+        "server": ("127.0.0.1", 8000),
+    }
+    first.update(overrides)
+    # Same socket, Host and User-Agent (a cache hit), everything else different.
+    second = dict(first, path="/other/2", query_string=b"q=%41", method="POST", client=("198.51.100.9", 4000))
+    cache: dict[Any, Any] = {}
+    sc = _Semconv(mode)
+    for scope in (first, second, first):
+        assert _asgi_request_attributes(scope, sc, False, cache) == collect_request_attributes(
+            scope, stability[mode]
+        )
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param([(b"host", b"x"), (b"user-agent", b"curl/8")], False, id="none"),
+        pytest.param(
+            [(b"host", b"x"), (b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")],
+            True,
+            id="traceparent",
+        ),
+        pytest.param([(b"Baggage", b"k=v")], True, id="baggage-caps"),
+        pytest.param([(b"tracestate", b"a=b")], True, id="tracestate"),
+    ],
+)
+def test_attribute_scan_reports_propagation_headers(
+    headers: list[tuple[bytes, bytes]], expected: bool
+) -> None:
+    from kitmw.tracing import _asgi_scan, _Semconv
+
+    fields = frozenset({b"traceparent", b"tracestate", b"baggage"})
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
+    assert _asgi_scan(scope, _Semconv("default"), False, {}, fields)[1] is expected
