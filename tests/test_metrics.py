@@ -792,3 +792,90 @@ async def test_httpx_transport_counts_calls_per_host(registry: CollectorRegistry
     labels = {"method": "GET", "host": "upstream:8080"}
     assert value(found, "http_client_requests_total", status="200", **labels) == 2
     assert value(found, "http_client_requests_total", status="404", **labels) == 1
+
+
+# -- hot-path writers (kitmw.metrics._instruments) ------------------------------------------
+
+
+def _writer_pair() -> tuple[CollectorRegistry, Any, CollectorRegistry, Any]:
+    from prometheus_client import Counter, Histogram
+
+    fast, public = CollectorRegistry(), CollectorRegistry()
+    made = []
+    for registry in (fast, public):
+        made.append(
+            (
+                Counter("w_requests", "d", ["route"], registry=registry).labels("/a"),
+                Histogram("w_seconds", "d", ["route"], registry=registry, buckets=(0.01, 0.1, 1.0)).labels(
+                    "/a"
+                ),
+            )
+        )
+    return fast, made[0], public, made[1]
+
+
+def test_writers_write_what_the_public_methods_write() -> None:
+    from kitmw.metrics._instruments import (
+        add_writer,
+        counter_exemplar_writer,
+        histogram_exemplar_writer,
+        histogram_writer,
+    )
+
+    fast, (counter, histogram), public, (counter2, histogram2) = _writer_pair()
+    add, add_ex = add_writer(counter), counter_exemplar_writer(counter)
+    observe, observe_ex = histogram_writer(histogram), histogram_exemplar_writer(histogram)
+    # This prometheus-client has the layout the writers expect: they are not its methods.
+    assert add != counter.inc and observe != histogram.observe
+    # Amounts on, below, between and above the bounds, negative, zero, huge, infinite.
+    amounts = [0.0, -1.0, 0.01, 0.010001, 0.05, 0.1, 1.0, 1.5, 1e9, float("inf"), 3, 0]
+    for amount in amounts:
+        add(1)
+        observe(amount)
+        counter2.inc()
+        histogram2.observe(amount)
+    add_ex({"trace_id": "a" * 32})
+    observe_ex(0.05, {"trace_id": "a" * 32})
+    counter2.inc(1, {"trace_id": "a" * 32})
+    histogram2.observe(0.05, {"trace_id": "a" * 32})
+
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_text
+
+    def exposed(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float, Any]]:
+        return [
+            (s.name, s.labels, s.value, None if s.exemplar is None else (s.exemplar.labels, s.exemplar.value))
+            for family in openmetrics_families(openmetrics_text(registry).decode())
+            for s in family.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert exposed(fast) == exposed(public)
+
+
+def test_writers_fall_back_to_the_public_methods_on_a_parent_metric() -> None:
+    # A parent of a labelled metric has no value objects: the writers are its public
+    # methods, which refuse it exactly as prometheus-client does.
+    from prometheus_client import Counter, Histogram
+
+    from kitmw.metrics._instruments import add_writer, histogram_writer
+
+    registry = CollectorRegistry()
+    counter = Counter("p_requests", "d", ["route"], registry=registry)
+    histogram = Histogram("p_seconds", "d", ["route"], registry=registry)
+    assert add_writer(counter) == counter.inc
+    assert histogram_writer(histogram) == histogram.observe
+    with pytest.raises(ValueError, match="missing label values"):
+        histogram_writer(histogram)(0.5)
+
+
+@pytest.mark.anyio
+async def test_a_trace_id_too_long_for_an_exemplar_counts_the_request_once(
+    registry: CollectorRegistry,
+) -> None:
+    app = kitmw.asgi.Middleware(starlette_app(), TracePolicyStub("f" * 200), MetricsPolicy(registry=registry))
+    async with client(app) as c:
+        await c.get("/items/1")
+        r = await c.get("/metrics", headers={"accept": OPENMETRICS})
+    families = openmetrics_families(r.text)
+    assert all(s.exemplar is None for family in families for s in family.samples)
+    assert requests_total(samples(registry), "/items/{item_id}") == 1

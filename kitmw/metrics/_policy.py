@@ -7,7 +7,7 @@ policy, and an exemplar dict is built only when a trace id is known.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
@@ -16,7 +16,14 @@ from .._paths import PathMatcher
 from ..errors import ConfigError, KitmwError, Rejection
 from ..exchange import UNMATCHED, Exchange, Policy
 from ._exposition import render, render_async
-from ._instruments import instruments
+from ._instruments import (
+    add_writer,
+    counter_exemplar_writer,
+    exemplar_ok,
+    histogram_exemplar_writer,
+    histogram_writer,
+    instruments,
+)
 
 __all__ = ["ClientMetricsPolicy", "MetricsPolicy"]
 
@@ -40,6 +47,19 @@ _EXPOSE_METHODS = frozenset(("GET", "HEAD"))
 # Status label tables, indexed by status code (0 = no response: counted as 500).
 _STATUS = ("500", *tuple(str(code) for code in range(1, 600)))
 _STATUS_CLASS = ("5xx", *tuple(f"{code // 100}xx" for code in range(1, 600)))
+
+_Add = Callable[[float], None]
+#: One series' writers: in-progress add, request count, request count with exemplar,
+#: duration, duration with exemplar, response size, request size (None: not observed).
+_Series = tuple[
+    _Add,
+    _Add,
+    Callable[[dict[str, str]], None],
+    _Add,
+    Callable[[float, dict[str, str]], None],
+    _Add,
+    _Add | None,
+]
 
 #: Bound on cached label children per policy: routes are templates, so this is never
 #: reached by honest traffic; past it the cache starts over (the metrics are unaffected).
@@ -121,9 +141,11 @@ class MetricsPolicy(Policy):
         self._request_size = inst.server_request_size if counts_request_bytes else None
         self._response_size = inst.server_response_size
         gauge = inst.server_in_progress
-        self._in_progress = {m: gauge.labels(m) for m in (*KNOWN_METHODS, OTHER_METHOD)}
+        # Writers of the in-progress gauge per method label (see _instruments: the
+        # value objects of the label children, fetched once).
+        self._in_progress = {m: add_writer(gauge.labels(m)) for m in (*KNOWN_METHODS, OTHER_METHOD)}
         self._other_in_progress = self._in_progress[OTHER_METHOD]
-        self._children: dict[tuple[str, str, int], tuple[Any, Any, Any, Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], _Series] = {}
 
     # -- exposition --------------------------------------------------------------------
 
@@ -140,7 +162,7 @@ class MetricsPolicy(Policy):
             )
         if self._excluded is not None and self._excluded(ex.path):
             return None
-        self._in_progress.get(ex.method, self._other_in_progress).inc()
+        self._in_progress.get(ex.method, self._other_in_progress)(1)
         return None
 
     async def aenter(self, ex: Exchange) -> Rejection | None:
@@ -152,7 +174,7 @@ class MetricsPolicy(Policy):
             return self._answer(*rendered)
         if self._excluded is not None and self._excluded(ex.path):
             return None
-        self._in_progress.get(ex.method, self._other_in_progress).inc()
+        self._in_progress.get(ex.method, self._other_in_progress)(1)
         return None
 
     def exit(self, ex: Exchange) -> None:
@@ -172,27 +194,35 @@ class MetricsPolicy(Policy):
         children = self._children.get(raw)
         if children is None:
             children = self._make_children(raw)
-        in_progress, requests, duration, request_size, response_size = children
-        in_progress.dec()
+        in_progress, count, count_exemplar, duration, duration_exemplar, response_size, request_size = (
+            children
+        )
+        in_progress(-1)
         trace_id = ex.trace_id
-        if trace_id is None:
-            requests.inc()
-            duration.observe(ex.duration)
+        if trace_id is None or not exemplar_ok(trace_id):
+            count(1)
+            duration(ex.duration)
         else:
-            _observe_with_exemplar(requests, duration, ex.duration, trace_id)
-        response_size.observe(ex.bytes_out)
+            exemplar = {"trace_id": trace_id}
+            count_exemplar(exemplar)
+            duration_exemplar(ex.duration, exemplar)
+        response_size(ex.bytes_out)
         if request_size is not None:
-            request_size.observe(ex.bytes_in)
+            request_size(ex.bytes_in)
 
-    def _make_children(self, raw: tuple[str, str, int]) -> tuple[Any, Any, Any, Any, Any]:
+    def _make_children(self, raw: tuple[str, str, int]) -> _Series:
         method = raw[0]
         key = (method, raw[1], _status_label(raw[2], self._status))
-        children = (
+        requests = self._requests.labels(*key)
+        duration = self._duration.labels(*key)
+        children: _Series = (
             self._in_progress[method],
-            self._requests.labels(*key),
-            self._duration.labels(*key),
-            None if self._request_size is None else self._request_size.labels(*key),
-            self._response_size.labels(*key),
+            add_writer(requests),
+            counter_exemplar_writer(requests),
+            histogram_writer(duration),
+            histogram_exemplar_writer(duration),
+            histogram_writer(self._response_size.labels(*key)),
+            None if self._request_size is None else histogram_writer(self._request_size.labels(*key)),
         )
         if len(self._children) >= _MAX_CHILDREN:
             self._children.clear()
@@ -263,10 +293,12 @@ def _error_label(error: BaseException | None) -> str:
 
 
 def _observe_with_exemplar(requests: Any, duration: Any, seconds: float, trace_id: str) -> None:
-    exemplar = {"trace_id": trace_id}
-    try:
-        requests.inc(1, exemplar)
-        duration.observe(seconds, exemplar)
-    except ValueError:  # an exemplar prometheus-client refuses (too long): count without it
+    # Checked first: prometheus-client counts before it validates the exemplar, so
+    # retrying without it after its ValueError would count the request twice.
+    if not exemplar_ok(trace_id):  # too long for an exemplar: count without it
         requests.inc()
         duration.observe(seconds)
+        return
+    exemplar = {"trace_id": trace_id}
+    requests.inc(1, exemplar)
+    duration.observe(seconds, exemplar)
