@@ -383,6 +383,16 @@ def test_repeated_token_is_served_from_the_cache() -> None:
     assert first is second
 
 
+def test_cached_token_is_not_taken_under_another_scheme() -> None:
+    # The cache is keyed by the header value: a verified token sent again under another
+    # scheme is still not this backend's, and the lower-case scheme still works.
+    backend = hs_backend()
+    token = hs256()
+    assert backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + token})) is not None
+    assert backend.authenticate(HeaderExchange("/me", {"authorization": "Basic " + token})) is None
+    assert backend.authenticate(HeaderExchange("/me", {"authorization": "bearer " + token})) is not None
+
+
 def test_claims_are_read_only() -> None:
     backend = hs_backend()
     principal = backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + hs256(role="x")}))

@@ -350,8 +350,9 @@ class JWT(Backend):
         expired set or a failed fetch).
     :param jwks_timeout: seconds a fetch may take.
     :param jwks_headers: extra headers for the JWKS request.
-    :param cache_size: verified tokens remembered (by raw token, until ``exp`` and at
-        most ``jwks_cache_ttl``), so a repeated token costs a dict lookup; 0 disables.
+    :param cache_size: verified tokens remembered (by the raw header value carrying
+        them, until ``exp`` and at most ``jwks_cache_ttl``), so a repeated token costs a
+        dict lookup; 0 disables.
     :param max_token_length: longer tokens are refused before any parsing.
     :param clock: wall clock in seconds since the epoch (default ``time.time``).
     """
@@ -609,10 +610,8 @@ class JWT(Backend):
             value += f", scope={quote(scope)}"
         return value
 
-    def _token(self, ex: Exchange) -> str | None:
-        value = ex.header(self._header)
-        if value is None:
-            return None
+    def _token(self, value: str) -> str | None:
+        """The token in header ``value``; None when it is another scheme's."""
         n = self._prefix_len
         if n:
             if len(value) <= n or value[:n].lower() != self._prefix:
@@ -640,42 +639,51 @@ class JWT(Backend):
             raise AuthError("malformed kid")
         return kid  # type: ignore[no-any-return]
 
-    def _cached(self, token: str, now: float) -> Principal | None:
-        hit = self._cache.get(token)
+    def _cached(self, value: str, now: float) -> Principal | None:
+        hit = self._cache.get(value)
         if hit is None:
             return None
         if now < hit[1]:
             return hit[0]
-        self._cache.pop(token, None)
+        self._cache.pop(value, None)
         return None
 
+    # The cache is keyed by the header value itself: a value seen before maps to one
+    # token (``_token`` is a pure function of it), so a hit skips parsing it again.
+
     def authenticate(self, ex: Exchange) -> Principal | None:
-        token = self._token(ex)
-        if token is None:
+        value = ex.header(self._header)
+        if value is None:
             return None
         now = self._clock()
-        hit = self._cached(token, now)
+        hit = self._cached(value, now)
         if hit is not None:
             return hit
+        token = self._token(value)
+        if token is None:
+            return None
         jwks = self._jwks
         key = self._key if jwks is None else jwks.get(self._kid(token))
-        return self._verify(token, key, now)
+        return self._verify(token, key, now, value)
 
     async def aauthenticate(self, ex: Exchange) -> Principal | None:
         jwks = self._jwks
         if jwks is None:
             return self.authenticate(ex)
-        token = self._token(ex)
-        if token is None:
+        value = ex.header(self._header)
+        if value is None:
             return None
         now = self._clock()
-        hit = self._cached(token, now)
+        hit = self._cached(value, now)
         if hit is not None:
             return hit
+        token = self._token(value)
+        if token is None:
+            return None
         key = await jwks.aget(self._kid(token))
-        return self._verify(token, key, now)
+        return self._verify(token, key, now, value)
 
-    def _verify(self, token: str, key: Any, now: float) -> Principal:
+    def _verify(self, token: str, key: Any, now: float, cache_key: str) -> Principal:
         if key is None:
             jwks = self._jwks
             if jwks is not None and jwks.keys is None:
@@ -706,7 +714,7 @@ class JWT(Backend):
                     del cache[next(iter(cache))]
                 except (StopIteration, KeyError, RuntimeError):
                     pass  # another thread evicted it first
-            cache[token] = (principal, until)
+            cache[cache_key] = (principal, until)
         return principal
 
     def _check_times(self, payload: Mapping[str, Any], now: float) -> float:

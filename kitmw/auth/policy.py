@@ -64,6 +64,7 @@ class AuthPolicy(Policy):
         "_missing",
         "_optional",
         "_rules",
+        "_single",
         "registry",
     )
 
@@ -85,6 +86,8 @@ class AuthPolicy(Policy):
         self._backends = backends
         self._async = tuple(bool(getattr(b, "does_io", False)) for b in backends)
         self._io = any(self._async)
+        # One backend (the common case): enter() calls it without the loop.
+        self._single = backends[0] if len(backends) == 1 else None
         matcher = PathMatcher(exclude_paths)
         self._exclude = matcher if matcher else None
         self._allow_options = bool(allow_options)
@@ -225,6 +228,15 @@ class AuthPolicy(Policy):
     def enter(self, ex: Exchange) -> Rejection | None:
         if self._skip(ex):
             return None
+        single = self._single
+        if single is not None:  # the loop below for one backend, unrolled
+            try:
+                principal = single.authenticate(ex)
+            except AuthError:
+                return self._invalid[0]
+            if principal is not None:
+                return self._admit(ex, principal, 0)
+            return self._refuse(ex, -1)
         error_at = -1
         for i, backend in enumerate(self._backends):
             try:
