@@ -534,6 +534,7 @@ class TracingPolicy(_TracerMixin, Policy):
         "_propagator",
         "_provider",
         "_sc",
+        "_status_cache",
         "_tracer",
         "_wsgi",
         "record_exceptions",
@@ -573,6 +574,8 @@ class TracingPolicy(_TracerMixin, Policy):
         # contrib's WSGI helper, imported at the first WSGI request (an optional extra).
         self._wsgi: Any = _NOT_LOADED
         self._attr_cache: dict[Any, Any] = {}
+        # status code -> (its span attributes, whether the span status is ERROR)
+        self._status_cache: dict[int, tuple[dict[str, Any], bool]] = {}
         # (propagator, the header names it reads if it is known to find nothing without them)
         self._prop: tuple[Any, frozenset[bytes] | None] = (None, None)
 
@@ -585,9 +588,10 @@ class TracingPolicy(_TracerMixin, Policy):
             if on_asgi and FASTAPI_KEY not in native:
                 native[FASTAPI_KEY] = None  # FastAPI's native layer skips it too
             return None
-        adopted = self._adopt(ex, native, on_asgi)
-        if adopted is not None:
-            return None
+        if (on_asgi and native.get(FASTAPI_KEY) is not None) or trace.get_current_span().is_recording():
+            adopted = self._adopt(ex, native, on_asgi)  # someone may own a span already
+            if adopted is not None:
+                return None
         if on_asgi and FASTAPI_KEY not in native:
             # kitmw is outside FastAPI: the marker FastAPI sets for excluded requests
             # makes its native layer step aside, so this span is the only server span.
@@ -622,7 +626,10 @@ class TracingPolicy(_TracerMixin, Policy):
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         ex.span = span
-        _ids(ex, span)
+        ctx = span.get_span_context()
+        if ctx.is_valid:  # _ids(), inlined
+            ex.trace_id = "%032x" % ctx.trace_id  # noqa: UP031
+            ex.span_id = "%016x" % ctx.span_id  # noqa: UP031
         ex.state[_STATE_KEY] = (token, wall, span_name)
         if isinstance(native, dict) or on_asgi:
             native[SCOPE_SPAN_KEY] = span
@@ -722,7 +729,12 @@ class TracingPolicy(_TracerMixin, Policy):
         status = ex.status
         error_status = False
         if status:
-            status_attrs, error_status = _status_attributes(status, sc)
+            cached = self._status_cache.get(status)
+            if cached is None:
+                if len(self._status_cache) >= _MAX_CACHED:
+                    self._status_cache.clear()
+                cached = self._status_cache[status] = _status_attributes(status, sc)
+            status_attrs, error_status = cached
             attrs.update(status_attrs)
         if ex.bytes_out:
             if sc.old:
