@@ -208,6 +208,7 @@ class Limiter:
         option: str = "limit",
     ) -> None:
         from ..metrics import instruments
+        from ..metrics._instruments import add_writer
 
         if not isinstance(namespace, str) or not namespace:
             raise ConfigError(f"namespace: expected a non-empty string, got {namespace!r}")
@@ -219,8 +220,9 @@ class Limiter:
         # One fixed-window limit (the common case): _run takes the straight path.
         self._single = self._specs[0] if len(self._specs) == 1 and strategy == "fixed-window" else None
         inst = instruments(registry)
-        self._m_allowed = inst.ratelimit_decisions.labels(backend.side, "allowed")
-        self._m_limited = inst.ratelimit_decisions.labels(backend.side, "limited")
+        # Adders of the decision counters' children (kitmw.metrics' hot-path writers).
+        self._m_allowed = add_writer(inst.ratelimit_decisions.labels(backend.side, "allowed"))
+        self._m_limited = add_writer(inst.ratelimit_decisions.labels(backend.side, "limited"))
         first = self._specs[0]
         self._open = Decision(True, first.amount, -1, 0.0, 0.0, True, self.policy, first.name)
         self._closed = Decision(
@@ -238,7 +240,7 @@ class Limiter:
         return self._closed
 
     def _count(self, decision: Decision) -> Decision:
-        (self._m_allowed if decision.allowed else self._m_limited).inc()
+        (self._m_allowed if decision.allowed else self._m_limited)(1)
         return decision
 
     def hit(self, key: str, cost: int = 1, *, stats: bool = True) -> Decision:
@@ -308,9 +310,9 @@ class Limiter:
         if backend.down:  # another thread saw an outage meanwhile; this call went through
             backend.recovered()
         if count > spec.amount:
-            self._m_limited.inc()
+            self._m_limited(1)
             return self._refused(spec, reset)
-        self._m_allowed.inc()
+        self._m_allowed(1)
         # Decision.ratelimit of _allowed((amount - count, reset, spec)): remaining >= 0 here.
         after = reset - time.time() if reset else 0.0
         return spec.header + b"%d;t=%d" % (spec.amount - count, math.ceil(after) if after > 0.0 else 0)
