@@ -847,3 +847,37 @@ def test_attribute_scan_reports_propagation_headers(
     fields = frozenset({b"traceparent", b"tracestate", b"baggage"})
     scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
     assert _asgi_scan(scope, _Semconv("default"), False, {}, fields)[1] is expected
+
+
+@pytest.mark.anyio
+async def test_odd_scope_falls_back_to_neutral_attributes_and_still_reads_traceparent(spans: Any) -> None:
+    """A scope the attribute scan cannot read (a one-element client) still yields a child span."""
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/items/1",
+        "raw_path": b"/items/1",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"traceparent", TRACEPARENT.encode())],
+        "client": ("127.0.0.1",),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == TRACE_ID
+    assert span.attributes["http.method"] == "GET"
+    assert span.attributes["net.peer.ip"] == "127.0.0.1"
