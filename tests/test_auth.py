@@ -393,6 +393,14 @@ def test_cached_token_is_not_taken_under_another_scheme() -> None:
     assert backend.authenticate(HeaderExchange("/me", {"authorization": "bearer " + token})) is not None
 
 
+def test_async_drivers_call_enter_directly_unless_a_backend_does_io() -> None:
+    # No coroutine per request for a static key; a JWKS backend keeps the awaiting aenter.
+    static = AuthPolicy(backend=hs_backend())
+    jwks = AuthPolicy(backend=JWT(jwks_url="https://idp.invalid/jwks", algorithms=["RS256"]))
+    assert isinstance(static, AuthPolicy) and not type(static)._overrides("aenter")
+    assert type(jwks)._overrides("aenter")
+
+
 def test_claims_are_read_only() -> None:
     backend = hs_backend()
     principal = backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + hs256(role="x")}))

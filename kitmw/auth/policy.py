@@ -72,6 +72,19 @@ class AuthPolicy(Policy):
     handles_websocket: ClassVar[bool] = True
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
 
+    def __new__(cls, **options: Any) -> AuthPolicy:
+        # Backends without I/O (static JWT key, Basic, APIKey): the class without an
+        # aenter of its own, so the async drivers call enter() directly (no coroutine
+        # per request). Subclasses and I/O backends (JWKS) keep the awaiting aenter.
+        if cls is AuthPolicy:
+            try:
+                backends = cls._check_backends(options.get("backend"))
+            except ConfigError:
+                backends = ()  # __init__ raises it
+            if not any(getattr(b, "does_io", False) for b in backends):
+                cls = _SyncAuthPolicy
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
@@ -268,3 +281,12 @@ class AuthPolicy(Policy):
             if principal is not None:
                 return self._admit(ex, principal, i)
         return self._refuse(ex, error_at)
+
+
+class _SyncAuthPolicy(AuthPolicy):
+    """:class:`AuthPolicy` when no backend does I/O: ``aenter`` is the base one, which
+    the async drivers skip (they call ``enter``)."""
+
+    __slots__ = ()
+
+    aenter = Policy.aenter
