@@ -6,8 +6,8 @@ runs, renames it ``METHOD route`` once the route template is known (never the ra
 path) and ends it at the last response byte. Attributes are the ones
 ``opentelemetry-instrumentation-asgi`` (or ``-wsgi``) emits, in the semconv mode
 their ``OTEL_SEMCONV_STABILITY_OPT_IN`` selects: on WSGI from contrib's own function,
-on ASGI from a one-pass twin of it (a test pins the equality; contrib's costs five
-times more). No per-message ``send``/``receive`` spans are ever created.
+on ASGI from a one-pass twin of it (a test pins the equality; contrib's costs about
+ten times more). No per-message ``send``/``receive`` spans are ever created.
 
 If a server span for this request already exists (FastAPI's native telemetry when kitmw
 is added with ``app.add_middleware``, contrib's ``OpenTelemetryMiddleware`` outside
