@@ -100,17 +100,6 @@ def _error_fields(err: BaseException) -> tuple[str, str]:
     return type(err).__name__, message
 
 
-def _emit(
-    logger: logging.Logger,
-    level: int,
-    msg: str,
-    args: tuple[Any, ...],
-    fields: dict[str, Any],
-    err: BaseException | None,
-) -> None:
-    logger.handle(_make_record(logger, level, msg, args, fields, err))
-
-
 def _make_record(
     logger: logging.Logger,
     level: int,

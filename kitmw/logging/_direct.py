@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._context import ContextFilter
-from .formatters import _ENCODERS, _JSON, _MILLIS, JsonFormatter, _esc, _KitmwHandler, _Stamper
+from .formatters import _ENCODERS, _JSON, _MILLIS, JsonFormatter, _esc, _KitmwHandler, _Stamper, _write
 
 __all__ = ["json_targets", "json_value", "write_json"]
 
@@ -112,11 +112,7 @@ def write_json(
         line = "".join((head, static, tail, "}", handler.terminator))  # type: ignore[attr-defined]
         with lock:
             try:
-                stream = handler.stream  # type: ignore[attr-defined]
-                stream.write(line)
-                flush = getattr(stream, "flush", None)
-                if flush is not None:
-                    flush()
+                _write(handler.stream, line)  # type: ignore[attr-defined]
             except RecursionError:
                 raise
             except Exception:

@@ -20,7 +20,6 @@ from ..exchange import Exchange, Policy
 from ._common import (
     DEFAULT_REDACT,
     _bool,
-    _emit,
     _error_fields,
     _failed,
     _level,
@@ -298,7 +297,7 @@ class AccessLogPolicy(Policy):
                 ):
                     return
         fields = self._fields_of(ex, status, duration_ms, ua, error, error_message, query)
-        _emit(logger, level, msg, args, fields, exc)
+        logger.handle(_make_record(logger, level, msg, args, fields, exc))
 
     def _fields_of(
         self,

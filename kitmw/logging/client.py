@@ -11,11 +11,11 @@ from ..exchange import Exchange, Policy
 from ._common import (
     DEFAULT_REDACT,
     _bool,
-    _emit,
     _error_fields,
     _failed,
     _level,
     _logger,
+    _make_record,
     _redactor,
     redact_query,
 )
@@ -101,4 +101,6 @@ class ClientLogPolicy(Policy):
             fields["error"], fields["error_message"] = _error_fields(err)
             msg = "%s %s %s %.1fms %s"
             args = (ex.method, _safe(url), status or "-", duration_ms, fields["error"])
-        _emit(self._logger, level, msg, args, fields, err if self._exc_info else None)
+        self._logger.handle(
+            _make_record(self._logger, level, msg, args, fields, err if self._exc_info else None)
+        )

@@ -375,6 +375,14 @@ class TextFormatter(logging.Formatter):
         return self._style.format(_View(view))  # type: ignore[arg-type]
 
 
+def _write(stream: Any, text: str) -> None:
+    """What ``StreamHandler.emit`` does with a formatted line (the handler's lock held)."""
+    stream.write(text)
+    flush = getattr(stream, "flush", None)
+    if flush is not None:
+        flush()
+
+
 class _KitmwHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler :func:`configure` installs (so a second call replaces it)."""
 
@@ -384,11 +392,7 @@ class _KitmwHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             formatter = self.formatter
             msg = formatter.format(record) if formatter is not None else self.format(record)
-            stream = self.stream
-            stream.write(msg + self.terminator)
-            flush = getattr(stream, "flush", None)
-            if flush is not None:
-                flush()
+            _write(self.stream, msg + self.terminator)
         except RecursionError:
             raise
         except Exception:
