@@ -55,6 +55,40 @@ def is_valid_request_id(value: str) -> bool:
     return len(value) <= _MAX_ID and _ID_CHECK(value) is not None
 
 
+def _text(value: str | None) -> str:
+    """A text field (or None) as ``JsonFormatter`` writes it."""
+    if value is None:
+        return "null"
+    return _esc(value) if type(value) is str else json_value(value)
+
+
+#: (key, ``,"key":``, encoder) of the access record's fields after the context ones.
+_TAIL = tuple(
+    (
+        key,
+        f",{_esc(key)}:",
+        json_value if key in ("status", "duration_ms", "bytes_in", "bytes_out") else _text,
+    )
+    for key in (*ACCESS_FIELDS, "query")
+    if key not in CONTEXT_FIELDS
+)
+
+
+def _json_tail(fields: dict[str, Any]) -> str:
+    """What ``JsonFormatter`` writes after the static fields for an access record with
+    ``fields``: the context fields that are set, then the others in order (a test pins
+    the direct and the ordinary path to the same bytes)."""
+    parts = [
+        _CONTEXT_PREFIX[key] + json_value(value)
+        for key in CONTEXT_FIELDS
+        if (value := fields[key]) is not None and value != "-"
+    ]
+    for key, prefix, encode in _TAIL:
+        if key in fields:
+            parts += (prefix, encode(fields[key]))
+    return "".join(parts)
+
+
 def default_request_id() -> str:
     """A new random request id: 32 lower-case hex digits, like nginx's ``$request_id``."""
     return f"{getrandbits(128):032x}"
@@ -214,89 +248,33 @@ class AccessLogPolicy(Policy):
 
     def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
         duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
-        method = ex.method
         path = ex.path
-        route = ex.route
         ua = ex.header("user-agent")
         if ua is not None and len(ua) > _MAX_UA:
             ua = ua[:_MAX_UA]
-        client = ex.client
-        bytes_in = ex.bytes_in if self.counts_request_bytes else None
         error = error_message = None
         if err is None:
             msg = "%s %s %s %.1fms"
-            args: tuple[Any, ...] = (method, _safe(path), status, duration_ms)
+            args: tuple[Any, ...] = (ex.method, _safe(path), status, duration_ms)
         else:
             error, error_message = _error_fields(err)
             msg = "%s %s %s %.1fms %s"
-            args = (method, _safe(path), status, duration_ms, error)
+            args = (ex.method, _safe(path), status, duration_ms, error)
         query = redact_query(ex.query, self._redact) if self._log_query else None
+        fields = self._fields_of(ex, status, duration_ms, ua, error, error_message, query)
         logger = self._logger
         exc = err if self._exc_info else None
         if exc is None:
             targets = json_targets(logger, level, self._fields)
-            if targets is not None:
-                # The line JsonFormatter writes for the record below (a test pins it).
-                j = json_value
-                tail = [
-                    _CONTEXT_PREFIX[key] + j(value)
-                    for key, value in zip(
-                        CONTEXT_FIELDS, (ex.request_id, ex.trace_id, ex.span_id, ex.principal), strict=True
-                    )
-                    if value is not None and value != "-"
-                ]
-                bytes_out = ex.bytes_out
-                tail += (
-                    ',"method":',
-                    _esc(method) if type(method) is str else j(method),
-                    ',"path":',
-                    _esc(path) if type(path) is str else j(path),
-                    ',"route":',
-                    "null" if route is None else _esc(route) if type(route) is str else j(route),
-                    ',"status":',
-                    int.__repr__(status) if type(status) is int else j(status),
-                    ',"duration_ms":',
-                    j(round(duration_ms, 3)),  # the record's value: the formatter checks it is finite
-                    ',"bytes_in":',
-                    "null"
-                    if bytes_in is None
-                    else int.__repr__(bytes_in)
-                    if type(bytes_in) is int
-                    else j(bytes_in),
-                    ',"bytes_out":',
-                    int.__repr__(bytes_out) if type(bytes_out) is int else j(bytes_out),
-                    ',"client":',
-                    "null" if client is None else _esc(client) if type(client) is str else j(client),
-                    ',"user_agent":',
-                    "null" if ua is None else _esc(ua) if type(ua) is str else j(ua),
-                    ',"error":',
-                    "null" if error is None else _esc(error) if type(error) is str else j(error),
-                    ',"error_message":',
-                    "null"
-                    if error_message is None
-                    else _esc(error_message)
-                    if type(error_message) is str
-                    else j(error_message),
-                )
-                if query is not None:
-                    tail += (',"query":', j(query))
-                if write_json(
-                    targets,
-                    logger,
-                    level,
-                    msg % args,
-                    "".join(tail),
-                    lambda: _make_record(
-                        logger,
-                        level,
-                        msg,
-                        args,
-                        self._fields_of(ex, status, duration_ms, ua, error, error_message, query),
-                        None,
-                    ),
-                ):
-                    return
-        fields = self._fields_of(ex, status, duration_ms, ua, error, error_message, query)
+            if targets is not None and write_json(
+                targets,
+                logger,
+                level,
+                msg % args,
+                _json_tail(fields),
+                lambda: _make_record(logger, level, msg, args, fields, None),
+            ):
+                return
         logger.handle(_make_record(logger, level, msg, args, fields, exc))
 
     def _fields_of(
