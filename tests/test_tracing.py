@@ -740,15 +740,9 @@ PARITY_SCOPES: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
-@pytest.mark.parametrize("overrides", PARITY_SCOPES)
-def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) -> None:
-    from opentelemetry.instrumentation._semconv import _StabilityMode
-    from opentelemetry.instrumentation.asgi import collect_request_attributes
-
-    from kitmw.tracing import _asgi_request_attributes, _Semconv
-
-    scope: dict[str, Any] = {
+def parity_scope() -> dict[str, Any]:
+    """The request the parity tests vary (a fresh dict each time)."""
+    return {
         "type": "http",
         "http_version": "1.1",
         "method": "GET",
@@ -759,12 +753,29 @@ def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) ->
         "client": ("192.0.2.7", 51234),
         "server": ("127.0.0.1", 8000),
     }
-    scope.update(overrides)
-    stability = {
+
+
+def _stability_modes() -> dict[str, Any]:
+    """kitmw's ``semconv`` option values -> contrib's stability modes."""
+    from opentelemetry.instrumentation._semconv import _StabilityMode
+
+    return {
         "default": _StabilityMode.DEFAULT,
         "http": _StabilityMode.HTTP,
         "http/dup": _StabilityMode.HTTP_DUP,
     }
+
+
+@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
+@pytest.mark.parametrize("overrides", PARITY_SCOPES)
+def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) -> None:
+    from opentelemetry.instrumentation.asgi import collect_request_attributes
+
+    from kitmw.tracing import _asgi_request_attributes, _Semconv
+
+    scope = parity_scope()
+    scope.update(overrides)
+    stability = _stability_modes()
     expected = collect_request_attributes(scope, stability[mode])
     assert _asgi_request_attributes(scope, _Semconv(mode), False) == expected
 
@@ -772,17 +783,12 @@ def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) ->
 @pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
 @pytest.mark.parametrize("status", [200, 302, 404, 500, 503, 99])
 def test_status_attributes_equal_contribs(spans: Any, mode: str, status: int) -> None:
-    from opentelemetry.instrumentation._semconv import _StabilityMode
     from opentelemetry.instrumentation.asgi import set_status_code
 
     from kitmw.tracing import _Semconv, _status_attributes
 
     provider, _ = spans
-    stability = {
-        "default": _StabilityMode.DEFAULT,
-        "http": _StabilityMode.HTTP,
-        "http/dup": _StabilityMode.HTTP_DUP,
-    }
+    stability = _stability_modes()
     span = provider.get_tracer("t").start_span("x")
     set_status_code(span, status, None, stability[mode])
     attrs, error = _status_attributes(status, _Semconv(mode))
@@ -794,27 +800,12 @@ def test_status_attributes_equal_contribs(spans: Any, mode: str, status: int) ->
 @pytest.mark.parametrize("overrides", PARITY_SCOPES)
 def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overrides: dict[str, Any]) -> None:
     """The per-policy cache (socket, Host, User-Agent) never leaks one request's values into another."""
-    from opentelemetry.instrumentation._semconv import _StabilityMode
     from opentelemetry.instrumentation.asgi import collect_request_attributes
 
     from kitmw.tracing import _asgi_request_attributes, _Semconv
 
-    stability = {
-        "default": _StabilityMode.DEFAULT,
-        "http": _StabilityMode.HTTP,
-        "http/dup": _StabilityMode.HTTP_DUP,
-    }
-    first: dict[str, Any] = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/items/1",
-        "query_string": b"",
-        "headers": [(b"host", b"api.example:8080"), (b"user-agent", b"Mozilla/5.0")],
-        "client": ("192.0.2.7", 51234),
-        "server": ("127.0.0.1", 8000),
-    }
+    stability = _stability_modes()
+    first = parity_scope()
     first.update(overrides)
     # Same socket, Host and User-Agent (a cache hit), everything else different.
     second = dict(first, path="/other/2", query_string=b"q=%41", method="POST", client=("198.51.100.9", 4000))
