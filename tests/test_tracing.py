@@ -73,8 +73,14 @@ def server_spans(exporter: Any) -> list[Any]:
     return [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
 
 
-async def call(app: Any, path: str = "/", headers: list[tuple[bytes, bytes]] = (), query: bytes = b"") -> int:
-    """Drive an ASGI app directly with raw header bytes (hostile input httpx would refuse)."""
+async def call(
+    app: Any,
+    path: str = "/",
+    headers: list[tuple[bytes, bytes]] = (),  # type: ignore[assignment]
+    query: bytes = b"",
+    client: tuple[Any, ...] = ("127.0.0.1", 50000),
+) -> int:
+    """Drive an ASGI app directly with raw header bytes or an odd scope (input httpx would refuse)."""
     sent: list[dict[str, Any]] = []
     scope = {
         "type": "http",
@@ -87,7 +93,7 @@ async def call(app: Any, path: str = "/", headers: list[tuple[bytes, bytes]] = (
         "query_string": query,
         "root_path": "",
         "headers": [(b"host", b"test"), *headers],
-        "client": ("127.0.0.1", 50000),
+        "client": client,
         "server": ("127.0.0.1", 8000),
     }
 
@@ -845,29 +851,8 @@ async def test_odd_scope_falls_back_to_neutral_attributes_and_still_reads_tracep
     """A scope the attribute scan cannot read (a one-element client) still yields a child span."""
     provider, exporter = spans
     app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
-    sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/items/1",
-        "raw_path": b"/items/1",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), (b"traceparent", TRACEPARENT.encode())],
-        "client": ("127.0.0.1",),
-        "server": ("127.0.0.1", 8000),
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 200
+    status = await call(app, "/items/1", [(b"traceparent", TRACEPARENT.encode())], client=("127.0.0.1",))
+    assert status == 200
     (span,) = exporter.get_finished_spans()
     assert format(span.context.trace_id, "032x") == TRACE_ID
     assert span.attributes["http.method"] == "GET"
