@@ -959,6 +959,8 @@ def _config_cases() -> list[Any]:
         (lambda: JWT(key=SECRET, algorithms=["HS256"], leeway=-1), "leeway"),
         (lambda: JWT(key=SECRET, algorithms=["HS256"], cache_size=-1), "cache_size"),
         (lambda: JWT(key=SECRET, algorithms=["HS256"], jwks_cache_ttl=0), "jwks_cache_ttl"),
+        (lambda: JWT(key=SECRET, algorithms=["HS256"], jwks_refresh_cooldown=0), "jwks_refresh_cooldown"),
+        (lambda: JWT(key=SECRET, algorithms=["HS256"], jwks_refresh_cooldown=10, jwks_max_backoff=5), "jwks_max_backoff"),
         (lambda: Basic(), "users"),
         (lambda: Basic(users={"a": "b"}, verify=lambda n, p: True), "users"),
         (lambda: Basic(users={"a:b": "c"}), "users"),

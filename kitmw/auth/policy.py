@@ -55,7 +55,8 @@ class AuthPolicy(Policy):
     ``request.user`` and ``request.auth.scopes`` work (under WSGI in ``environ``).
     A request let through without a caller (excluded path, admitted preflight,
     ``optional``) gets Starlette's unauthenticated user, or ``environ["kitmw.user"]``
-    ``None``, so a handler reading the user never fails.
+    ``None``, so a handler reading the user never fails. Rejected websockets are closed
+    with code 1008.
     """
 
     __slots__ = (
