@@ -133,6 +133,7 @@ def _cases() -> list[Any]:
         ("empty-signature", "hs", hs256().rsplit(".", 1)[0] + "."),
         ("header-not-an-object", "hs", hs256(b64(b"[1]"))),
         ("header-not-json", "hs", hs256(b64(b"{alg"))),
+        ("header-utf-16", "hs", hs256(b64(json.dumps(HS).encode("utf-16")))),
         ("sub-integer", "hs-email", hs256(payload={**good, "sub": 5, "email": "a@example.com"})),
         ("jti-integer", "hs", hs256(payload={**good, "jti": 5})),
         ("iss-a-substring-of-the-issuer", "hs-issuer", hs256(payload={**good, "iss": "issuer"})),

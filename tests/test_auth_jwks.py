@@ -6,6 +6,7 @@ Time is a fake clock given to the backend, so TTL and cooldown are tested withou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 import uuid
@@ -393,9 +394,9 @@ async def test_a_steady_stream_of_random_kids_neither_holds_a_rotation_back_nor_
         assert await status(app, random_kid()) == 401
         if rotated_at <= clock.now and not any(d["kid"] == "k2" for d in provider.documents):
             provider.rotate("k1", "k2")
-        if accepted_at is None and clock.now >= rotated_at:
-            if await status(app, token("k2", signer="k2", jti=str(clock.now))) == 200:
-                accepted_at = clock.now
+        new_kid = token("k2", signer="k2", jti=str(clock.now))
+        if accepted_at is None and clock.now >= rotated_at and await status(app, new_kid) == 200:
+            accepted_at = clock.now
     assert accepted_at is not None and accepted_at - rotated_at <= COOLDOWN
     assert provider.requests <= 1 + 120 / COOLDOWN  # the first fetch, then one per cooldown
 
@@ -443,7 +444,7 @@ async def test_failed_fetches_back_off_to_the_maximum_and_recover(idp: tuple[Ide
         if provider.requests > before:
             attempts.append(clock.now - start)
         clock.now += 1
-    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[:4] == [COOLDOWN, 2 * COOLDOWN, 4 * COOLDOWN, 8 * COOLDOWN]
     assert all(gap == MAX_BACKOFF for gap in gaps[4:]) and len(gaps) > 4
     jwks = backend.jwks

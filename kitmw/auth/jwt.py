@@ -75,7 +75,8 @@ def _jose_header(token: str) -> dict[str, Any]:
             raise AuthError("malformed token (not canonical base64url)")
     head = match.group(1)
     try:
-        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+        # UTF-8 (RFC 7515 §4): PyJWT's json.loads(bytes) would also take UTF-16/32.
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode())
     except (ValueError, RecursionError):
         raise AuthError("malformed token header") from None
     if not isinstance(header, dict):
