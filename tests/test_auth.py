@@ -603,6 +603,8 @@ async def test_401_lists_a_challenge_per_backend() -> None:
 
 # -- exemptions, preflight, optional ----------------------------------------------------------
 
+PREFLIGHT = {"Origin": "https://ui.example", "Access-Control-Request-Method": "GET"}
+
 
 @pytest.mark.anyio
 async def test_excluded_paths_need_no_credentials() -> None:
@@ -611,20 +613,101 @@ async def test_excluded_paths_need_no_credentials() -> None:
     assert (await get(app, "/healthz-admin")).status_code == 401
 
 
+def _fastapi_reading_the_user() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health(request: Request) -> dict[str, Any]:
+        return {"authenticated": request.user.is_authenticated, "scopes": list(request.auth.scopes)}
+
+    return app
+
+
 @pytest.mark.anyio
-async def test_cors_preflight_passes_unauthenticated() -> None:
+@pytest.mark.parametrize("how", ["add_middleware", "stack"])
+async def test_an_excluded_path_sees_an_unauthenticated_user(how: str) -> None:
+    app: Any = _fastapi_reading_the_user()
+    if how == "stack":
+        app = kitmw.stack(app, auth=hs_backend(), exclude_paths=["/health"])
+    else:
+        app.add_middleware(kitmw.Auth, backend=hs_backend(), exclude_paths=["/health"])
+    r = await get(app, "/health")
+    assert (r.status_code, r.json()) == (200, {"authenticated": False, "scopes": []})
+
+
+@pytest.mark.anyio
+async def test_a_user_set_by_a_layer_outside_is_kept_on_an_excluded_path() -> None:
+    from starlette.authentication import AuthCredentials, SimpleUser
+
+    inner = _fastapi_reading_the_user()
+    inner.add_middleware(kitmw.Auth, backend=hs_backend(), exclude_paths=["/health"])
+
+    async def outer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["user"], scope["auth"] = SimpleUser("ops"), AuthCredentials(["ops"])
+        await inner(scope, receive, send)
+
+    r = await get(outer, "/health")
+    assert r.json() == {"authenticated": True, "scopes": ["ops"]}
+
+
+def _starlette_admin(seen: list[Any]) -> Any:
+    """A Starlette app whose /admin view answers OPTIONS itself (and records who asked)."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def admin(request: Any) -> PlainTextResponse:
+        seen.append(request.user.is_authenticated)
+        return PlainTextResponse("admin data")
+
+    return Starlette(routes=[Route("/admin", admin, methods=["GET", "OPTIONS"])])
+
+
+@pytest.mark.anyio
+async def test_a_preflight_never_reaches_a_protected_view_by_default() -> None:
+    seen: list[Any] = []
+    app = kitmw.Auth(_starlette_admin(seen), backend=hs_backend())
+    r = await get(app, "/admin", headers=PREFLIGHT, method="OPTIONS")
+    assert r.status_code == 401
+    assert seen == []
+
+
+@pytest.mark.anyio
+async def test_allow_options_admits_preflights_with_an_unauthenticated_user() -> None:
+    seen: list[Any] = []
+    app = kitmw.Auth(_starlette_admin(seen), backend=hs_backend(), allow_options=True)
+    assert (await get(app, "/admin", headers=PREFLIGHT, method="OPTIONS")).status_code == 200
+    assert seen == [False]  # the explicit choice: the view runs, and knows nobody asked
+    assert (await get(app, "/admin", method="OPTIONS")).status_code == 401  # not a preflight
+
+
+@pytest.mark.anyio
+async def test_cors_middleware_outside_auth_answers_preflights_and_labels_401s() -> None:
     inner = FastAPI()
 
     @inner.get("/me")
-    async def me() -> dict[str, str]:
-        return {}
+    async def me(request: Request) -> dict[str, str]:
+        return {"id": request.user.identity}
 
-    inner.add_middleware(CORSMiddleware, allow_origins=["https://ui.example"], allow_methods=["GET"])
     inner.add_middleware(kitmw.Auth, backend=hs_backend())
-    preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "GET"}
-    r = await get(inner, headers=preflight, method="OPTIONS")
+    # Added last, so outermost: it answers preflights itself, auth never sees them.
+    inner.add_middleware(CORSMiddleware, allow_origins=["https://ui.example"], allow_headers=["Authorization"])
+    r = await get(inner, headers={**PREFLIGHT, "Access-Control-Request-Headers": "authorization"}, method="OPTIONS")
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "https://ui.example"
+    r = await get(inner, headers={"Origin": "https://ui.example"})
+    assert r.status_code == 401  # the browser can read this 401: it carries the CORS headers
+    assert r.headers["access-control-allow-origin"] == "https://ui.example"
+    r = await get(inner, headers={"Origin": "https://ui.example", **bearer(hs256())})
+    assert (r.status_code, r.json()) == (200, {"id": "alice"})
+
+
+@pytest.mark.anyio
+async def test_cors_middleware_inside_auth_gets_no_preflight_by_default() -> None:
+    inner = FastAPI()
+    inner.add_middleware(CORSMiddleware, allow_origins=["https://ui.example"], allow_methods=["GET"])
+    inner.add_middleware(kitmw.Auth, backend=hs_backend())
+    assert (await get(inner, headers=PREFLIGHT, method="OPTIONS")).status_code == 401
 
 
 @pytest.mark.anyio
@@ -633,11 +716,74 @@ async def test_plain_options_request_still_needs_credentials() -> None:
     assert (await get(app, method="OPTIONS")).status_code == 401
 
 
-@pytest.mark.anyio
-async def test_preflight_can_be_refused_with_allow_options_false() -> None:
-    app = make_app(backend=hs_backend(), allow_options=False)
-    preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "GET"}
-    assert (await get(app, headers=preflight, method="OPTIONS")).status_code == 401
+def _flask_admin(seen: list[Any]) -> Any:
+    from flask import Flask, request
+
+    app = Flask(__name__)
+
+    @app.route("/admin", methods=["GET", "OPTIONS"])
+    def admin() -> str:
+        seen.append((request.environ.get("kitmw.user"), request.environ.get("REMOTE_USER")))
+        return "admin data"
+
+    @app.route("/health")
+    def health() -> dict[str, Any]:
+        env = request.environ
+        return {"user": env["kitmw.user"], "scopes": sorted(env["kitmw.scopes"]), "remote": env.get("REMOTE_USER")}
+
+    return app
+
+
+def test_flask_a_preflight_never_reaches_a_view_that_handles_options_by_default() -> None:
+    seen: list[Any] = []
+    app = _flask_admin(seen)
+    app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=hs_backend())  # type: ignore[method-assign]
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        assert c.options("/admin", headers=PREFLIGHT).status_code == 401
+        assert seen == []
+        assert c.options("/admin", headers={**PREFLIGHT, **bearer(hs256())}).status_code == 200
+    assert len(seen) == 1 and seen[0][1] == "alice"
+
+
+def test_flask_allow_options_admits_preflights_without_a_user() -> None:
+    seen: list[Any] = []
+    app = _flask_admin(seen)
+    app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=hs_backend(), allow_options=True)  # type: ignore[method-assign]
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        assert c.options("/admin", headers=PREFLIGHT).status_code == 200
+    assert seen == [(None, None)]
+
+
+def test_flask_cors_inside_the_app_keeps_working_with_allow_options() -> None:
+    from flask import Flask, Response, request
+
+    app = Flask(__name__)
+
+    @app.get("/orders")
+    def orders() -> str:
+        return "orders"
+
+    @app.after_request
+    def cors(response: Response) -> Response:  # what flask-cors does, reduced
+        if request.headers.get("Origin") == "https://ui.example":
+            response.headers["Access-Control-Allow-Origin"] = "https://ui.example"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization"
+        return response
+
+    app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=hs_backend(), allow_options=True)  # type: ignore[method-assign]
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        r = c.options("/orders", headers=PREFLIGHT)  # Flask's automatic OPTIONS answer, no view runs
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        assert c.get("/orders", headers={"Origin": "https://ui.example"}).status_code == 401
+
+
+def test_flask_an_excluded_path_sees_no_user_in_the_environ() -> None:
+    app = _flask_admin([])
+    app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=hs_backend(), exclude_paths=["/health"])  # type: ignore[method-assign]
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+        r = c.get("/health")
+    assert (r.status_code, r.json()) == (200, {"user": None, "scopes": [], "remote": None})
 
 
 @pytest.mark.anyio
@@ -813,6 +959,8 @@ def _config_cases() -> list[Any]:
         (lambda: JWT(key=SECRET, algorithms=["HS256"], leeway=-1), "leeway"),
         (lambda: JWT(key=SECRET, algorithms=["HS256"], cache_size=-1), "cache_size"),
         (lambda: JWT(key=SECRET, algorithms=["HS256"], jwks_cache_ttl=0), "jwks_cache_ttl"),
+        (lambda: JWT(key=SECRET, algorithms=["HS256"], jwks_refresh_cooldown=0), "jwks_refresh_cooldown"),
+        (lambda: JWT(key=SECRET, algorithms=["HS256"], jwks_refresh_cooldown=10, jwks_max_backoff=5), "jwks_max_backoff"),
         (lambda: Basic(), "users"),
         (lambda: Basic(users={"a": "b"}, verify=lambda n, p: True), "users"),
         (lambda: Basic(users={"a:b": "c"}), "users"),

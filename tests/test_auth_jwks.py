@@ -6,6 +6,7 @@ Time is a fake clock given to the backend, so TTL and cooldown are tested withou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 import uuid
@@ -58,11 +59,12 @@ class IdentityProvider:
 
     async def jwks(self, request: Any) -> Response:
         self.requests += 1
+        documents, down = self.documents, self.down  # what the provider serves when asked
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.down:
+        if down:
             return JSONResponse({"error": "maintenance"}, status_code=503)
-        return JSONResponse({"keys": self.documents})
+        return JSONResponse({"keys": documents})
 
     def rotate(self, *kids: str) -> None:
         self.documents = [jwk(k) for k in kids]
@@ -330,3 +332,154 @@ def test_sync_side_keeps_keys_when_down(idp: tuple[IdentityProvider, str]) -> No
     assert policy.enter(HeaderExchange({"authorization": "Bearer " + token(jti="b")})) is None
     assert backend.jwks is not None
     assert (backend.jwks.fetches, backend.jwks.failures) == (2, 1)
+
+
+# -- rotation cannot be held back by unknown kids; the fetch rate stays bounded ---------------
+
+COOLDOWN = 5.0  # JWT's default jwks_refresh_cooldown: the bound docs/auth.md states
+MAX_BACKOFF = 60.0  # JWT's default jwks_max_backoff
+
+
+def random_kid() -> str:
+    return token(uuid.uuid4().hex)
+
+
+@pytest.mark.anyio
+async def test_a_random_kid_just_before_a_rotation_delays_the_new_kid_at_most_the_cooldown(
+    idp: tuple[IdentityProvider, str],
+) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock)  # the defaults
+    assert await status(app, token("k1")) == 200
+    clock.now += 100
+    assert await status(app, random_kid()) == 401  # the attacker's fetch, just before...
+    provider.rotate("k1", "k2")  # ...the identity provider starts signing with k2
+    attacked_at = clock.now
+    new_kid = token("k2", signer="k2")
+    while await status(app, new_kid) != 200:
+        clock.now += 0.5
+        assert clock.now - attacked_at <= COOLDOWN, "the new kid is still refused after the stated bound"
+    assert provider.requests == 3
+
+
+def test_the_sync_side_picks_up_a_rotation_within_the_cooldown(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=clock))
+
+    def enter(tok: str) -> Any:
+        return policy.enter(HeaderExchange({"authorization": "Bearer " + tok}))
+
+    assert enter(token("k1")) is None
+    clock.now += 100
+    assert enter(random_kid()) is not None
+    provider.rotate("k1", "k2")
+    clock.now += COOLDOWN
+    assert enter(token("k2", signer="k2")) is None
+    assert provider.requests == 3
+
+
+@pytest.mark.anyio
+async def test_a_steady_stream_of_random_kids_neither_holds_a_rotation_back_nor_floods_the_provider(
+    idp: tuple[IdentityProvider, str],
+) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock)
+    assert await status(app, token("k1")) == 200
+    start, rotated_at, accepted_at = clock.now, clock.now + 20.25, None
+    while clock.now < start + 120:  # two minutes, two random kids a second
+        clock.now += 0.5
+        assert await status(app, random_kid()) == 401
+        if rotated_at <= clock.now and not any(d["kid"] == "k2" for d in provider.documents):
+            provider.rotate("k1", "k2")
+        new_kid = token("k2", signer="k2", jti=str(clock.now))
+        if accepted_at is None and clock.now >= rotated_at and await status(app, new_kid) == 200:
+            accepted_at = clock.now
+    assert accepted_at is not None and accepted_at - rotated_at <= COOLDOWN
+    assert provider.requests <= 1 + 120 / COOLDOWN  # the first fetch, then one per cooldown
+
+
+@pytest.mark.anyio
+async def test_a_fetch_that_started_before_the_rotation_does_not_hold_back_its_waiters(
+    idp: tuple[IdentityProvider, str],
+) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    app = make_app(url, clock)
+    assert await status(app, token("k1")) == 200
+    clock.now += 100
+    provider.delay = 0.3  # a slow answer: still k1 only when asked
+    attacker = asyncio.ensure_future(status(app, random_kid()))
+    deadline = time.monotonic() + 5
+    while provider.requests < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert provider.requests == 2
+    provider.rotate("k1", "k2")
+    provider.delay = 0
+    clock.now += COOLDOWN + 1  # the fetch in flight started more than a cooldown ago
+    assert await status(app, token("k2", signer="k2")) == 200  # waited, then fetched again
+    assert await attacker == 401
+    assert provider.requests == 3
+
+
+@pytest.mark.anyio
+async def test_failed_fetches_back_off_to_the_maximum_and_recover(idp: tuple[IdentityProvider, str]) -> None:
+    provider, url = idp
+    clock = FakeClock()
+    registry = CollectorRegistry()
+    backend = JWT(jwks_url=url, algorithms=["RS256"], clock=clock)
+    app = FastAPI()
+    app.add_middleware(kitmw.Auth, backend=backend, registry=registry)
+    assert await status(app, token("k1")) == 404  # authenticated; this app has no /me
+    provider.down = True
+    provider.rotate("k1", "k2")
+    attempts: list[float] = []
+    start = clock.now
+    while clock.now < start + 300:
+        before = provider.requests
+        assert await status(app, token("k2", signer="k2", jti=str(clock.now))) == 401
+        assert await status(app, token("k1", jti=str(clock.now))) == 404  # the cached key still verifies
+        if provider.requests > before:
+            attempts.append(clock.now - start)
+        clock.now += 1
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[:4] == [COOLDOWN, 2 * COOLDOWN, 4 * COOLDOWN, 8 * COOLDOWN]
+    assert all(gap == MAX_BACKOFF for gap in gaps[4:]) and len(gaps) > 4
+    jwks = backend.jwks
+    assert jwks is not None and (jwks.fetches, jwks.failures) == (1 + len(attempts), len(attempts))
+    assert jwks_errors(registry) == len(attempts)
+    provider.down = False  # back up: picked up within one maximal backoff
+    recovered_at = clock.now
+    while await status(app, token("k2", signer="k2", jti=str(clock.now))) != 404:
+        clock.now += 1
+    assert clock.now - recovered_at <= MAX_BACKOFF
+    assert jwks.next_fetch_after == COOLDOWN  # a success resets the backoff
+
+
+def test_concurrent_misses_on_the_sync_side_share_one_fetch(idp: tuple[IdentityProvider, str]) -> None:
+    import threading
+
+    provider, url = idp
+    clock = FakeClock()
+    policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=clock))
+    assert policy.enter(HeaderExchange({"authorization": "Bearer " + token("k1")})) is None
+    provider.rotate("k1", "k2")
+    provider.delay = 0.3  # keeps the one fetch in flight while the other threads arrive
+    clock.now += 31
+    results: list[Any] = []
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        ex = HeaderExchange({"authorization": "Bearer " + token("k2", signer="k2", jti=str(i))})
+        barrier.wait(timeout=10)
+        results.append(policy.enter(ex))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert results == [None] * 8
+    assert provider.requests == 2

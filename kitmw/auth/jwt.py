@@ -1,24 +1,31 @@
 """Bearer JWT backend: static keys or a JWKS URL, verified by PyJWT.
 
-PyJWT checks signatures, algorithms, audience, issuer and required claims. Two things
-live here because PyJWT cannot do them with an injected clock or without blocking an
-event loop:
+PyJWT checks signatures, algorithms, audience and required claims. Three things live
+here because PyJWT cannot do them with an injected clock, without blocking an event
+loop, or the same way on every version that ``kitmw[jwt]`` admits (``PyJWT>=2.8``):
 
+* the token's shape and JOSE header are checked before PyJWT sees it (:func:`_jose_header`,
+  ``JWT._jose``), and ``iss``/``sub``/``jti`` after it, by the strictest rules any
+  admitted PyJWT applies, so every version gives the same answer (docs/auth.md lists them);
 * the time claims (``exp``, ``nbf``, ``iat``) are checked with ``clock`` (same rules as
   PyJWT: integers, ``leeway`` seconds of grace), so the verified-claims cache and the
   checks agree on what "now" is, and tests never sleep;
 * the JWKS key set is fetched with httpx on the async side (urllib in a thread when
   httpx is missing) and urllib on the sync side, cached for ``jwks_cache_ttl``, fetched
-  again on an unknown ``kid`` at most once per ``jwks_refresh_cooldown`` (a flood of
-  random kids cannot hammer the identity provider), and a failed fetch keeps the last
-  good keys (a JWKS outage never becomes an auth outage).
+  again on an unknown ``kid``: one fetch at a time (concurrent misses share it), at most
+  one per ``jwks_refresh_cooldown`` (a flood of random kids cannot hammer the identity
+  provider, nor delay a rotation by more than that), backing off up to ``jwks_max_backoff``
+  while fetches fail, and a failed fetch keeps the last good keys (a JWKS outage never
+  becomes an auth outage).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import re
 import threading
 import time
 import urllib.request
@@ -43,6 +50,109 @@ _MAX_JWKS_BYTES = 1 << 20
 _USE = 0  # use the key found (or fail without it)
 _FETCH = 1  # this caller fetches the key set
 _WAIT = 2  # another caller is fetching: wait for it
+
+#: A key and the algorithms it verifies (one when the JWK names its ``alg``).
+KeyEntry = tuple[Any, tuple[str, ...]]
+
+#: A compact JWS (RFC 7515 §7.1): three base64url segments, no padding (§2).
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
+#: The last character of a segment 2 or 3 characters past a multiple of 4 carries unused
+#: bits, which must be zero: a token then has one spelling. (PyJWT < 2.14 decodes the
+#: other spellings, and ``+``/``/``; 2.14 refuses them.)
+_LAST = {2: frozenset("AQgw"), 3: frozenset("AEIMQUYcgkosw048")}
+#: RFC 7518 §3.4: each ECDSA algorithm is defined on one curve (PyJWT >= 2.11 checks it).
+_EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", "ES256K": "secp256k1"}
+
+
+def _jose_header(token: str) -> dict[str, Any]:
+    """The JOSE header of ``token``, once its shape is one every PyJWT version reads alike."""
+    match = _COMPACT.fullmatch(token)
+    if match is None:
+        raise AuthError("malformed token")
+    for segment in match.groups():
+        extra = len(segment) % 4
+        if extra == 1 or (extra and segment[-1] not in _LAST[extra]):
+            raise AuthError("malformed token (not canonical base64url)")
+    head = match.group(1)
+    try:
+        # UTF-8 (RFC 7515 §4): PyJWT's json.loads(bytes) would also take UTF-16/32.
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode())
+    except (ValueError, RecursionError):
+        raise AuthError("malformed token header") from None
+    if not isinstance(header, dict):
+        raise AuthError("the token header is not a JSON object")
+    return header
+
+
+def _usable(pyjwt: Any, key: Any, algorithms: Iterable[str]) -> tuple[Any, tuple[str, ...], list[str]]:
+    """The public form of ``key``, the ``algorithms`` it verifies, and why others cannot.
+
+    An ECDSA key verifies only the algorithm of its curve, whatever the PyJWT version.
+    """
+    available = pyjwt.algorithms.get_default_algorithms()
+    prepared: Any = None
+    usable: list[str] = []
+    errors: list[str] = []
+    for alg in algorithms:
+        try:
+            candidate = available[alg].prepare_key(key)
+        except Exception as exc:
+            errors.append(f"{alg}: {exc}")
+            continue
+        curve = _EC_CURVES.get(alg)
+        if curve is not None and getattr(getattr(candidate, "curve", None), "name", None) != curve:
+            errors.append(f"{alg}: needs a {curve} key")
+            continue
+        usable.append(alg)
+        if prepared is None:
+            public = getattr(candidate, "public_key", None)
+            # A private key verifies through its public half.
+            prepared = public() if callable(public) else candidate
+    return prepared, tuple(usable), errors
+
+
+def _jwk_algorithm(jwk: Any) -> Any:
+    """The algorithm a ``jwt.PyJWK`` is bound to (``algorithm_name`` is PyJWT >= 2.9)."""
+    name = getattr(jwk, "algorithm_name", None)
+    if name is None:
+        table = getattr(jwk, "_algorithms", None) or {}
+        name = next((n for n, a in table.items() if a is jwk.Algorithm), None)
+    return name
+
+
+def _key_document(secret: bytes) -> str | None:
+    """What ``secret`` is if it is a key document rather than a secret (PyJWT >= 2.13
+    refuses these as HMAC secrets, older versions take them), else ``None``."""
+    try:
+        found = [json.loads(secret)]
+    except RecursionError:
+        return "deeply nested JSON"
+    except ValueError:
+        found = []
+    while found:
+        item = found.pop()
+        if isinstance(item, dict):
+            if "kty" in item:
+                return "a JWK in JSON text (pass it as a dict)"
+            found.extend(item.values())
+        elif isinstance(item, list):
+            found.extend(item)
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:  # pragma: no cover - PyJWT[crypto] brings it
+        return None
+    for load in (
+        serialization.load_der_public_key,
+        lambda data: serialization.load_der_private_key(data, password=None),
+        x509.load_der_x509_certificate,
+    ):
+        try:
+            load(secret)
+        except Exception:
+            continue
+        return "a DER-encoded key or certificate"
+    return None
 
 
 def _import_pyjwt() -> Any:
@@ -82,10 +192,21 @@ class _Inflight:
 class JWKSCache:
     """The key set behind ``jwks_url``: fetched, cached, refreshed, never wiped.
 
-    One cache per :class:`JWT` backend. ``fetches`` and ``failures`` count fetch
-    attempts; ``keys`` is the last good key set (``kid`` -> key), ``None`` before the
-    first successful fetch. Decisions are made under a short lock that is never held
-    across a fetch or an ``await``.
+    One cache per :class:`JWT` backend. A fetch starts when a token needs a key the cache
+    cannot give (none yet, an unknown ``kid``) or the set is older than ``ttl``, and only
+    if the last fetch *started* at least ``cooldown`` seconds ago, or, after ``n``
+    failed fetches in a row, ``cooldown * 2**(n-1)`` seconds ago (at most ``max_backoff``).
+    Only one fetch runs at a time; callers that need its result wait for it, sync and
+    async alike. So the identity provider sees at most one request per ``cooldown``
+    (``1 + T / cooldown`` in any ``T`` seconds) while it answers, and one per
+    ``max_backoff`` while it fails, whatever tokens arrive; and a key it publishes
+    verifies every token that arrives ``cooldown`` seconds later (plus one fetch), however
+    many unknown kids arrived in between.
+
+    ``fetches`` and ``failures`` count fetch attempts and failed ones (failures are also
+    counted in ``kitmw_storage_errors_total{component="jwks"}``); ``keys`` is the last
+    good key set (``kid`` -> (key, algorithms)), ``None`` before the first successful
+    fetch. Decisions are made under a short lock never held across a fetch or an ``await``.
     """
 
     __slots__ = (
@@ -95,8 +216,10 @@ class JWKSCache:
         "_headers",
         "_inflight",
         "_lock",
+        "_max_backoff",
         "_on_error",
         "_pyjwt",
+        "_streak",
         "_timeout",
         "_ttl",
         "attempted_at",
@@ -119,11 +242,13 @@ class JWKSCache:
         clock: Clock,
         pyjwt: Any,
         on_error: Callable[[BaseException], None],
+        max_backoff: float,
     ) -> None:
         self.url = url
         self._algorithms = algorithms
         self._ttl = ttl
         self._cooldown = cooldown
+        self._max_backoff = max_backoff
         self._timeout = timeout
         self._headers = {"Accept": "application/json", "User-Agent": "kitmw", **headers}
         self._clock = clock
@@ -131,7 +256,8 @@ class JWKSCache:
         self._on_error = on_error
         self._lock = threading.Lock()
         self._inflight: _Inflight | None = None
-        self.keys: dict[str | None, Any] | None = None
+        self._streak = 0  # failed fetches in a row
+        self.keys: dict[str | None, KeyEntry] | None = None
         self.fetched_at = 0.0
         self.attempted_at: float | None = None
         self.fetches = 0
@@ -139,7 +265,7 @@ class JWKSCache:
 
     # -- decision (no I/O) ---------------------------------------------------------------
 
-    def _find(self, kid: str | None) -> Any:
+    def _find(self, kid: str | None) -> KeyEntry | None:
         keys = self.keys
         if not keys:
             return None
@@ -148,21 +274,34 @@ class JWKSCache:
             return next(iter(keys.values())) if len(keys) == 1 else None
         return keys.get(kid)
 
-    def _plan(self, kid: str | None) -> tuple[Any, int]:
+    def _found(self, kid: str | None) -> KeyEntry | None:
+        with self._lock:
+            return self._find(kid)
+
+    @property
+    def next_fetch_after(self) -> float:
+        """Seconds after the last fetch started before another may start."""
+        streak = self._streak
+        if not streak:
+            return self._cooldown
+        return min(self._cooldown * 2.0 ** min(streak - 1, 32), self._max_backoff)
+
+    def _plan(self, kid: str | None) -> tuple[KeyEntry | None, int]:
         with self._lock:
             now = self._clock()  # read under the lock: decisions are ordered like the clock
-            key = self._find(kid)
+            entry = self._find(kid)
             # A clock that jumped backwards counts as "time is up", never as "wait longer".
-            if key is not None and 0.0 <= now - self.fetched_at < self._ttl:
-                return key, _USE
+            if entry is not None and 0.0 <= now - self.fetched_at < self._ttl:
+                return entry, _USE
             if self._inflight is not None:
                 # Someone is fetching: a stale key is good enough meanwhile, a missing one waits.
-                return key, (_USE if key is not None else _WAIT)
-            if self.attempted_at is not None and 0.0 <= now - self.attempted_at < self._cooldown:
-                return key, _USE  # stale or missing: at most one fetch per cooldown
+                return entry, (_USE if entry is not None else _WAIT)
+            attempted = self.attempted_at
+            if attempted is not None and 0.0 <= now - attempted < self.next_fetch_after:
+                return entry, _USE  # stale or missing: the fetch rate stays bounded
             self.attempted_at = now
             self.fetches += 1
-            return key, _FETCH
+            return entry, _FETCH
 
     def _start(self, future: asyncio.Future[None] | None) -> _Inflight:
         inflight = _Inflight(future)
@@ -183,8 +322,10 @@ class JWKSCache:
             if keys is not None:
                 self.keys = keys
                 self.fetched_at = self._clock()
-            else:
+                self._streak = 0
+            elif not cancelled:
                 self.failures += 1
+                self._streak += 1
             self._inflight = None
         inflight.done.set()
         if inflight.future is not None and not inflight.future.done():
@@ -194,11 +335,11 @@ class JWKSCache:
             logger.error("JWKS fetch from %s failed (%s); keeping %d cached key(s)", self.url, error, kept)
             self._on_error(error)
 
-    def _parse(self, document: Any) -> dict[str | None, Any]:
+    def _parse(self, document: Any) -> dict[str | None, KeyEntry]:
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise ValueError("not a JWKS document (no 'keys' list)")
-        pyjwk = self._pyjwt.PyJWK
-        keys: dict[str | None, Any] = {}
+        pyjwt = self._pyjwt
+        keys: dict[str | None, KeyEntry] = {}
         for jwk in document["keys"]:
             if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
                 continue
@@ -211,11 +352,14 @@ class JWKSCache:
             if kid is not None and not isinstance(kid, str):
                 continue
             try:
-                parsed = pyjwk(jwk)
+                parsed = pyjwt.PyJWK(jwk)
             except Exception:
                 continue  # one unusable key must not spoil the others
-            # With an ``alg`` the key is bound to it; without, the configured list decides.
-            keys[kid] = parsed if alg is not None else parsed.key
+            # With an ``alg`` the key is bound to it; without, the configured list decides
+            # (narrowed to what the key can verify).
+            key, usable, _ = _usable(pyjwt, parsed.key, (alg,) if alg is not None else self._algorithms)
+            if usable:
+                keys[kid] = (key, usable)
         if not keys:
             raise ValueError("the JWKS document has no usable signing key")
         return keys
@@ -231,27 +375,32 @@ class JWKSCache:
             raise ValueError("JWKS document too large")
         return json.loads(body)
 
-    def get(self, kid: str | None) -> Any:
+    def get(self, kid: str | None) -> KeyEntry | None:
         """The key for ``kid``, fetching the set if needed (blocking: sync drivers)."""
-        key, action = self._plan(kid)
-        if action == _USE:
-            return key
-        if action == _WAIT:
-            inflight = self._inflight
-            if inflight is not None:
-                inflight.done.wait(self._timeout + 1.0)
-            with self._lock:
-                return self._find(kid)
-        inflight = self._start(None)
-        document: Any = None
-        error: BaseException | None = None
-        try:
-            document = self._fetch_sync()
-        except Exception as exc:
-            error = exc
-        self._finish(inflight, document, error)
-        with self._lock:
-            return self._find(kid)
+        # Twice at most: a caller that waited for a fetch which started before its key was
+        # published may start the next one, if the rate bound allows it.
+        for _ in range(2):
+            entry, action = self._plan(kid)
+            if action == _USE:
+                return entry
+            if action == _WAIT:
+                inflight = self._inflight
+                if inflight is not None:
+                    inflight.done.wait(self._timeout + 1.0)
+                entry = self._found(kid)
+                if entry is not None:
+                    return entry
+                continue
+            inflight = self._start(None)
+            document: Any = None
+            error: BaseException | None = None
+            try:
+                document = self._fetch_sync()
+            except Exception as exc:
+                error = exc
+            self._finish(inflight, document, error)
+            break
+        return self._found(kid)
 
     # -- async side --------------------------------------------------------------------
 
@@ -273,29 +422,32 @@ class JWKSCache:
                     raise ValueError("JWKS document too large")
         return json.loads(bytes(body))
 
-    async def aget(self, kid: str | None) -> Any:
+    async def aget(self, kid: str | None) -> KeyEntry | None:
         """The key for ``kid``, fetching the set if needed without blocking the loop."""
-        key, action = self._plan(kid)
-        if action == _USE:
-            return key
-        loop = asyncio.get_running_loop()
-        if action == _WAIT:
-            inflight = self._inflight
-            if inflight is not None:
-                future = inflight.future
-                if future is not None and future.get_loop() is loop:
-                    await asyncio.shield(future)
-                else:  # fetched by another thread or loop
-                    await asyncio.to_thread(inflight.done.wait, self._timeout + 1.0)
-            with self._lock:
-                return self._find(kid)
-        inflight = self._start(loop.create_future())
-        # The fetch runs as its own task: a client that disconnects (cancelling this
-        # request) must not abort the fetch every other request is waiting for.
-        task = inflight.task = loop.create_task(self._run_fetch(inflight))
-        await asyncio.shield(task)
-        with self._lock:
-            return self._find(kid)
+        for _ in range(2):  # see get()
+            entry, action = self._plan(kid)
+            if action == _USE:
+                return entry
+            loop = asyncio.get_running_loop()
+            if action == _WAIT:
+                inflight = self._inflight
+                if inflight is not None:
+                    future = inflight.future
+                    if future is not None and future.get_loop() is loop:
+                        await asyncio.shield(future)
+                    else:  # fetched by another thread or loop
+                        await asyncio.to_thread(inflight.done.wait, self._timeout + 1.0)
+                entry = self._found(kid)
+                if entry is not None:
+                    return entry
+                continue
+            inflight = self._start(loop.create_future())
+            # The fetch runs as its own task: a client that disconnects (cancelling this
+            # request) must not abort the fetch every other request is waiting for.
+            task = inflight.task = loop.create_task(self._run_fetch(inflight))
+            await asyncio.shield(task)
+            break
+        return self._found(kid)
 
     async def _run_fetch(self, inflight: _Inflight) -> None:
         document: Any = None
@@ -338,7 +490,7 @@ class JWT(Backend):
     :param algorithms: the accepted algorithms, a list (required; ``"none"`` refused;
         HMAC and asymmetric algorithms cannot be mixed, so HS/RS confusion is impossible).
     :param audience: accepted ``aud`` value(s); ``None`` refuses tokens that carry one.
-    :param issuer: accepted ``iss`` value(s).
+    :param issuer: accepted ``iss`` value(s), compared exactly.
     :param leeway: seconds of clock skew allowed on ``exp``, ``nbf`` and ``iat``.
     :param required_claims: claims that must be present (default ``("exp",)``).
     :param scheme: the ``Authorization`` scheme (``"Bearer"``; ``""`` for a bare token).
@@ -346,8 +498,11 @@ class JWT(Backend):
     :param realm: the realm of the ``WWW-Authenticate`` challenge.
     :param principal_claim: the claim naming the caller (``"sub"``).
     :param jwks_cache_ttl: seconds a fetched key set is fresh.
-    :param jwks_refresh_cooldown: minimum seconds between two fetches (unknown ``kid``,
-        expired set or a failed fetch).
+    :param jwks_refresh_cooldown: minimum seconds between the starts of two fetches
+        (unknown ``kid`` or expired set): the identity provider's request rate, and the
+        longest a published key can be refused (see :class:`JWKSCache`).
+    :param jwks_max_backoff: after failed fetches the wait doubles from
+        ``jwks_refresh_cooldown`` up to this many seconds.
     :param jwks_timeout: seconds a fetch may take.
     :param jwks_headers: extra headers for the JWKS request.
     :param cache_size: verified tokens remembered (by the raw header value carrying
@@ -366,7 +521,7 @@ class JWT(Backend):
         "_clock",
         "_decode_options",
         "_header",
-        "_issuer",
+        "_issuers",
         "_jwks",
         "_key",
         "_leeway",
@@ -397,7 +552,8 @@ class JWT(Backend):
         realm: str = "kitmw",
         principal_claim: str = "sub",
         jwks_cache_ttl: float = 300,
-        jwks_refresh_cooldown: float = 30,
+        jwks_refresh_cooldown: float = 5,
+        jwks_max_backoff: float = 60,
         jwks_timeout: float = 2.0,
         jwks_headers: Mapping[str, str] | None = None,
         cache_size: int = 1024,
@@ -417,10 +573,13 @@ class JWT(Backend):
             self._audience: str | list[str] | None = audience
         else:
             self._audience = [str(a) for a in audience]
-        if isinstance(issuer, str) or issuer is None:
-            self._issuer: str | list[str] | None = issuer
+        # Checked here, not by PyJWT: 2.8 takes no list and 2.10.0 matches substrings.
+        if issuer is None:
+            self._issuers: frozenset[str] | None = None
+        elif isinstance(issuer, str):
+            self._issuers = frozenset((issuer,))
         else:
-            self._issuer = [str(i) for i in issuer]
+            self._issuers = frozenset(str(i) for i in issuer)
         self._leeway = _number(leeway, "leeway")
         if isinstance(required_claims, str):
             required_claims = (required_claims,)
@@ -450,7 +609,8 @@ class JWT(Backend):
             raise ConfigError(f"principal_claim: expected a claim name, got {principal_claim!r}")
         self._principal_claim = principal_claim
         ttl = _number(jwks_cache_ttl, "jwks_cache_ttl", strict=True)
-        cooldown = _number(jwks_refresh_cooldown, "jwks_refresh_cooldown")
+        cooldown = _number(jwks_refresh_cooldown, "jwks_refresh_cooldown", strict=True)
+        max_backoff = _number(jwks_max_backoff, "jwks_max_backoff", minimum=cooldown)
         timeout = _number(jwks_timeout, "jwks_timeout", strict=True)
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(f"cache_size: expected an integer >= 0, got {cache_size!r}")
@@ -468,7 +628,7 @@ class JWT(Backend):
             raise ConfigError(f"clock: expected a callable returning seconds, got {clock!r}")
         self._clock: Clock = clock or time.time
         self._registries: list[Any] = []
-        self._key: Any = None
+        self._key: KeyEntry | None = None
         self._jwks: JWKSCache | None = None
         if key is not None:
             self._key = self._prepare_key(key, symmetric)
@@ -485,6 +645,7 @@ class JWT(Backend):
                 algorithms=self._algorithms,
                 ttl=ttl,
                 cooldown=cooldown,
+                max_backoff=max_backoff,
                 timeout=timeout,
                 headers=dict(jwks_headers or {}),
                 clock=self._clock,
@@ -523,9 +684,10 @@ class JWT(Backend):
             )
         return algs
 
-    def _prepare_key(self, key: Any, symmetric: bool) -> Any:
+    def _prepare_key(self, key: Any, symmetric: bool) -> KeyEntry:
+        """The key in the form PyJWT verifies with, and the algorithms it verifies."""
         pyjwt = self._pyjwt
-        available = pyjwt.algorithms.get_default_algorithms()
+        algorithms = self._algorithms
         if isinstance(key, Mapping):
             has_alg = key.get("alg") is not None
             if key.get("kty") == "oct" and not symmetric:
@@ -537,43 +699,40 @@ class JWT(Backend):
             if not has_alg:
                 key = key.key  # no alg in the JWK: the algorithms list decides
         if isinstance(key, pyjwt.PyJWK):
-            if key.algorithm_name not in self._algorithms:
-                raise ConfigError(
-                    f"key: the JWK is for {key.algorithm_name}, not one of algorithms={list(self._algorithms)}"
-                )
-            return key
+            # Bound to its algorithm; PyJWT gets the bare key (2.8 cannot verify with a PyJWK).
+            bound = _jwk_algorithm(key)
+            if bound not in algorithms:
+                raise ConfigError(f"key: the JWK is for {bound}, not one of algorithms={list(algorithms)}")
+            algorithms = (bound,)
+            key = key.key
         if symmetric:
             if not isinstance(key, (str, bytes)):
                 raise ConfigError(
                     f"key: an HMAC algorithm needs a str or bytes secret, got {type(key).__name__}"
                 )
+            what = _key_document(key.encode() if isinstance(key, str) else key)
+            if what is not None:
+                raise ConfigError(f"key: this is {what}, which must never be used as an HMAC secret")
             try:
-                secret = available[self._algorithms[0]].prepare_key(key)
+                secret = pyjwt.algorithms.get_default_algorithms()[algorithms[0]].prepare_key(key)
             except Exception as exc:
                 raise ConfigError(
                     "key: this looks like a public key or certificate, which must never be used "
                     "as an HMAC secret (HS/RS confusion); use an RS/ES/PS/EdDSA algorithm"
                 ) from exc
-            needed = max(_HMAC_MIN_BYTES[a] for a in self._algorithms)
+            needed = max(_HMAC_MIN_BYTES[a] for a in algorithms)
             if len(secret) < needed:
                 raise ConfigError(
-                    f"key: an HMAC secret for {'/'.join(self._algorithms)} must be at least "
+                    f"key: an HMAC secret for {'/'.join(algorithms)} must be at least "
                     f"{needed} bytes (RFC 7518 section 3.2), got {len(secret)}"
                 )
-            return secret
-        errors: list[str] = []
-        for alg in self._algorithms:
-            try:
-                prepared = available[alg].prepare_key(key)
-            except Exception as exc:
-                errors.append(f"{alg}: {exc}")
-                continue
-            public = getattr(prepared, "public_key", None)
-            # A private key verifies through its public half.
-            return public() if callable(public) else prepared
-        raise ConfigError(
-            f"key: not a public key usable with algorithms={list(self._algorithms)} ({'; '.join(errors)})"
-        )
+            return secret, algorithms
+        prepared, usable, errors = _usable(pyjwt, key, algorithms)
+        if not usable:
+            raise ConfigError(
+                f"key: not a public key usable with algorithms={list(algorithms)} ({'; '.join(errors)})"
+            )
+        return prepared, usable
 
     # -- metrics ---------------------------------------------------------------------------
 
@@ -626,18 +785,26 @@ class JWT(Backend):
             raise AuthError("token too long")
         return token
 
-    def _kid(self, token: str) -> str | None:
-        try:
-            header = self._pyjwt.get_unverified_header(token)
-        except Exception as exc:
-            raise AuthError(f"malformed token: {exc}") from exc
-        # Refuse a foreign algorithm before it can cause a key-set fetch.
-        if header.get("alg") not in self._algorithms:
+    def _jose(self, token: str) -> tuple[str, str | None]:
+        """The token's ``alg`` and ``kid``, checked alike on every PyJWT version.
+
+        Before a key-set fetch and before PyJWT: a foreign ``alg`` (a string naming one of
+        ``algorithms``), a ``kid`` that is not a string (``null`` included: PyJWT < 2.12
+        accepts those) and the ``crit``/``b64`` extensions (RFC 7515 §4.1.11, RFC 7797;
+        kitmw implements none, PyJWT < 2.12 ignores ``crit``) are refused.
+        """
+        header = _jose_header(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError("algorithm not allowed")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise AuthError("malformed kid")
-        return kid  # type: ignore[no-any-return]
+        kid = None
+        if "kid" in header:
+            kid = header["kid"]
+            if not isinstance(kid, str):
+                raise AuthError("malformed kid")
+        if "crit" in header or "b64" in header:
+            raise AuthError("unsupported JWS extension")
+        return alg, kid
 
     def _cached(self, value: str, now: float) -> Principal | None:
         hit = self._cache.get(value)
@@ -662,9 +829,10 @@ class JWT(Backend):
         token = self._token(value)
         if token is None:
             return None
+        alg, kid = self._jose(token)
         jwks = self._jwks
-        key = self._key if jwks is None else jwks.get(self._kid(token))
-        return self._verify(token, key, now, value)
+        entry = self._key if jwks is None else jwks.get(kid)
+        return self._verify(token, alg, entry, now, value)
 
     async def aauthenticate(self, ex: Exchange) -> Principal | None:
         jwks = self._jwks
@@ -680,28 +848,28 @@ class JWT(Backend):
         token = self._token(value)
         if token is None:
             return None
-        key = await jwks.aget(self._kid(token))
-        return self._verify(token, key, now, value)
+        alg, kid = self._jose(token)
+        entry = await jwks.aget(kid)
+        return self._verify(token, alg, entry, now, value)
 
-    def _verify(self, token: str, key: Any, now: float, cache_key: str) -> Principal:
-        if key is None:
+    def _verify(self, token: str, alg: str, entry: KeyEntry | None, now: float, cache_key: str) -> Principal:
+        if entry is None:
             jwks = self._jwks
             if jwks is not None and jwks.keys is None:
                 raise KeysUnavailable("no JWKS key set could be fetched yet")
             raise AuthError("no key for this token's kid")
+        key, algorithms = entry
+        if alg not in algorithms:
+            raise AuthError("this key does not verify that algorithm")
         try:
             payload = self._pyjwt.decode(
-                token,
-                key,
-                algorithms=self._algorithms,
-                audience=self._audience,
-                issuer=self._issuer,
-                options=self._decode_options,
+                token, key, algorithms=algorithms, audience=self._audience, options=self._decode_options
             )
         except Exception as exc:  # whatever PyJWT raises on hostile input is a 401
             raise AuthError(f"invalid token: {exc}") from exc
         if not isinstance(payload, dict):
             raise AuthError("the payload is not a JSON object")
+        self._check_claims(payload)
         until = self._check_times(payload, now)
         identity = payload.get(self._principal_claim)
         if not isinstance(identity, str) or not identity:
@@ -716,6 +884,18 @@ class JWT(Backend):
                     pass  # another thread evicted it first
             cache[cache_key] = (principal, until)
         return principal
+
+    def _check_claims(self, payload: Mapping[str, Any]) -> None:
+        """``iss`` (exact match) and the types of ``sub``/``jti``: rules PyJWT applies
+        only from some version on (2.10 for ``sub``/``jti``, 2.10.1 for an exact ``iss``)."""
+        issuers = self._issuers
+        if issuers is not None:
+            iss = payload.get("iss")
+            if not isinstance(iss, str) or iss not in issuers:
+                raise AuthError("the iss claim is missing or not accepted")
+        for claim in ("sub", "jti"):
+            if claim in payload and not isinstance(payload[claim], str):
+                raise AuthError(f"the {claim} claim must be a string")
 
     def _check_times(self, payload: Mapping[str, Any], now: float) -> float:
         """PyJWT's exp/nbf/iat rules with ``clock``; returns until when the token is good."""

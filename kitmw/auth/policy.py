@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
-
-from starlette.authentication import UnauthenticatedUser
 
 from .._paths import PathMatcher
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
+from . import _asgi, _wsgi
 from ._base import AuthError, Backend, Principal
 
 __all__ = ["AuthPolicy"]
 
-_ANONYMOUS = UnauthenticatedUser()
+#: How each protocol tells the application "no caller" (Starlette's objects under ASGI).
+_ANONYMOUS: dict[str, Callable[[Any], None]] = {"asgi": _asgi.set_anonymous, "wsgi": _wsgi.set_anonymous}
 #: Runs of slashes: werkzeug (Flask) serves ``//admin/x`` as ``/admin/x``, so rules must too.
 _SLASHES = re.compile(r"//+")
 
@@ -41,7 +41,9 @@ class AuthPolicy(Policy):
         An authenticated caller without every required scope gets a 403.
     :param exclude_paths: paths served without authentication (health checks).
     :param allow_options: let CORS preflights (``OPTIONS`` with
-        ``Access-Control-Request-Method``) through unauthenticated.
+        ``Access-Control-Request-Method``) through unauthenticated, to any path. Off by
+        default: a view that handles ``OPTIONS`` itself would run without a caller. Keep
+        CORS working by putting the CORS middleware outside auth instead (docs/auth.md).
     :param optional: let requests without credentials through anonymously
         (``request.user.is_authenticated`` is false), except under a ``scopes`` prefix.
         Bad credentials are still a 401.
@@ -50,7 +52,10 @@ class AuthPolicy(Policy):
 
     The principal, scopes and claims land on the exchange (access log, rate-limit keys)
     and, under ASGI, in ``scope["user"]``/``scope["auth"]`` so Starlette's
-    ``request.user`` and ``request.auth.scopes`` work. Rejected websockets are closed
+    ``request.user`` and ``request.auth.scopes`` work (under WSGI in ``environ``).
+    A request let through without a caller (excluded path, admitted preflight,
+    ``optional``) gets Starlette's unauthenticated user, or ``environ["kitmw.user"]``
+    ``None``, so a handler reading the user never fails. Rejected websockets are closed
     with code 1008.
     """
 
@@ -91,7 +96,7 @@ class AuthPolicy(Policy):
         backend: Backend | Iterable[Backend],
         scopes: Mapping[str, Iterable[str]] | None = None,
         exclude_paths: Iterable[str] | str | None = (),
-        allow_options: bool = True,
+        allow_options: bool = False,
         optional: bool = False,
         registry: Any = None,
     ) -> None:
@@ -229,10 +234,7 @@ class AuthPolicy(Policy):
         if error_at >= 0:
             return self._invalid[error_at]
         if self._optional and not self._rules_for(ex):
-            if ex.protocol == "asgi":
-                # Starlette's convention for "nobody", so ``request.user`` works in handlers.
-                ex.set_user("", (), None, _ANONYMOUS)
-                ex.principal = None
+            _anonymous(ex)
             return None
         return self._missing
 
@@ -240,6 +242,7 @@ class AuthPolicy(Policy):
 
     def enter(self, ex: Exchange) -> Rejection | None:
         if self._skip(ex):
+            _anonymous(ex)
             return None
         single = self._single
         if single is not None:  # the loop below for one backend, unrolled
@@ -266,6 +269,7 @@ class AuthPolicy(Policy):
         if not self._io:
             return self.enter(ex)
         if self._skip(ex):
+            _anonymous(ex)
             return None
         error_at = -1
         for i, backend in enumerate(self._backends):
@@ -281,6 +285,14 @@ class AuthPolicy(Policy):
             if principal is not None:
                 return self._admit(ex, principal, i)
         return self._refuse(ex, error_at)
+
+
+def _anonymous(ex: Exchange) -> None:
+    """Tell the application that this request has no caller, the protocol's way."""
+    mark = _ANONYMOUS.get(ex.protocol)
+    native = ex.native
+    if mark is not None and isinstance(native, dict):
+        mark(native)
 
 
 class _SyncAuthPolicy(AuthPolicy):
