@@ -50,8 +50,9 @@ class AuthPolicy(Policy):
 
     The principal, scopes and claims land on the exchange (access log, rate-limit keys)
     and, under ASGI, in ``scope["user"]``/``scope["auth"]`` so Starlette's
-    ``request.user`` and ``request.auth.scopes`` work. Rejected websockets are closed
-    with code 1008.
+    ``request.user`` and ``request.auth.scopes`` work. A refused websocket handshake gets
+    the same 401/403 (see :class:`kitmw.asgi.Middleware` for servers without the
+    ``websocket.http.response`` extension).
     """
 
     __slots__ = (
