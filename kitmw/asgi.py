@@ -310,7 +310,8 @@ class Middleware:
             raise
         finally:
             scope.pop(_EXCHANGE_KEY, None)
-            _settle(ex)
+            if ex._gone or not ex.end_ns or not ex.status:
+                _settle(ex)
             # The exits, innermost first, inline (no coroutine unless a policy awaits).
             if ran is None:
                 for i, exit_, is_async in self._rexits:
@@ -399,8 +400,8 @@ class Middleware:
                 ex.status = 500
             raise
         finally:
-            if not ex.end_ns:
-                ex.end_ns = perf_counter_ns()
+            if ex._gone or not ex.end_ns or not ex.status:
+                _settle(ex)  # the exits here run before the outer layer's: same verdict
             await self._exit(ex, ran)
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -176,6 +176,26 @@ async def test_a_disconnect_while_the_app_still_answers_is_a_499(access: Keep, s
     assert statuses(registry) == {"499": 1.0}
 
 
+@pytest.mark.anyio
+async def test_an_inner_layer_sees_the_same_499_and_500(access: Keep, spans: Any) -> None:
+    """A stack() outside and add_middleware inside: the inner layer's exits run first."""
+    provider, _ = spans
+    outer, inner = CollectorRegistry(), CollectorRegistry()
+    api = fastapi_upload_app()
+    api.add_middleware(kitmw.Metrics, registry=inner)
+    app = stacked(api, outer, provider)
+    await call(app, [{"type": "http.request", "body": b"x" * 1024, "more_body": True}])
+    assert statuses(inner) == statuses(outer) == {"499": 1.0}
+
+    async def silent(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    outer, inner = CollectorRegistry(), CollectorRegistry()
+    app = stacked(kitmw.Metrics(silent, registry=inner), outer, provider)
+    await call(app, [{"type": "http.request", "body": b"", "more_body": False}], path="/silent")
+    assert statuses(inner) == statuses(outer) == {"500": 1.0}
+
+
 # -- an app that sends no response: 500 -----------------------------------------------------
 
 
