@@ -31,7 +31,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def starlette_app(*middleware: tuple[type, dict[str, Any]]) -> Any:
+def starlette_app(*middleware: tuple[Any, dict[str, Any]]) -> Any:
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -303,6 +303,7 @@ def test_two_access_logs_on_two_loggers_write_one_line_each_with_one_request_id(
 
 def test_two_tracing_layers_make_one_span(side: Side, spans: Any) -> None:
     provider, exporter = spans
+    app: Any
     if side.protocol == "asgi":
         app = kitmw.Tracing(
             kitmw.Tracing(starlette_app(), tracer_provider=provider), tracer_provider=provider

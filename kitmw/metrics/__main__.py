@@ -15,7 +15,10 @@ from ._exposition import multiprocess_dir, start_server
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kitmw.metrics", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m kitmw.metrics",
+        description="Serve every worker's metrics (PROMETHEUS_MULTIPROC_DIR) on a port of their own.",
+    )
     parser.add_argument("--port", type=int, default=9464, help="port to serve on (default 9464)")
     parser.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
     args = parser.parse_args(argv)

@@ -145,7 +145,7 @@ async def test_without_the_extension_a_refused_handshake_is_closed_before_accept
     async def receive() -> dict[str, Any]:
         return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Any) -> None:
         sent.append(message)
 
     scope = {
