@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Hashable
 from time import perf_counter_ns
 from typing import Any
 
@@ -18,8 +19,8 @@ from starlette.requests import ClientDisconnect
 
 from ._concerns import build_policy
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .errors import Rejection
-from .exchange import Exchange, Policy
+from .errors import NoResponse, Rejection
+from .exchange import SERVE, Exchange, Policy, _join_keys
 from .routes import django_route, starlette_route, url_map_route
 
 __all__ = [
@@ -78,7 +79,7 @@ class AsgiExchange(Exchange):
         self._start_headers: Any = None
         self._counting = False
         self._gone = False  # the client disconnected (http.disconnect seen, or send failed)
-        self._applied: frozenset[str] = frozenset()
+        self._applied: frozenset[Hashable] = frozenset()
 
     def header(self, name: str) -> str | None:
         key = name.encode("latin-1")
@@ -155,6 +156,13 @@ class Middleware:
         added headers such as ``X-Request-ID``) when nothing was sent yet, then re-raise.
         ``None`` (default) does so unless a Starlette app outside kitmw will render it
         (kitmw added with ``add_middleware``).
+
+    Websocket connections are seen only by the policies that handle them
+    (:attr:`~kitmw.exchange.Policy.handles_websocket`: auth); the others never see
+    them, whichever concerns are enabled. A refused handshake gets the policy's real
+    answer (401/403/429/503 with its headers) where the server supports the ASGI
+    ``websocket.http.response`` extension (uvicorn does), else it is closed before
+    ``accept``, which the server turns into an HTTP 403.
     """
 
     def __init__(self, app: ASGIApp, /, *policies: Policy, handle_errors: bool | None = None) -> None:
@@ -199,13 +207,19 @@ class Middleware:
         )
         self._sync_enters = None if any(a for _, a in enters) else tuple(e for e, _ in enters)
         self._count_in = any(p.counts_request_bytes for p in self.policies)
-        self._ws = any(p.handles_websocket for p in self.policies)
-        self._names = frozenset(p.name for p in self.policies)
+        self._join_keys = _join_keys(self.policies)
+        self._keys = frozenset(self._join_keys)
+        self._judges = frozenset(i for i, p in enumerate(self.policies) if p.judges_application)
+        self._ws_positions = tuple(i for i, p in enumerate(self.policies) if p.handles_websocket)
+        self._ws = bool(self._ws_positions)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "http" and not (self._ws and kind == "websocket"):
-            await self.app(scope, receive, send)
+        if kind != "http":
+            if kind == "websocket" and self._ws:
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         outer = scope.get(_EXCHANGE_KEY)
         if outer is not None:
@@ -216,12 +230,13 @@ class Middleware:
         outer_app = scope.get("app")
         ex = AsgiExchange(scope, self._url_map_app or outer_app or self.app, self._router_kind)
         scope[_EXCHANGE_KEY] = ex
-        ex._applied = self._names
+        ex._applied = self._keys
         handle_errors = self.handle_errors
         if handle_errors is None:
             handle_errors = outer_app is None and "app" not in scope
         ex.start_ns = perf_counter_ns()
         entered = 0
+        ran: list[int] | None = None  # set when the policies that ran are not a prefix
         started = False
         try:
             answer: Rejection | None = None
@@ -261,11 +276,6 @@ class Middleware:
                         ex._start_headers = message.get("headers")
                 elif kind == "http.response.pathsend":
                     ex.end_ns = perf_counter_ns()
-                elif kind == "websocket.accept":
-                    ex.status = 101
-                    started = True
-                elif kind == "websocket.close" and not started:
-                    ex.status = 403
                 try:
                     await send(message)
                 except OSError:  # ASGI 2.4 servers raise it once the client is gone
@@ -274,20 +284,25 @@ class Middleware:
                     raise
 
             if answer is not None:
-                if kind == "websocket":
-                    await _close_websocket(answer, send_wrapper)
-                else:
+                if answer is not SERVE:
                     await _send_answer(answer, ex, send_wrapper)
-                return
-            if kind == "http":
+                    return
+                # A policy answers in place of the app (/metrics): the rest still guard it.
+                ran = list(range(entered))
+                answer = await self._enter_rest(ex, entered, ran)
+                if answer is not None:
+                    await _send_answer(answer, ex, send_wrapper)
+                    return
                 receive = _counting_receive(ex, receive, self._count_in)
-            await self.app(scope, receive, send_wrapper)
+                await self._serve(self.policies[entered - 1], ex, scope, receive, send_wrapper)
+                return
+            await self.app(scope, _counting_receive(ex, receive, self._count_in), send_wrapper)
         except BaseException as exc:
             if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
                 ex.error = exc  # not the app's answer to a client that left: record it
-            if not started:
+            if not started and not ex._gone:
                 ex.status = 500
-                if handle_errors and kind == "http":
+                if handle_errors:
                     try:
                         await _send_answer(_INTERNAL_ERROR, ex, send, add=True)
                     except Exception:
@@ -295,65 +310,154 @@ class Middleware:
             raise
         finally:
             scope.pop(_EXCHANGE_KEY, None)
-            if not ex.end_ns:
-                if ex._gone:  # the client left before the response was complete
-                    ex.status = CLIENT_CLOSED
-                ex.end_ns = perf_counter_ns()
+            if ex._gone or not ex.end_ns or not ex.status:
+                _settle(ex)
             # The exits, innermost first, inline (no coroutine unless a policy awaits).
-            for i, exit_, is_async in self._rexits:
-                if i < entered:
-                    if is_async:
-                        await exit_(ex)
-                    else:
-                        exit_(ex)
+            if ran is None:
+                for i, exit_, is_async in self._rexits:
+                    if i < entered:
+                        if is_async:
+                            await exit_(ex)
+                        else:
+                            exit_(ex)
+            else:
+                await self._exit(ex, ran)
+
+    async def _enter_rest(self, ex: AsgiExchange, start: int, ran: list[int]) -> Rejection | None:
+        """After a policy returned :data:`SERVE`: the enters from ``start`` on, but not those
+        of the policies that judge the application; the first refusal is returned."""
+        enters = self._enters
+        judges = self._judges
+        for i in range(start, len(enters)):
+            if i in judges:
+                continue
+            ran.append(i)
+            enter, is_async = enters[i]
+            answer = (await enter(ex)) if is_async else enter(ex)
+            if answer is not None and answer is not SERVE:  # a second SERVE: the first answers
+                return answer  # type: ignore[no-any-return]
+        return None
+
+    async def _serve(
+        self, policy: Policy, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Send ``policy``'s answer where the application would be called.
+
+        If a kitmw layer runs inside the application (``add_middleware`` under a
+        ``stack()``), the answer is handed to it, so that its policies guard it too.
+        """
+        state = ex.state
+        if _inner_layer(self):
+            state[_SERVE_KEY] = policy
+            await self.app(scope, receive, send)
+            if state.pop(_SERVE_KEY, None) is None or ex.status:
+                return  # an inner layer took it, or the application answered itself
+        answer = await policy.arespond(ex)
+        await _send_answer(answer, ex, send)
 
     async def _join(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
         """Run this layer's policies on an outer layer's exchange; its send is already wrapped.
 
-        A concern an outer layer already applies (two Tracing layers, say) is not applied
-        twice: one span, one access record, one request id header.
+        Every policy runs, except one whose :attr:`~kitmw.exchange.Policy.join_key` an outer
+        layer already applied (the same policy object, or a second ``Metrics`` on the
+        same registry): running it again could only duplicate its output.
         """
         applied = ex._applied
-        enters, exits = self._enters, self._exits
-        if applied & self._names:
-            enters, exits = self._without(applied)
-        ex._applied = applied | self._names
-        entered = 0
+        keys = self._join_keys
+        ex._applied = applied | self._keys
+        serving: Policy | None = None
+        state = ex._state
+        if state is not None:
+            serving = state.pop(_SERVE_KEY, None)  # an outer layer's answer in place of the app
+        judges = self._judges
+        ran: list[int] = []
         try:
             answer: Rejection | None = None
-            for enter, is_async in enters:
-                entered += 1
+            for i, (enter, is_async) in enumerate(self._enters):
+                if keys[i] in applied or (serving is not None and i in judges):
+                    continue
+                ran.append(i)
                 answer = (await enter(ex)) if is_async else enter(ex)
-                if answer is not None:
+                if answer is SERVE:
+                    if serving is None:
+                        serving = self.policies[i]
+                    answer = None
+                elif answer is not None:
                     break
             if answer is not None:
-                if scope["type"] == "websocket":
-                    await _close_websocket(answer, send)
-                else:
-                    await _send_answer(answer, ex, send)
+                await _send_answer(answer, ex, send)
                 return
             if self._count_in and not ex._counting:
                 receive = _counting_receive(ex, receive)
-            await self.app(scope, receive, send)
+            if serving is not None:
+                await self._serve(serving, ex, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
         except BaseException as exc:
             if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
                 ex.error = exc  # as in __call__: a client that left is not an app error
-            if not ex.status:
+            if not ex.status and not ex._gone:
                 ex.status = 500
             raise
         finally:
-            if not ex.end_ns:
+            if ex._gone or not ex.end_ns or not ex.status:
+                _settle(ex)  # the exits here run before the outer layer's: same verdict
+            await self._exit(ex, ran)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket connection, seen only by the policies that handle websockets."""
+        outer = scope.get(_EXCHANGE_KEY)
+        if outer is None:
+            ex = AsgiExchange(scope, self._url_map_app or scope.get("app") or self.app, self._router_kind)
+            ex.start_ns = perf_counter_ns()
+            scope[_EXCHANGE_KEY] = ex
+            applied: frozenset[Hashable] = frozenset()
+        else:
+            ex = outer
+            applied = ex._applied
+        ex._applied = applied | self._keys
+        keys = self._join_keys
+        ran: list[int] = []
+
+        async def send_wrapper(message: Message) -> None:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                ex.status = 101
+            elif kind == "websocket.http.response.start":
+                ex.status = message["status"]
+            elif kind == "websocket.close" and not ex.status:
+                ex.status = 403  # closed before accept: the server answers 403
+            await send(message)
+
+        try:
+            answer: Rejection | None = None
+            for i in self._ws_positions:
+                if keys[i] in applied:
+                    continue
+                ran.append(i)
+                enter, is_async = self._enters[i]
+                answer = (await enter(ex)) if is_async else enter(ex)
+                if answer is SERVE:
+                    answer = None
+                elif answer is not None:
+                    break
+            if answer is not None:
+                await _deny_websocket(answer, ex, scope, send_wrapper)
+                return
+            await self.app(scope, receive, send_wrapper if outer is None else send)
+        except BaseException as exc:
+            if not isinstance(exc, _DISCONNECT_ERRORS):
+                ex.error = exc
+            raise
+        finally:
+            if outer is None:
+                scope.pop(_EXCHANGE_KEY, None)
                 ex.end_ns = perf_counter_ns()
-            await self._exit(ex, entered, exits)
+            await self._exit(ex, ran)
 
-    def _without(self, applied: frozenset[str]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        keep = [i for i, p in enumerate(self.policies) if p.name not in applied]
-        return tuple(self._enters[i] for i in keep), tuple(self._exits[i] for i in keep)
-
-    async def _exit(self, ex: Exchange, entered: int, exits: tuple[Any, ...] | None = None) -> None:
-        if exits is None:
-            exits = self._exits
-        for i in range(entered - 1, -1, -1):
+    async def _exit(self, ex: Exchange, ran: list[int]) -> None:
+        exits = self._exits
+        for i in reversed(ran):
             exit_, is_async = exits[i]
             if exit_ is not None:
                 if is_async:
@@ -363,14 +467,63 @@ class Middleware:
 
 
 _EXCHANGE_KEY = "kitmw.exchange"
+#: ``ex.state`` key of a policy whose answer an inner kitmw layer is to serve (SERVE).
+_SERVE_KEY = "kitmw.serve"
+_MAX_WALK = 32
 
 
 #: What an app raises because its client went away (not a fault of the app).
 _DISCONNECT_ERRORS = (OSError, ClientDisconnect, asyncio.CancelledError)
 
 
+def _settle(ex: AsgiExchange) -> None:
+    """The final status: 499 for a client that left before the response was complete
+    (whatever the framework sent after that), 500 when the app sent no response."""
+    if ex._gone:
+        ex.status = CLIENT_CLOSED
+        if not ex.end_ns:
+            ex.end_ns = perf_counter_ns()
+        return
+    if not ex.end_ns:
+        ex.end_ns = perf_counter_ns()
+    if not ex.status:
+        # The app returned without a response: the server answers 500 itself.
+        ex.status = 500
+        if ex.error is None:
+            ex.error = NoResponse()
+
+
+def _inner_layer(layer: Middleware) -> bool:
+    """True if another kitmw ASGI layer runs inside ``layer``: wrapped directly (through
+    ``.app`` chains and bound methods), or added to a Starlette/FastAPI app with
+    ``add_middleware``."""
+    seen = {id(layer)}
+    obj: Any = layer.app
+    for _ in range(_MAX_WALK):
+        if obj is None or id(obj) in seen:
+            return False
+        seen.add(id(obj))
+        if isinstance(obj, Middleware):
+            return True
+        user = getattr(obj, "user_middleware", None)  # Starlette's add_middleware list
+        if isinstance(user, list):
+            for item in user:
+                cls = getattr(item, "cls", None)
+                if isinstance(cls, type) and issubclass(cls, Middleware):
+                    return True
+        nxt = getattr(obj, "app", None)
+        if nxt is None:
+            nxt = getattr(obj, "__self__", None)
+        obj = nxt
+    return False
+
+
 def _counting_receive(ex: AsgiExchange, receive: Receive, count: bool = True) -> Receive:
-    """Count request body bytes (if ``count``) and notice a client that disconnected."""
+    """Count request body bytes (if ``count``) and notice a client that disconnected.
+
+    ``http.disconnect`` means the client left only while the response is incomplete:
+    servers also deliver it to an app that calls ``receive()`` after its response.
+    """
     if count:
         ex._counting = True
 
@@ -380,7 +533,7 @@ def _counting_receive(ex: AsgiExchange, receive: Receive, count: bool = True) ->
         if kind == "http.request":
             if count:
                 ex.bytes_in += len(message.get("body", b""))
-        elif kind == "http.disconnect":
+        elif kind == "http.disconnect" and not ex.end_ns:
             ex._gone = True
         return message
 
@@ -396,8 +549,17 @@ async def _send_answer(answer: Rejection, ex: Exchange, send: Send, *, add: bool
     await send({"type": "http.response.body", "body": answer.body})
 
 
-async def _close_websocket(answer: Rejection, send: Send) -> None:
-    # 1008 (policy violation) for auth; 1013 (try again later) for limits and breakers.
+async def _deny_websocket(answer: Rejection, ex: Exchange, scope: Scope, send: Send) -> None:
+    """Refuse a websocket handshake with the policy's own HTTP answer when the server
+    supports the ``websocket.http.response`` extension, else close before ``accept``."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = answer.header_pairs()
+        if ex.added_headers:
+            headers.extend(ex.added_headers)
+        await send({"type": "websocket.http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": answer.body})
+        return
+    # Before accept the close code never reaches the client: the server answers 403.
     code = 1008 if answer.status in (401, 403) else 1013
     await send({"type": "websocket.close", "code": code, "reason": answer.code})
 

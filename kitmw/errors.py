@@ -7,7 +7,8 @@
     ├── BreakerOpen                        a client call refused by an open breaker
     │     (the httpx drivers raise a subclass that is also httpx.TransportError)
     ├── RateLimited                        a client call refused by a rate limit
-    └── StorageError                       a limits/breaker storage could not be reached
+    ├── StorageError                       a limits/breaker storage could not be reached
+    └── NoResponse                         recorded when the app sent no response (a 500)
 
 A server-side policy never raises to refuse a request: it returns a
 :class:`Rejection`, which every driver turns into the same JSON response.
@@ -22,6 +23,7 @@ __all__ = [
     "BreakerOpen",
     "ConfigError",
     "KitmwError",
+    "NoResponse",
     "RateLimited",
     "Rejection",
     "StorageError",
@@ -102,3 +104,14 @@ class Rejection:
         ]
         pairs.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
         return pairs
+
+
+class NoResponse(KitmwError):
+    """Recorded, never raised: the application returned without sending a response.
+
+    The server answers such a request with a 500 of its own; the drivers record that 500
+    with this error, so the access log, metrics, span and breaker tell the same story.
+    """
+
+    def __init__(self, message: str = "the application returned without sending a response") -> None:
+        super().__init__(message)

@@ -13,15 +13,25 @@ policy asks for it, the per-request ``state`` dict exists only once written to.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any, ClassVar
 
 from .errors import Rejection
 
-__all__ = ["UNMATCHED", "Exchange", "Policy"]
+__all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy"]
 
 #: Route label of a request no route matched: a scan of random URLs adds one series only.
 UNMATCHED = "<unmatched>"
+
+#: Returned by :meth:`Policy.enter` to answer the exchange itself *in place of the
+#: application* (the ``/metrics`` exposition). Unlike a refusal it does not stop the
+#: policies further in: the driver runs their ``enter`` first, so auth and rate limits
+#: guard the answer like any path (a refusal of theirs wins), skips the policies that
+#: judge the application (:attr:`Policy.judges_application`, the breaker), and sends
+#: :meth:`Policy.respond` where the application would have been called. A kitmw layer
+#: inside the application (``add_middleware`` under a ``stack()``) is handed the answer
+#: so that its policies guard it too.
+SERVE = Rejection(200, "serve")
 
 
 class Exchange:
@@ -212,6 +222,23 @@ class Policy:
     handles_websocket: ClassVar[bool] = False
     #: True if the policy reads ``bytes_in`` (the driver then counts request body bytes).
     counts_request_bytes: ClassVar[bool] = False
+    #: True if the policy judges the application's own answers (the breaker): it is not
+    #: run for an exchange another policy answers in place of the application (:data:`SERVE`).
+    judges_application: ClassVar[bool] = False
+
+    @property
+    def join_key(self) -> Hashable:
+        """Two layers on one request whose policies have equal keys run only the outer one.
+
+        A request through nested kitmw layers (a ``stack()`` outside, ``add_middleware``
+        inside) is one exchange, and every layer runs its own policies on it: each
+        enforces its own configuration. Skipping a policy is only right where running it
+        again could change nothing but duplicate its output. The default key is the
+        policy object itself, so only the very same policy is skipped; observability
+        policies share a key where a second run would only duplicate (two ``Metrics`` on
+        one registry would count every request twice).
+        """
+        return self
 
     def enter(self, ex: Exchange) -> Rejection | None:
         return None
@@ -225,8 +252,30 @@ class Policy:
     async def aexit(self, ex: Exchange) -> None:
         self.exit(ex)
 
+    def respond(self, ex: Exchange) -> Rejection:
+        """The answer served in place of the application after ``enter`` returned :data:`SERVE`."""
+        raise NotImplementedError(f"{type(self).__name__} returned SERVE but has no respond()")
+
+    async def arespond(self, ex: Exchange) -> Rejection:
+        """:meth:`respond` for the async drivers (override it to keep I/O off the event loop)."""
+        return self.respond(ex)
+
     # -- helpers drivers use to skip what a policy does not override ------------------
 
     @classmethod
     def _overrides(cls, method: str) -> bool:
         return getattr(cls, method) is not getattr(Policy, method)
+
+
+def _join_keys(policies: Iterable[Policy]) -> tuple[Hashable, ...]:
+    """Each policy's :attr:`Policy.join_key` (for the drivers), checked to be hashable."""
+    keys = []
+    for policy in policies:
+        key = policy.join_key
+        try:
+            hash(key)
+        except TypeError:
+            name = type(policy).__name__
+            raise TypeError(f"{name}.join_key: expected a hashable value, got {key!r}") from None
+        keys.append(key)
+    return tuple(keys)

@@ -545,6 +545,11 @@ class TracingPolicy(_TracerMixin, Policy):
     name: ClassVar[str] = "tracing"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths",)
 
+    @property
+    def join_key(self) -> Any:
+        # A second server tracing layer on one request could only adopt the outer span.
+        return TracingPolicy
+
     def __init__(
         self,
         *,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from functools import lru_cache
 from http import HTTPStatus
 from time import perf_counter_ns
@@ -30,8 +30,8 @@ from typing import Any
 
 from ._concerns import build_policy
 from ._types import StartResponse, WSGIApp, WSGIEnviron
-from .errors import Rejection
-from .exchange import Exchange, Policy
+from .errors import NoResponse, Rejection
+from .exchange import SERVE, Exchange, Policy, _join_keys
 from .routes import django_route, flask_route
 
 __all__ = [
@@ -112,7 +112,7 @@ class WsgiExchange(Exchange):
         self._flask = flask_app
         self._django = django
         self._start_headers: list[tuple[str, str]] | None = None
-        self._applied: frozenset[str] = frozenset()
+        self._applied: frozenset[Hashable] = frozenset()
 
     def header(self, name: str) -> str | None:
         return self.environ.get(_environ_key(name))  # type: ignore[no-any-return]
@@ -243,6 +243,7 @@ class _Body:
         "_iterator",
         "_joined",
         "_mw",
+        "_ran",
         "_start_response",
         "_started",
         "_write",
@@ -260,6 +261,7 @@ class _Body:
         self._iterable: Iterable[bytes] | None = None
         self._iterator: Iterator[bytes] | None = None
         self._entered = 0
+        self._ran: list[int] | None = None  # set when the policies that ran are not a prefix
         self._joined: list[Callable[[Exchange], None]] = []
         self._started = False
         self._closed = False
@@ -384,6 +386,11 @@ class _Body:
         ex = self.ex
         if not ex.end_ns:
             ex.end_ns = perf_counter_ns()
+        if not self._started and not ex.status:
+            # The app returned without calling start_response: the server answers 500.
+            ex.status = 500
+            if ex.error is None:
+                ex.error = NoResponse()
         first: BaseException | None = None
         exits = self._mw._exits
         # Exits of inner kitmw layers that joined this exchange run first (they are inside).
@@ -393,7 +400,8 @@ class _Body:
             except BaseException as exc:
                 if first is None:
                     first = exc
-        for i in range(self._entered - 1, -1, -1):
+        ran = self._ran
+        for i in range(self._entered - 1, -1, -1) if ran is None else reversed(ran):
             exit_ = exits[i]
             if exit_ is not None:
                 try:
@@ -470,7 +478,8 @@ class Middleware:
         self._enters = tuple(p.enter for p in self.policies)
         self._exits = tuple(p.exit if type(p)._overrides("exit") else None for p in self.policies)
         self._count_in = any(p.counts_request_bytes for p in self.policies)
-        self._names = frozenset(p.name for p in self.policies)
+        self._join_keys = _join_keys(self.policies)
+        self._keys = frozenset(self._join_keys)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         ctx = contextvars.copy_context()
@@ -484,7 +493,7 @@ class Middleware:
             return self._join(outer, environ, start_response)
         ex = WsgiExchange(environ, self._flask, self._django)
         ex.start_ns = perf_counter_ns()
-        ex._applied = self._names
+        ex._applied = self._keys
         body = _Body(self, ex, ctx, start_response)
         environ[_BODY_KEY] = body
         try:
@@ -492,6 +501,8 @@ class Middleware:
                 body._entered += 1
                 answer = enter(ex)
                 if answer is not None:
+                    if answer is SERVE:
+                        return self._serve_outer(body, environ)
                     return body._answer(answer)
             if self._count_in and "wsgi.input" in environ:
                 environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
@@ -515,36 +526,103 @@ class Middleware:
             raise
         return body
 
+    def _serve_outer(self, body: _Body, environ: WSGIEnviron) -> Iterable[bytes]:
+        """A policy returned :data:`SERVE` (``/metrics``): the policies further in still
+        guard it, except those that judge the application (the breaker)."""
+        ex = body.ex
+        serving = self.policies[body._entered - 1]
+        ran = body._ran = list(range(body._entered))
+        for i in range(body._entered, len(self._enters)):
+            if self.policies[i].judges_application:
+                continue
+            ran.append(i)
+            answer = self._enters[i](ex)
+            if answer is not None and answer is not SERVE:  # a second SERVE: the first answers
+                return body._answer(answer)
+        if _inner_layer(self):
+            # A kitmw layer inside the app: its policies guard the answer too.
+            ex.state[_SERVE_KEY] = serving
+            result = self.app(environ, body.start_response)
+            if ex.state.pop(_SERVE_KEY, None) is None or body._started:
+                body._iterable = result
+                body._iterator = iter(result)
+                return body
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return body._answer(serving.respond(ex))
+
     def _join(self, outer: _Body, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         """Run this layer's policies on an outer kitmw layer's exchange.
 
         The outer layer already wraps ``start_response`` and the body and finishes the
-        exchange; this layer's exits run then, before the outer layer's. A concern an
-        outer layer already applies is not applied twice.
+        exchange; this layer's exits run then, before the outer layer's. Every policy
+        runs, except one whose :attr:`~kitmw.exchange.Policy.join_key` an outer layer
+        already applied (the same policy object, or a second ``Metrics`` on the same
+        registry): running it again could only duplicate its output.
         """
         ex = outer.ex
         applied = ex._applied
-        ex._applied = applied | self._names
-        for policy in self.policies:
-            if policy.name in applied:
+        keys = self._join_keys
+        ex._applied = applied | self._keys
+        state = ex._state
+        serving: Policy | None = None if state is None else state.pop(_SERVE_KEY, None)
+        for i, policy in enumerate(self.policies):
+            if keys[i] in applied or (serving is not None and policy.judges_application):
                 continue
             if type(policy)._overrides("exit"):
                 outer._joined.append(policy.exit)
             answer = policy.enter(ex)
+            if answer is SERVE:
+                if serving is None:
+                    serving = policy
+                continue
             if answer is not None:
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.header_pairs()]
-                start_response(_status_line(answer.status), headers)
-                return [answer.body]
+                return _answer(answer, start_response)
         if (
             self._count_in
             and "wsgi.input" in environ
             and not isinstance(environ["wsgi.input"], _CountingInput)
         ):
             environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
+        if serving is not None:
+            if _inner_layer(self):
+                ex.state[_SERVE_KEY] = serving
+                return self.app(environ, start_response)
+            return _answer(serving.respond(ex), start_response)
         return self.app(environ, start_response)
 
 
+def _answer(answer: Rejection, start_response: StartResponse) -> list[bytes]:
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.header_pairs()]
+    start_response(_status_line(answer.status), headers)
+    return [answer.body]
+
+
+def _inner_layer(layer: Middleware) -> bool:
+    """True if another kitmw WSGI layer runs inside ``layer``: wrapped directly, or through
+    a Flask app's ``wsgi_app`` and layers that keep the inner app as ``.app``/``.application``."""
+    seen = {id(layer)}
+    obj: Any = layer.app
+    for _ in range(_MAX_WALK * 2):
+        if obj is None or id(obj) in seen:
+            return False
+        seen.add(id(obj))
+        if isinstance(obj, Middleware):
+            return True
+        nxt = None
+        for attr in ("wsgi_app", "app", "application", "__self__"):
+            candidate = getattr(obj, attr, None)
+            if candidate is not None and id(candidate) not in seen:
+                nxt = candidate
+                break
+        obj = nxt
+    return False
+
+
 _BODY_KEY = "kitmw.body"
+#: ``ex.state`` key of a policy whose answer an inner kitmw layer is to serve (SERVE).
+_SERVE_KEY = "kitmw.serve"
 
 
 def _pass_file(body: _Body, result: Any) -> Iterable[bytes] | None:

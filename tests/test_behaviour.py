@@ -70,6 +70,9 @@ def starlette_app(service: Service) -> Any:
     async def stream(request: Request) -> StreamingResponse:
         return StreamingResponse(service.stream(), media_type="text/plain")
 
+    async def status(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("odd", status_code=request.path_params["code"])
+
     return Starlette(
         routes=[
             Route("/items/{item_id:int}", item),
@@ -77,6 +80,7 @@ def starlette_app(service: Service) -> Any:
             Route("/fail", fail),
             Route("/boom", boom),
             Route("/stream", stream),
+            Route("/status/{code:int}", status),
         ]
     )
 
@@ -109,6 +113,10 @@ def flask_app(service: Service) -> Any:
     def stream() -> Response:
         return Response(service.stream(), mimetype="text/plain")
 
+    @app.get("/status/<int:code>")
+    def status(code: int) -> tuple[str, int]:
+        return "odd", code
+
     return app
 
 
@@ -117,6 +125,7 @@ class Harness:
 
     protocol: str
     item_route: str
+    status_route: str
 
     def __init__(self, server: Callable[..., Any]) -> None:
         self.service = Service()
@@ -145,6 +154,7 @@ class Harness:
 class AsgiHarness(Harness):
     protocol = "asgi"
     item_route = "/items/{item_id:int}"
+    status_route = "/status/{code:int}"
 
     def __init__(self, server: Callable[..., Any], portal: Any) -> None:
         super().__init__(server)
@@ -165,6 +175,7 @@ class AsgiHarness(Harness):
 class WsgiHarness(Harness):
     protocol = "wsgi"
     item_route = "/items/<int:item_id>"
+    status_route = "/status/<int:code>"
 
     def framework_app(self) -> Any:
         return flask_app(self.service)
@@ -288,6 +299,55 @@ def test_metrics_are_served_on_the_expose_path(h: Harness, registry: CollectorRe
     r = h.get("/metrics")
     assert r.status_code == 200
     assert 'route="' + h.item_route + '"' in r.text
+
+
+def test_the_metrics_page_goes_through_auth_and_the_rate_limit(h: Harness, registry: CollectorRegistry) -> None:
+    from kitmw.auth import APIKey
+
+    h.build(
+        metrics={"registry": registry},
+        ratelimit={"limit": "5/minute", "namespace": unique("beh")},
+        auth=APIKey(keys={"key-ops": "prometheus"}),
+    )
+    anonymous = h.get("/metrics")
+    assert anonymous.status_code == 401 and "www-authenticate" in anonymous.headers
+    assert "http_server" not in anonymous.text
+    scrapes = [h.get("/metrics", headers={"X-API-Key": "key-ops"}) for _ in range(5)]
+    assert [r.status_code for r in scrapes] == [200, 200, 200, 200, 429]
+    assert 'route="<unmatched>",status="401"' not in scrapes[0].text  # the page itself is never counted
+    assert "kitmw_ratelimit_decisions_total" in scrapes[0].text
+
+
+def test_an_excluded_metrics_page_is_served_to_anyone(h: Harness, registry: CollectorRegistry) -> None:
+    from kitmw.auth import APIKey
+
+    h.build(
+        metrics={"registry": registry},
+        ratelimit={"limit": "1/minute", "namespace": unique("beh")},
+        auth=APIKey(keys={"key-ops": "prometheus"}),
+        exclude_paths=["/metrics"],
+    )
+    assert [h.get("/metrics").status_code for _ in range(3)] == [200, 200, 200]
+    assert h.get("/items/1").status_code == 401
+
+
+def test_the_breaker_never_sees_the_metrics_page(h: Harness, registry: CollectorRegistry) -> None:
+    h.build(metrics={"registry": registry}, breaker={"fail_max": 2, "reset_timeout": 600, "name": unique("beh")})
+    assert [h.get("/fail").status_code for _ in range(2)] == [500, 500]
+    assert h.get("/items/1").status_code == 503  # open
+    r = h.get("/metrics")
+    assert r.status_code == 200  # scraped while the breaker is open, and not refused
+    rejections = samples(registry, "kitmw_breaker_rejections_total")
+    assert list(rejections.values()) == [1.0]  # /items/1 only
+
+
+def test_status_codes_outside_100_599_share_one_label(h: Harness, registry: CollectorRegistry) -> None:
+    h.build(metrics={"registry": registry})
+    for code in (999, 600, 777, 999):
+        assert h.get(f"/status/{code}").status_code == code
+    h.get("/status/418")
+    statuses = {dict(k)["status"]: v for k, v in samples(registry, "http_server_requests_total").items()}
+    assert statuses == {"other": 4.0, "418": 1.0}
 
 
 # -- tracing ---------------------------------------------------------------------------

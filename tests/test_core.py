@@ -174,11 +174,22 @@ async def test_nested_layers_share_one_exchange() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_concern_applied_outside_is_not_applied_again() -> None:
+async def test_every_layer_runs_its_own_policy_of_a_concern() -> None:
     log: list[str] = []
     inner = kitmw.asgi.Middleware(hello, Recorder("inner", log))
     app = kitmw.asgi.Middleware(inner, Recorder("outer", log))  # both named "recorder"
     async with client(app) as c:
         r = await c.get("/")
     assert r.status_code == 200
-    assert log == ["enter outer", "exit outer 200 11 None"]
+    assert log == ["enter outer", "enter inner", "exit inner 200 11 None", "exit outer 200 11 None"]
+
+
+@pytest.mark.anyio
+async def test_the_same_policy_in_two_layers_runs_once() -> None:
+    log: list[str] = []
+    policy = Recorder("shared", log)
+    app = kitmw.asgi.Middleware(kitmw.asgi.Middleware(hello, policy), policy)
+    async with client(app) as c:
+        r = await c.get("/")
+    assert r.status_code == 200
+    assert log == ["enter shared", "exit shared 200 11 None"]

@@ -642,11 +642,19 @@ def test_gunicorn_conf_snippet_aggregates_worker_metrics(tmp_path: Path) -> None
     import socket
     import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    port, metrics_port = free_port(), free_port()
     prom = tmp_path / "prom"
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(prom), "WEB_CONCURRENCY": "2"}
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(prom),
+        "WEB_CONCURRENCY": "2",
+        "METRICS_PORT": str(metrics_port),
+    }
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(SNIPPETS / "gunicorn.conf.py")]
     cmd += ["--bind", f"127.0.0.1:{port}", "--chdir", str(SNIPPETS), "--log-level", "warning"]
     proc = subprocess.Popen(
@@ -669,6 +677,9 @@ def test_gunicorn_conf_snippet_aggregates_worker_metrics(tmp_path: Path) -> None
             for _ in range(4):  # whichever worker answers the scrape, the total is the same
                 text = client.get("/metrics", headers={"Connection": "close"}).text
                 assert _exposition_has(text, "http_server_requests_total", labels) == 20
+        # The master's metrics port (when_ready) shows every worker too.
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert _exposition_has(text, "http_server_requests_total", labels) == 20
         assert any(prom.iterdir())
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -613,6 +613,42 @@ def test_standalone_wsgi_metrics_app(registry: CollectorRegistry, serve_wsgi: An
     assert bad.status_code == 405
 
 
+def test_start_server_serves_the_registry_on_its_own_port(registry: CollectorRegistry) -> None:
+    instruments(registry).breaker_rejections.labels("payments").inc(3)
+    with kitmw.metrics.start_server(0, host="127.0.0.1", registry=registry) as server:
+        assert server.port > 0 and server.url == f"http://127.0.0.1:{server.port}/metrics"
+        r = httpx.get(server.url, timeout=10)
+        om = httpx.get(server.url, headers={"accept": OPENMETRICS}, timeout=10)
+        bad = httpx.post(server.url, timeout=10)
+    assert value(parse(r.text), "kitmw_breaker_rejections_total", breaker="payments") == 3
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert bad.status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        pytest.param({"port": -1}, "port", id="negative-port"),
+        pytest.param({"port": "9464"}, "port", id="string-port"),
+        pytest.param({"port": 0, "host": ""}, "host", id="empty-host"),
+        pytest.param({"port": 0, "registry": object()}, "registry", id="not-a-registry"),
+    ],
+)
+def test_start_server_rejects_bad_options(options: dict[str, Any], option: str) -> None:
+    with pytest.raises(ConfigError, match=option):
+        kitmw.metrics.start_server(**options)
+
+
+def test_client_status_outside_100_599_is_other(registry: CollectorRegistry) -> None:
+    policy = ClientMetricsPolicy(registry=registry)
+    for status in (200, 999, 600, 42):
+        ex = Exchange("GET", "/")
+        ex.status = status
+        policy.exit(ex)
+    labels = {d["status"] for d in series(samples(registry), "http_client_requests_total")}
+    assert labels == {"200", "other"}
+
+
 # -- Django --------------------------------------------------------------------------------
 
 

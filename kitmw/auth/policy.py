@@ -55,8 +55,9 @@ class AuthPolicy(Policy):
     ``request.user`` and ``request.auth.scopes`` work (under WSGI in ``environ``).
     A request let through without a caller (excluded path, admitted preflight,
     ``optional``) gets Starlette's unauthenticated user, or ``environ["kitmw.user"]``
-    ``None``, so a handler reading the user never fails. Rejected websockets are closed
-    with code 1008.
+    ``None``, so a handler reading the user never fails. A refused websocket handshake
+    gets the same 401/403 (see :class:`kitmw.asgi.Middleware` for servers without the
+    ``websocket.http.response`` extension).
     """
 
     __slots__ = (

@@ -88,6 +88,7 @@ class BreakerPolicy(Policy):
 
     name: ClassVar[str] = "breaker"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
+    judges_application: ClassVar[bool] = True  # it never sees the /metrics exposition
 
     def __new__(cls, **options: Any) -> BreakerPolicy:
         if cls is BreakerPolicy:

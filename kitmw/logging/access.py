@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from random import getrandbits
 from typing import Any, ClassVar
 
@@ -207,7 +207,15 @@ class AccessLogPolicy(Policy):
     def request_id_header(self) -> str:
         return self._header
 
+    @property
+    def join_key(self) -> Hashable:
+        # A second access log on the same logger would write every line twice.
+        return (AccessLogPolicy, self._logger)
+
     def enter(self, ex: Exchange) -> Rejection | None:
+        if ex.request_id is not None:
+            self._enter_nested(ex)
+            return None
         rid = None
         answer = None
         if self._trust:
@@ -228,6 +236,17 @@ class AccessLogPolicy(Policy):
         ex.state[_STATE] = _current.set(ex)
         return answer
 
+    def _enter_nested(self, ex: Exchange) -> None:
+        """An access log on another logger in an outer kitmw layer already set the request
+        id: keep that one (one id per request), echo it in this policy's header if that
+        is another header, and leave the log context to the outer layer."""
+        header = self._header_bytes
+        if not any(name == header for name, _ in ex.added_headers or ()):
+            ex._add_header_pair((header, ex.request_id.encode("latin-1")))  # type: ignore[union-attr]
+        state = ex.state
+        state[_STATE] = (None, state.get(_STATE))  # exit() puts the outer token back
+        return None
+
     def exit(self, ex: Exchange) -> None:
         try:
             err = ex.error
@@ -241,10 +260,13 @@ class AccessLogPolicy(Policy):
         finally:
             token = ex.state.pop(_STATE, None)
             if token is not None:
-                try:
-                    _current.reset(token)
-                except ValueError:  # exit ran in another context than enter
-                    pass
+                if type(token) is tuple:  # a nested access log: the outer layer resets
+                    ex.state[_STATE] = token[1]
+                else:
+                    try:
+                        _current.reset(token)
+                    except ValueError:  # exit ran in another context than enter
+                        pass
 
     def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
         duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0

@@ -4,8 +4,10 @@
   (what the httpx transports run);
 * :func:`instruments`: every kitmw metric of one registry, created once and shared by
   every policy (rate limit, breaker, httpx) that writes to that registry;
-* :func:`metrics_app` / :func:`metrics_wsgi_app`: the exposition on its own, to serve on
-  another port; :func:`render` for any other framework;
+* :func:`start_server`: the exposition on a separate port (``python -m kitmw.metrics``
+  runs one in a process of its own); :func:`metrics_app` / :func:`metrics_wsgi_app`:
+  the exposition as an app to mount or serve yourself; :func:`render` for any other
+  framework;
 * multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``) and :func:`gunicorn_child_exit`.
 
 Metric and label names are a public contract: see ``docs/metrics.md``.
@@ -14,24 +16,28 @@ Metric and label names are a public contract: see ``docs/metrics.md``.
 from __future__ import annotations
 
 from ._exposition import (
+    MetricsServer,
     gunicorn_child_exit,
     mark_process_dead,
     metrics_app,
     metrics_wsgi_app,
     multiprocess_dir,
     render,
+    start_server,
 )
 from ._instruments import DEFAULT_BUCKETS, DEFAULT_SIZE_BUCKETS, Instruments, instruments
-from ._policy import KNOWN_METHODS, OTHER_METHOD, ClientMetricsPolicy, MetricsPolicy
+from ._policy import KNOWN_METHODS, OTHER_METHOD, OTHER_STATUS, ClientMetricsPolicy, MetricsPolicy
 
 __all__ = [
     "DEFAULT_BUCKETS",
     "DEFAULT_SIZE_BUCKETS",
     "KNOWN_METHODS",
     "OTHER_METHOD",
+    "OTHER_STATUS",
     "ClientMetricsPolicy",
     "Instruments",
     "MetricsPolicy",
+    "MetricsServer",
     "gunicorn_child_exit",
     "instruments",
     "mark_process_dead",
@@ -39,4 +45,5 @@ __all__ = [
     "metrics_wsgi_app",
     "multiprocess_dir",
     "render",
+    "start_server",
 ]

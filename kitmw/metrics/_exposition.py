@@ -1,29 +1,37 @@
 """The ``/metrics`` exposition: content negotiation, gzip, multiprocess mode, standalone apps.
 
 One function, :func:`render`, serves every entry point: the policy's ``expose`` path,
-the standalone ASGI app (:func:`metrics_app`) and the WSGI app (:func:`metrics_wsgi_app`).
+the standalone ASGI app (:func:`metrics_app`), the WSGI app (:func:`metrics_wsgi_app`)
+and the separate metrics port (:func:`start_server`).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import socket
+import threading
 from collections.abc import Iterable
+from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from .._types import ASGIApp, Receive, Scope, Send, StartResponse, WSGIApp, WSGIEnviron
+from ..errors import ConfigError
 
 __all__ = [
+    "MetricsServer",
     "gunicorn_child_exit",
     "mark_process_dead",
     "metrics_app",
     "metrics_wsgi_app",
     "multiprocess_dir",
     "render",
+    "start_server",
 ]
 
 # Below this size gzip costs more than it saves.
@@ -176,3 +184,74 @@ def mark_process_dead(pid: int, path: str | None = None) -> None:
 def gunicorn_child_exit(server: Any, worker: Any) -> None:
     """gunicorn's ``child_exit`` hook: ``from kitmw.metrics import gunicorn_child_exit as child_exit``."""
     mark_process_dead(worker.pid)
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scraper never holds the process at exit
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line on stderr per scrape is noise
+
+
+class MetricsServer:
+    """The exposition served on its own port by :func:`start_server`, in a daemon thread."""
+
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self.thread = thread
+        self.host: str = server.server_address[0]  # type: ignore[assignment]
+        self.port: int = server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self.thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_server(
+    port: int, *, host: str = "0.0.0.0", registry: CollectorRegistry | None = None
+) -> MetricsServer:
+    """Serve the exposition on a separate port (any path, GET and HEAD), in a daemon thread.
+
+    The production pattern: the public port carries no ``/metrics`` (give the
+    ``Metrics`` policy ``expose=None``) and only the scraper can reach this one. Like
+    prometheus-client's ``start_http_server`` it binds every interface by default, so
+    a scraper on another host reaches it; keep the port off the public load balancer,
+    or pass ``host="127.0.0.1"`` for a scraper on the same host. With
+    ``PROMETHEUS_MULTIPROC_DIR`` set it shows every worker's values, so one server in
+    gunicorn's master (its ``when_ready`` hook) or in a process of its own
+    (``python -m kitmw.metrics``) serves a whole multi-process service.
+
+    :param port: TCP port; ``0`` picks a free one (read it back as ``.port``).
+    :param host: address to bind.
+    :param registry: the registry to show (default prometheus-client's ``REGISTRY``).
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port: expected a TCP port number (0 for a free one), got {port!r}")
+    if not isinstance(host, str) or not host:
+        raise ConfigError(f"host: expected an address to bind such as '0.0.0.0', got {host!r}")
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise ConfigError(f"registry: expected a prometheus_client.CollectorRegistry, got {registry!r}")
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    server = make_server(host, port, metrics_wsgi_app(registry), server_class, _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="kitmw-metrics", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread)

@@ -7,14 +7,14 @@ policy, and an exemplar dict is built only when a trace id is known.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
 from .._paths import PathMatcher
 from ..errors import ConfigError, KitmwError, Rejection
-from ..exchange import UNMATCHED, Exchange, Policy
+from ..exchange import SERVE, UNMATCHED, Exchange, Policy
 from ._exposition import render, render_async
 from ._instruments import (
     add_writer,
@@ -25,7 +25,7 @@ from ._instruments import (
     instruments,
 )
 
-__all__ = ["ClientMetricsPolicy", "MetricsPolicy"]
+__all__ = ["OTHER_STATUS", "ClientMetricsPolicy", "MetricsPolicy"]
 
 #: Methods kept as labels; anything else is counted as ``_OTHER`` (semconv's choice).
 KNOWN_METHODS: tuple[str, ...] = (
@@ -44,9 +44,13 @@ OTHER_METHOD = "_OTHER"
 _METHOD_LABEL = {m: m for m in KNOWN_METHODS}
 _EXPOSE_METHODS = frozenset(("GET", "HEAD"))
 
-# Status label tables, indexed by status code (0 = no response: counted as 500).
-_STATUS = ("500", *tuple(str(code) for code in range(1, 600)))
-_STATUS_CLASS = ("5xx", *tuple(f"{code // 100}xx" for code in range(1, 600)))
+#: Status label of every status outside 100-599: an app (or an upstream) answering with
+#: arbitrary codes cannot grow the series count.
+OTHER_STATUS = "other"
+# Status label tables, indexed by status code. 0 is an exchange that never got a
+# response: the drivers record the server's 500 for it, any other source counts as 500 too.
+_STATUS = ("500", *(str(code) if code >= 100 else OTHER_STATUS for code in range(1, 600)))
+_STATUS_CLASS = ("5xx", *(f"{code // 100}xx" if code >= 100 else OTHER_STATUS for code in range(1, 600)))
 
 _Add = Callable[[float], None]
 #: One series' writers: in-progress add, request count, request count with exemplar,
@@ -91,7 +95,7 @@ CLIENT_ERROR_LABELS = frozenset(
 def _status_label(status: int, table: tuple[str, ...]) -> str:
     if 0 <= status < 600:
         return table[status]
-    return str(status)
+    return OTHER_STATUS
 
 
 class MetricsPolicy(Policy):
@@ -102,7 +106,9 @@ class MetricsPolicy(Policy):
         apps and middleware instances.
     :param expose: path answered with the exposition (GET/HEAD; text format or
         OpenMetrics by ``Accept``, gzip by ``Accept-Encoding``); ``None`` to not serve it.
-        That path is never counted.
+        That path is never counted. It is answered where the application would be
+        called, once every other policy has let the request through (auth and rate
+        limits guard it like any path unless they exclude it); the breaker never sees it.
     :param buckets: latency histogram bounds in seconds; policies sharing a registry
         must agree on them.
     :param exclude_paths: paths neither counted nor timed (``"/health"``, ``"/static/*"``).
@@ -147,31 +153,35 @@ class MetricsPolicy(Policy):
         self._other_in_progress = self._in_progress[OTHER_METHOD]
         self._children: dict[tuple[str, str, int], _Series] = {}
 
+    @property
+    def join_key(self) -> Hashable:
+        # A second Metrics layer on the same registry would count every request twice.
+        return (MetricsPolicy, self.registry)
+
     # -- exposition --------------------------------------------------------------------
 
     @staticmethod
     def _answer(body: bytes, content_type: str, headers: list[tuple[str, str]]) -> Rejection:
         return Rejection(200, "metrics", tuple(headers), body=body, content_type=content_type)
 
+    def respond(self, ex: Exchange) -> Rejection:
+        """The exposition, rendered only once every other policy let the scrape through."""
+        return self._answer(
+            *render(self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query)
+        )
+
+    async def arespond(self, ex: Exchange) -> Rejection:
+        # Off the event loop: multiprocess mode reads every worker's files.
+        rendered = await render_async(
+            self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query
+        )
+        return self._answer(*rendered)
+
     # -- server side --------------------------------------------------------------------
 
     def enter(self, ex: Exchange) -> Rejection | None:
         if ex.path == self.expose and ex.method in _EXPOSE_METHODS:
-            return self._answer(
-                *render(self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query)
-            )
-        if self._excluded is not None and self._excluded(ex.path):
-            return None
-        self._in_progress.get(ex.method, self._other_in_progress)(1)
-        return None
-
-    async def aenter(self, ex: Exchange) -> Rejection | None:
-        if ex.path == self.expose and ex.method in _EXPOSE_METHODS:
-            # Off the event loop: multiprocess mode reads every worker's files.
-            rendered = await render_async(
-                self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query
-            )
-            return self._answer(*rendered)
+            return SERVE  # answered by respond() where the app would be called
         if self._excluded is not None and self._excluded(ex.path):
             return None
         self._in_progress.get(ex.method, self._other_in_progress)(1)

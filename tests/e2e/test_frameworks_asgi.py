@@ -298,3 +298,40 @@ async def test_non_utf8_header_bytes(built: Any, anyio_backend: str) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# -- an unhandled exception in FastAPI under stack() (issue 12, item 17) ------------------------
+
+
+def test_fastapi_renders_its_own_500_under_stack_and_kitmw_adds_the_request_id(
+    access_records: list[Any], serve_asgi: Any
+) -> None:
+    """FastAPI's ServerErrorMiddleware is inside kitmw: its text/plain 500 (or the app's own
+    handler for Exception) is what the client gets; kitmw adds X-Request-ID, records the
+    error and re-raises it to the server."""
+    from fastapi.responses import JSONResponse
+
+    registry = CollectorRegistry()
+    plain = fastapi_app()
+    handled = fastapi_app()
+
+    @handled.exception_handler(Exception)
+    async def on_error(request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": "our own 500"}, status_code=500)
+
+    for app, body, content_type in (
+        (plain, "Internal Server Error", "text/plain; charset=utf-8"),
+        (handled, '{"detail":"our own 500"}', "application/json"),
+    ):
+        access_records.clear()
+        stacked = kitmw.stack(app, access_log=True, metrics={"registry": registry})
+        with serve_asgi(stacked, lifespan="off") as server:
+            r = httpx.get(server.url + "/boom", timeout=10)
+            deadline = time.monotonic() + 5
+            while not any(r.name == "kitmw.access" for r in access_records) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert (r.status_code, r.text, r.headers["content-type"]) == (500, body, content_type)
+        (record,) = [rec for rec in access_records if rec.name == "kitmw.access"]
+        assert r.headers["x-request-id"] == record.request_id
+        assert (record.status, record.error, record.levelno) == (500, "Boom", logging.ERROR)
+    assert counts(registry)[("/boom", "500")] == 2.0

@@ -167,3 +167,47 @@ def test_uvicorn_workers_share_one_total(app_dir: Path, multiproc_dir: Path) -> 
             assert _requests_total(server.url)[("/items/{item_id}", "200")] == total
     finally:
         server.stop()
+
+
+# -- the separate metrics port (issue 12, item 3) ---------------------------------------------
+
+
+def test_a_metrics_process_beside_the_workers_shows_their_total(
+    servers: list[Uvicorn], multiproc_dir: Path
+) -> None:
+    first, second = servers
+    _drive(first.url, 4)
+    _drive(second.url, 6)
+    port = _free_port()
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir))
+    cmd = [sys.executable, "-m", "kitmw.metrics", "--port", str(port), "--host", "127.0.0.1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            with contextlib.suppress(httpx.HTTPError):
+                found = _requests_total(f"http://127.0.0.1:{port}")
+                break
+            assert time.monotonic() < deadline, "python -m kitmw.metrics did not start"
+            time.sleep(0.05)
+        assert found[("/items/{item_id}", "200")] == 10
+        assert found[("in_progress", "GET")] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_the_metrics_process_refuses_to_start_outside_multiprocess_mode() -> None:
+    env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
+    done = subprocess.run(
+        [sys.executable, "-m", "kitmw.metrics", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "PROMETHEUS_MULTIPROC_DIR" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -125,7 +125,12 @@ def make_app(registry: CollectorRegistry) -> Any:
     return kitmw.stack(
         api,
         metrics={"registry": registry},
-        ratelimit={"limit": "5/minute", "namespace": f"prom-{uuid.uuid4().hex[:8]}"},
+        # /metrics goes through the rate limit like any path: the scraper's one is exempt.
+        ratelimit={
+            "limit": "5/minute",
+            "namespace": f"prom-{uuid.uuid4().hex[:8]}",
+            "exclude_paths": ["/metrics"],
+        },
         breaker={"name": f"prom-{uuid.uuid4().hex[:8]}"},
     )
 

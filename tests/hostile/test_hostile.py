@@ -1240,6 +1240,7 @@ def test_metrics_exposition_under_hostile_negotiation(harness: Harness) -> None:
         hdrs = [
             (b"accept", accept.encode("latin-1", "replace")),
             (b"accept-encoding", encoding.encode("latin-1", "replace")),
+            BEARER,  # /metrics is behind the stack's auth like any path: an authorized scraper
         ]
         result = harness.call(
             Request(method=method, path="/metrics", headers=hdrs, query=query), statuses=frozenset({200})
