@@ -36,6 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from . import errors
+from ._concerns import check_options, construct
 from .balance import Balancer, Instance, origin_key
 from .errors import ConfigError, Rejection
 from .exchange import Exchange, Policy
@@ -276,6 +277,7 @@ def _make_breakers(value: Any, lib: Binding, registry: Any) -> _Breakers | None:
     if registry is not None and "registry" not in options:
         options["registry"] = registry
     breaker_cls = importlib.import_module(".breaker", __package__).Breaker
+    check_options("breaker", breaker_cls, options, extra=("failure", "max_origins", "name"), supplied=("name",))
 
     def factory(key: str) -> Any:
         return breaker_cls(name=f"{prefix}:{key}", **options)
@@ -353,6 +355,7 @@ def _make_limit(value: Any, registry: Any) -> _Limit | None:
         if registry is not None:
             options.setdefault("registry", registry)
         limiter_cls = importlib.import_module(".ratelimit", __package__).Limiter
+        check_options("ratelimit", limiter_cls, options, extra=("key", "max_wait", "mode", "sleep"))
         try:
             limiter = limiter_cls(**options)
         except TypeError as exc:  # an unknown option
@@ -381,7 +384,7 @@ def _make_policy(option: str, module: str, attr: str, value: Any) -> Policy | No
     else:
         raise ConfigError(f"{option}: expected True, a dict of options or a kitmw policy, got {value!r}")
     policy_cls = getattr(importlib.import_module(module, __package__), attr)
-    return policy_cls(**options)  # type: ignore[no-any-return]
+    return construct(option, policy_cls, options)  # type: ignore[no-any-return]
 
 
 def _make_retry(value: Any) -> Retry | None:
@@ -394,7 +397,7 @@ def _make_retry(value: Any) -> Retry | None:
     if isinstance(value, int):
         return Retry(attempts=value)
     if isinstance(value, Mapping):
-        return Retry(**value)
+        return construct("retry", Retry, value)  # type: ignore[no-any-return]
     raise ConfigError(
         f"retry: expected True, an attempt count, a dict of options or a kitmw.retry.Retry, got {value!r}"
     )

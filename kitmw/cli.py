@@ -54,7 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the guided tour of every concern (exits by itself)")
     demo.add_argument("--serve", action="store_true", help="keep the demo service running")
     demo.add_argument("--redis", metavar="URL", help="keep rate limits and breaker state in Redis")
-    demo.add_argument("--port", type=int, default=0, help="first port to serve on (default: free)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port to serve on, on 127.0.0.1; the tour also uses the next one (default: a free port)",
+    )
     demo.set_defaults(func=_demo)
 
     bench = sub.add_parser("bench", help="measure per-request overhead in-process")

@@ -98,10 +98,27 @@ def _short(value: Any) -> str:
     return "-" if not value else str(value)[:12] + "…"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class PortBusy(Exception):
+    """A port asked for with ``--port`` cannot be bound on 127.0.0.1."""
+
+    def __init__(self, port: int, reason: str) -> None:
+        super().__init__(
+            f"kitmw demo: cannot serve on 127.0.0.1:{port}: {reason}; "
+            "choose another with --port, or leave --port out for a free port"
+        )
+
+
+def _listen(port: int) -> socket.socket:
+    """A socket bound on 127.0.0.1 (``port`` 0: a free port), handed to uvicorn as is:
+    the port is known before the server starts and no other process can take it between."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise PortBusy(port, exc.strerror or str(exc)) from None
+    return sock
 
 
 def build_service(
@@ -160,10 +177,11 @@ def _token(secret: str, subject: str) -> str:
 
 
 class _Instance:
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, sock: socket.socket) -> None:
         import uvicorn
 
-        self.port = port
+        self.sock = sock
+        self.port = port = int(sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
             app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
@@ -172,7 +190,7 @@ class _Instance:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or self.task.done():
@@ -223,7 +241,7 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
         log.propagate = False
 
     narrator.step("two instances of addsvc (Sum, Concat) behind kitmw.stack()")
-    ports = (port, port + 1) if port else (_free_port(), _free_port())
+    sockets = [_listen(port), _listen(port + 1 if port else 0)]
     registries = (REGISTRY, CollectorRegistry())
     instances = [
         _Instance(
@@ -234,7 +252,7 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
                 registry=registries[n],
                 redis=redis,
             ),
-            ports[n],
+            sockets[n],
         )
         for n in range(2)
     ]
@@ -376,11 +394,11 @@ async def _serve(narrator: Narrator, redis: str | None, port: int) -> int:
 
     provider = TracerProvider()  # trace ids in every log line; add an OTLP exporter in production
     secret = secrets.token_urlsafe(32)
+    sock = _listen(port)  # before logging is configured: a busy port is one line, no traceback
     kitmw.logging.configure(format="logfmt")
-    port = port or 8000
     instance = _Instance(
         build_service(instance="i1", secret=secret, tracer_provider=provider, registry=REGISTRY, redis=redis),
-        port,
+        sock,
     )
     await instance.start()
     token = _token(secret, "demo-user")
@@ -412,3 +430,6 @@ def run_demo(*, serve: bool = False, redis: str | None = None, port: int = 0) ->
         return asyncio.run(_serve(narrator, redis, port) if serve else _tour(narrator, redis, port))
     except KeyboardInterrupt:
         return 0
+    except PortBusy as exc:
+        print(exc, file=sys.stderr)
+        return 1

@@ -1,19 +1,27 @@
 """Route templates from the frameworks' own routers, feature-detected, never the raw path.
 
-* Starlette / FastAPI: ``scope["route"]`` after dispatch; under a ``Mount`` (whose prefix
-  may itself hold parameters) the mount chain is re-matched from the root router.
-  Before dispatch (a rate limit per route) the same walk predicts the route.
+* Starlette / FastAPI: ``scope["route"]`` after dispatch; otherwise (under a ``Mount``,
+  whose prefix may itself hold parameters, or before dispatch, for a rate limit per
+  route) the route tree is walked from the outermost router the request went through
+  (``scope["router"]``), else from the app kitmw wraps, with the ``root_path`` the
+  server gave. So kitmw added to a mounted sub-app labels ``/api/items/{item_id}``, as
+  kitmw around the whole app does. A ``Mount`` of an app that has no routes (StaticFiles,
+  a raw ASGI or a mounted WSGI app) is labelled with its mount path, as
+  starlette_exporter does; a sub-router that matches nothing leaves the request
+  unmatched. FastAPI's ``include_router()`` branches are walked through their effective
+  route contexts (prefixed routes, websocket routes and mounts).
 * Django: ``django.urls.resolve`` on the path (the resolver is pure computation).
 * Flask (WSGI): the app's ``url_map`` bound to the environ.
 
-Results of walks are cached per (router, method, path) in a bounded cache, so a scan of
-random URLs cannot grow memory.
+Results of walks are cached per (router, type, method, root_path, path) in one bounded
+cache, so a scan of random URLs cannot grow memory.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 __all__ = ["RouteCache", "django_route", "flask_route", "starlette_route", "url_map_route"]
@@ -22,15 +30,18 @@ _MAX_CACHE = 2048
 
 
 class RouteCache:
-    """A small bounded LRU keyed by (router id, method, path)."""
+    """A small bounded LRU: the least recently used entry goes first."""
 
     __slots__ = ("_data", "_max")
 
     def __init__(self, max_entries: int = _MAX_CACHE) -> None:
-        self._data: OrderedDict[tuple[int, str, str], str | None] = OrderedDict()
+        self._data: OrderedDict[Any, Any] = OrderedDict()
         self._max = max_entries
 
-    def get(self, key: tuple[int, str, str], compute: Callable[[], str | None]) -> str | None:
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
         data = self._data
         try:
             value = data[key]
@@ -43,8 +54,26 @@ class RouteCache:
         data.move_to_end(key)
         return value
 
+    def lookup(self, key: Any) -> Any:
+        """The value stored under ``key`` (now the most recently used), or None."""
+        data = self._data
+        value = data.get(key)
+        if value is not None:
+            data.move_to_end(key)
+        return value
+
+    def store(self, key: Any, value: Any) -> None:
+        data = self._data
+        data[key] = value
+        data.move_to_end(key)
+        if len(data) > self._max:
+            data.popitem(last=False)
+
 
 _cache = RouteCache()
+#: Starlette walks: (id(owner), ...) -> (weak reference to the owner, template). The
+#: reference tells a hit from an entry left by a freed router whose id was reused.
+_walks = RouteCache()
 
 
 def _routes_of(app: Any) -> list[Any] | None:
@@ -62,13 +91,40 @@ def _routes_of(app: Any) -> list[Any] | None:
     return None
 
 
+def _candidates(routes: list[Any]) -> Iterator[Any]:
+    """The routes as the router matches them: FastAPI's ``include_router()`` branches
+    (``_IncludedRouter``, no ``path``) give way to their effective route contexts, whose
+    Starlette route (a prefixed copy of a websocket route, ``Route`` or ``Mount``) or
+    the context itself (an ``APIRoute``'s, with the prefixed template) is matchable."""
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts) and not isinstance(getattr(route, "path", None), str):
+            try:
+                found = list(contexts())
+            except Exception:
+                continue
+            for ctx in found:
+                starlette = getattr(ctx, "starlette_route", None)
+                yield ctx if starlette is None else starlette
+        else:
+            yield route
+
+
+def _mounted_routes(mount: Any) -> list[Any] | None:
+    """The routes of the app under a ``Mount`` (through its middleware), or None."""
+    routes = getattr(mount, "routes", None)
+    if isinstance(routes, list) and routes:
+        return routes
+    return _routes_of(getattr(mount, "_base_app", None) or getattr(mount, "app", None)) or None
+
+
 def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
     try:
         from starlette.routing import Match
     except ImportError:  # pragma: no cover - starlette is a dependency
         return None
     partial: str | None = None
-    for route in routes:
+    for route in _candidates(routes):
         try:
             match, child = route.matches(scope)
         except Exception:
@@ -77,50 +133,29 @@ def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
             continue
         path = getattr(route, "path", None)
         if not isinstance(path, str):
-            contexts = getattr(route, "effective_route_contexts", None)
-            if callable(contexts):
-                # FastAPI wraps include_router() routers in an _IncludedRouter (no path);
-                # its effective route contexts carry the full, prefixed templates.
-                found = _walk_contexts(contexts(), scope, Match)
-                if found is not None:
-                    if found[1]:
-                        return found[0]
-                    if partial is None:
-                        partial = found[0]
             continue
-        inner_routes = getattr(route, "routes", None)
-        if inner_routes is not None and "root_path" in child:  # a Mount
-            sub = dict(scope)
-            sub.update(child)
-            inner = _walk(list(inner_routes), sub)
-            if inner is None:
-                continue
-            template = path.rstrip("/") + inner
-        else:
+        if "root_path" in child:  # a Mount (its path has no trailing slash)
+            inner_routes = _mounted_routes(route)
+            if inner_routes is None:
+                # An app without routes (StaticFiles, raw ASGI, WSGI): the mount path
+                # names it, as in starlette_exporter.
+                template = path or "/"
+            else:
+                sub = dict(scope)
+                sub.update(child)
+                inner = _walk(inner_routes, sub)
+                if inner is None:
+                    continue  # nothing under the mount matched: a 404 scan stays unmatched
+                template = path + inner
+        elif path:
             template = path
+        else:
+            continue
         if match is Match.FULL:
             return template
         if partial is None:
             partial = template  # method mismatch: still the route the path names
     return partial
-
-
-def _walk_contexts(contexts: Any, scope: dict[str, Any], match_enum: Any) -> tuple[str, bool] | None:
-    """(template, full match) of the first FastAPI effective route context matching ``scope``."""
-    partial: str | None = None
-    for ctx in contexts:
-        try:
-            match, _ = ctx.matches(scope)
-        except Exception:
-            continue
-        template = getattr(ctx, "path_format", None) or getattr(ctx, "path", None)
-        if match is match_enum.NONE or not isinstance(template, str):
-            continue
-        if match is match_enum.FULL:
-            return template, True
-        if partial is None:
-            partial = template
-    return None if partial is None else (partial, False)
 
 
 def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
@@ -138,33 +173,43 @@ def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
 
 
 def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
-    """Template of the Starlette/FastAPI route that handles (or will handle) ``scope``."""
+    """Template of the Starlette/FastAPI route that handles (or will handle) ``scope``.
+
+    ``root`` is the app kitmw wraps (or the app that added kitmw as a middleware); the
+    walk starts from ``scope["router"]`` instead when a router outside it already saw
+    the request, so the mount prefixes are templated too.
+    """
     route = scope.get("route")
+    app_root = scope.get("app_root_path")
     if route is not None and getattr(route, "routes", None) is None:
         path = getattr(route, "path", None)
-        if isinstance(path, str):
-            app_root = scope.get("app_root_path")
-            if app_root is None or scope.get("root_path", "") == app_root:
-                # not under a Mount: the route's own template is complete, unless FastAPI
-                # reached it through include_router() and prefixed it
-                return _fastapi_effective_path(scope, route) or path
-    routes = _routes_of(scope.get("app") if root is None else root)
+        if isinstance(path, str) and path and (app_root is None or scope.get("root_path", "") == app_root):
+            # not under a Mount: the route's own template is complete, unless FastAPI
+            # reached it through include_router() and prefixed it
+            return _fastapi_effective_path(scope, route) or path
+    owner = scope.get("router")
+    if owner is None:
+        owner = scope.get("app") if root is None else root
+    routes = _routes_of(owner)
     if routes is None:
         return None
+    kind = scope.get("type", "http")
     method = scope.get("method", "")
-    key = (id(routes), method, scope.get("path", ""))
-
-    def compute() -> str | None:
-        probe = {
-            "type": scope.get("type", "http"),
-            "path": scope.get("path", ""),
-            "root_path": scope.get("app_root_path", "") if "app_root_path" in scope else "",
-            "method": method,
-            "headers": [],
-        }
-        return _walk(routes, probe)
-
-    return _cache.get(key, compute)
+    path = scope.get("path", "")
+    # The root the walk starts from: the server's (a proxy prefix), which a Mount keeps
+    # as app_root_path while it moves root_path on.
+    root_path = app_root if app_root is not None else scope.get("root_path", "")
+    key = (id(owner), kind, method, root_path, path)
+    entry = _walks.lookup(key)
+    if entry is not None and entry[0]() is owner:  # else a miss, or a freed router's id reused
+        return entry[1]  # type: ignore[no-any-return]
+    probe = {"type": kind, "path": path, "root_path": root_path, "method": method, "headers": []}
+    template = _walk(routes, probe)
+    try:
+        _walks.store(key, (weakref.ref(owner), template))
+    except TypeError:  # not weak-referenceable: not cached rather than risk a stale hit
+        pass
+    return template
 
 
 def django_route(path: str) -> str | None:
@@ -185,7 +230,8 @@ def django_route(path: str) -> str | None:
         return "/" + str(route).lstrip("^").rstrip("$")
 
     urlconf = get_urlconf() or getattr(settings, "ROOT_URLCONF", "")
-    return _cache.get((hash(str(urlconf)), "django", path), compute)
+    template: str | None = _cache.get((hash(str(urlconf)), "django", path), compute)
+    return template
 
 
 def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:

@@ -13,10 +13,11 @@ Server order, outermost first, and why:
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from ._concerns import CONCERNS, policy_class
+from ._concerns import CONCERNS, build_policy, policy_class
 from .errors import ConfigError
 from .exchange import Policy
 
@@ -36,9 +37,9 @@ def _options(name: str, value: Any) -> dict[str, Any]:
     if name == "auth" and value is not None and not isinstance(value, (bool, str, int, float)):
         return {"backend": value}  # a backend, or a list of backends
     raise ConfigError(
-        f"{name}: expected True, a dict of options"
+        f"{name}: expected "
+        + ("a backend, a list of backends, a dict of options" if name == "auth" else "True, a dict of options")
         + (", a rate string" if name == "ratelimit" else "")
-        + (", a backend or a list of backends" if name == "auth" else "")
         + f" or a policy, got {value!r}"
     )
 
@@ -49,9 +50,14 @@ def build_policies(concerns: Mapping[str, Any], *, shared: Mapping[str, Any] | N
     ``shared`` options (``exclude_paths``, ``registry``) are given to every policy that
     accepts them unless that concern's own options set them.
     """
-    unknown = set(concerns) - set(CONCERNS)
+    unknown = sorted(set(concerns) - set(CONCERNS))
     if unknown:
-        raise ConfigError(f"unknown concern(s): {', '.join(sorted(unknown))}")
+        close = difflib.get_close_matches(unknown[0], list(CONCERNS), n=1)
+        raise ConfigError(
+            f"unknown concern(s): {', '.join(unknown)}"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" (concerns: {', '.join(CONCERNS)})"
+        )
     policies: list[Policy] = []
     registry = None
     for name in CONCERNS:
@@ -69,7 +75,7 @@ def build_policies(concerns: Mapping[str, Any], *, shared: Mapping[str, Any] | N
                 options[key] = shared_value
         if registry is not None and "registry" in accepted and "registry" not in options:
             options["registry"] = registry  # one registry for every kitmw metric
-        policy = policy_cls(**options)
+        policy = build_policy(name, options)
         if name == "metrics":
             registry = getattr(policy, "registry", None)
         policies.append(policy)
@@ -104,6 +110,10 @@ def stack(
     A concern left out is off. ``exclude_paths`` applies to every concern that does not
     set its own. ``protocol`` forces ``"asgi"`` or ``"wsgi"``.
     """
+    if app is None or not callable(app):
+        raise ConfigError(
+            f"app: expected the ASGI or WSGI application to wrap, as in stack(app, metrics=True), got {app!r}"
+        )
     if protocol not in (None, "asgi", "wsgi"):
         raise ConfigError(f"protocol: expected 'asgi', 'wsgi' or None, got {protocol!r}")
     concerns = {

@@ -16,6 +16,12 @@ one. When kitmw wraps a FastAPI app from outside, it marks the scope the way Fas
 marks requests it excludes, so FastAPI's own layer steps aside: exactly one server
 span per request either way.
 
+With no ``traceparent`` the current context is the parent (contrib's rule), so a span
+another layer made current is continued, not cut off: kitmw's span is then INTERNAL
+when the current span is a SERVER span it could not adopt, so a request still has one
+SERVER span. ``OTEL_PYTHON_EXCLUDED_URLS`` (and its ``_ASGI_`` / ``_WSGI_`` variants) and
+``suppress_http_instrumentation()`` are honoured as contrib's instrumentations honour them.
+
 :class:`ClientTracingPolicy` (httpx driver) starts a CLIENT span per outgoing request
 as a child of the current span and injects ``traceparent`` into the request.
 """
@@ -31,7 +37,6 @@ from urllib.parse import unquote, urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
-from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import Getter, Setter, TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -42,6 +47,12 @@ try:  # a dependency of opentelemetry-instrumentation-asgi, itself a kitmw depen
 except ImportError:  # pragma: no cover
     detect_synthetic_user_agent = None  # type: ignore[assignment]
     redact_url = None  # type: ignore[assignment]
+try:  # opentelemetry-instrumentation, a dependency of opentelemetry-instrumentation-asgi
+    from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
+except ImportError:  # pragma: no cover
+
+    def is_http_instrumentation_enabled() -> bool:
+        return True
 
 from ._paths import PathMatcher
 from .errors import ConfigError, Rejection
@@ -422,6 +433,33 @@ def _status_attributes(status: int, sc: _Semconv) -> tuple[dict[str, Any], bool]
     return attrs, error
 
 
+def _excluded_urls(instrumentation: str) -> Any:
+    """contrib's ``get_excluded_urls(instrumentation)`` (``OTEL_PYTHON_<I>_EXCLUDED_URLS``, else
+    ``OTEL_PYTHON_EXCLUDED_URLS``: comma-separated regexes searched in the full URL), or
+    ``None`` when neither is set, so the URL is never built for nothing."""
+    generic = os.environ.get("OTEL_PYTHON_EXCLUDED_URLS", "")
+    if not os.environ.get(f"OTEL_PYTHON_{instrumentation}_EXCLUDED_URLS", generic):
+        return None
+    from opentelemetry.util.http import get_excluded_urls
+
+    return get_excluded_urls(instrumentation)
+
+
+def _full_url(ex: Exchange, native: Any, on_asgi: bool) -> str:
+    """The URL contrib's middlewares match excluded URLs against: scheme, host, path, no query."""
+    if on_asgi:
+        from opentelemetry.instrumentation import asgi
+
+        contrib: Any = asgi  # untyped
+        url: str = contrib.get_host_port_url_tuple(native)[2]
+        return url
+    if isinstance(native, dict) and "wsgi.url_scheme" in native:
+        from wsgiref.util import request_uri
+
+        return request_uri(native, include_query=False)
+    return f"{ex.scheme}://{ex.host}{ex.path}"
+
+
 def _span_method(method: str) -> str:
     return method if method in _KNOWN_METHODS else "HTTP"
 
@@ -486,8 +524,6 @@ class _Adopted:
 
 
 _NOT_LOADED = object()
-#: The Context a propagator extracts from a request without its headers (immutable).
-_EMPTY_CONTEXT = Context()
 _ADOPTED_FASTAPI = _Adopted(True)
 _ADOPTED_OTHER = _Adopted(False)
 
@@ -530,6 +566,7 @@ class TracingPolicy(_TracerMixin, Policy):
         "_all_methods",
         "_attr_cache",
         "_exclude",
+        "_excluded_urls",
         "_prop",
         "_propagator",
         "_provider",
@@ -570,6 +607,12 @@ class TracingPolicy(_TracerMixin, Policy):
         self._provider = tracer_provider
         self._tracer: Any = None
         self._exclude = PathMatcher(exclude_paths)
+        # OTEL_PYTHON_{ASGI,WSGI}_EXCLUDED_URLS / OTEL_PYTHON_EXCLUDED_URLS, read once, as contrib does
+        self._excluded_urls: dict[str, Any] = {
+            protocol: found
+            for protocol, name in (("asgi", "ASGI"), ("wsgi", "WSGI"))
+            if (found := _excluded_urls(name)) is not None
+        }
         self._propagator = propagator
         self.record_exceptions = record_exceptions
         self.server_request_hook = server_request_hook
@@ -589,13 +632,23 @@ class TracingPolicy(_TracerMixin, Policy):
     def enter(self, ex: Exchange) -> Rejection | None:
         native = ex.native
         on_asgi = ex.protocol == "asgi" and native is not None
-        if self._exclude and self._exclude(ex.path):
+        ctx = otel_context.get_current()  # empty (falsy) at the start of a served request
+        if (
+            (self._exclude and self._exclude(ex.path))
+            or (self._excluded_urls and self._url_excluded(ex, native, on_asgi))
+            or (ctx and not is_http_instrumentation_enabled())  # suppress_http_instrumentation()
+        ):
             if on_asgi and FASTAPI_KEY not in native:
                 native[FASTAPI_KEY] = None  # FastAPI's native layer skips it too
             return None
-        if (on_asgi and native.get(FASTAPI_KEY) is not None) or trace.get_current_span().is_recording():
+        current = trace.get_current_span(ctx)
+        if (on_asgi and native.get(FASTAPI_KEY) is not None) or current.is_recording():
             adopted = self._adopt(ex, native, on_asgi)  # someone may own a span already
             if adopted is not None:
+                if on_asgi and FASTAPI_KEY not in native:
+                    # an outer layer's span (contrib's middleware, an outer kitmw): FastAPI's
+                    # native layer further in must not add a second server span
+                    native[FASTAPI_KEY] = None
                 return None
         if on_asgi and FASTAPI_KEY not in native:
             # kitmw is outside FastAPI: the marker FastAPI sets for excluded requests
@@ -614,21 +667,32 @@ class TracingPolicy(_TracerMixin, Policy):
                 attributes, found = _asgi_scan(native, self._sc, self._all_methods, self._attr_cache, fields)
             except Exception:  # hostile or odd input must never fail the request
                 attributes = None
+        # Nothing extracted: the current context is the parent, as in contrib's middlewares
+        # (at the start of a served request it is empty: a new root trace).
         if fields is not None and not found:
-            parent = _EMPTY_CONTEXT  # what the W3C propagators extract without their headers
+            parent = ctx  # what the W3C propagators extract without their headers
         else:
             try:
-                parent = propagator.extract(ex, getter=_GETTER)
-            except Exception:  # garbage traceparent/tracestate/baggage: a new root trace
-                parent = _EMPTY_CONTEXT
+                parent = propagator.extract(ex, context=ctx, getter=_GETTER)
+            except Exception:  # garbage traceparent/tracestate/baggage: the request proceeds
+                parent = ctx
+        kind = SpanKind.SERVER
+        if (
+            ctx
+            and getattr(current, "kind", None) is SpanKind.SERVER
+            and current.is_recording()
+            and trace.get_current_span(parent) is current
+        ):
+            # A server span of another layer, not adoptable (not this request's path), and
+            # no traceparent: this span is its child, INTERNAL as contrib makes it, so the
+            # request keeps one SERVER span.
+            kind = SpanKind.INTERNAL
         method = ex.method
         span_name = method if self._all_methods or method in _KNOWN_METHODS else "HTTP"
         if attributes is None:
             attributes = self._request_attributes(ex, native)
         wall = time_ns()
-        span = tracer.start_span(
-            span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=wall
-        )
+        span = tracer.start_span(span_name, context=parent, kind=kind, attributes=attributes, start_time=wall)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         ex.span = span
         ctx = span.get_span_context()
@@ -641,6 +705,15 @@ class TracingPolicy(_TracerMixin, Policy):
         if self.server_request_hook is not None and span.is_recording():
             _run_hook(self.server_request_hook, span, native)
         return None
+
+    def _url_excluded(self, ex: Exchange, native: Any, on_asgi: bool) -> bool:
+        excluded = self._excluded_urls.get(ex.protocol)
+        if excluded is None:
+            return False
+        try:
+            return bool(excluded.url_disabled(_full_url(ex, native, on_asgi)))
+        except Exception:  # an odd scope: traced rather than failed
+            return False
 
     def _request_attributes(self, ex: Exchange, native: Any) -> dict[str, Any]:
         protocol = ex.protocol
@@ -848,6 +921,8 @@ class ClientTracingPolicy(_TracerMixin, Policy):
         self._all_methods = _capture_all_methods()
 
     def enter(self, ex: Exchange) -> Rejection | None:
+        if otel_context.get_current() and not is_http_instrumentation_enabled():
+            return None  # suppress_http_instrumentation(): no span and no traceparent, as contrib's httpx
         tracer = self._tracer or self._get_tracer()
         method = ex.method
         span_name = method if self._all_methods or method in _KNOWN_METHODS else "HTTP"

@@ -193,3 +193,106 @@ async def test_the_same_policy_in_two_layers_runs_once() -> None:
         r = await c.get("/")
     assert r.status_code == 200
     assert log == ["enter shared", "exit shared 200 11 None"]
+
+
+# -- configuration errors name the concern, the option and the right one (issue 12, item 18) --
+
+
+def wsgi_hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def test_auth_true_in_stack_names_the_missing_backend() -> None:
+    with pytest.raises(ConfigError) as caught:
+        kitmw.stack(hello, auth=True)
+    message = str(caught.value)
+    assert message.startswith("auth: option 'backend' is required")
+    assert "kitmw.auth.JWT(" in message  # what to write instead
+
+
+@pytest.mark.parametrize(
+    ("build", "concern", "wrong", "right"),
+    [
+        pytest.param(lambda: kitmw.stack(hello, metrics={"bukets": [0.1]}), "metrics", "bukets", "buckets", id="stack-asgi"),
+        pytest.param(
+            lambda: kitmw.stack(wsgi_hello, breaker={"failmax": 3}), "breaker", "failmax", "fail_max", id="stack-wsgi"
+        ),
+        pytest.param(
+            lambda: kitmw.stack(hello, ratelimit={"limt": "5/minute"}), "ratelimit", "limt", "limit", id="stack-rl"
+        ),
+        pytest.param(lambda: kitmw.Metrics(hello, bukets=[0.1]), "metrics", "bukets", "buckets", id="Metrics"),
+        pytest.param(
+            lambda: kitmw.wsgi.Metrics(wsgi_hello, bukets=[0.1]), "metrics", "bukets", "buckets", id="wsgi.Metrics"
+        ),
+        pytest.param(
+            lambda: kitmw.Tracing(hello, exclude_path=["/health"]), "tracing", "exclude_path", "exclude_paths", id="Tracing"
+        ),
+        pytest.param(
+            lambda: kitmw.wsgi.AccessLog(wsgi_hello, request_id_headr="X-Id"),
+            "access_log",
+            "request_id_headr",
+            "request_id_header",
+            id="wsgi.AccessLog",
+        ),
+        pytest.param(
+            lambda: kitmw.httpx.Transport(breaker={"failmax": 2}), "breaker", "failmax", "fail_max", id="httpx-breaker"
+        ),
+        pytest.param(
+            lambda: kitmw.httpx.AsyncTransport(ratelimit={"limit": "1/second", "mod": "error"}),
+            "ratelimit",
+            "mod",
+            "mode",
+            id="httpx-ratelimit",
+        ),
+        pytest.param(
+            lambda: kitmw.httpx.Transport(metrics={"bukets": [1.0]}), "metrics", "bukets", "buckets", id="httpx-metrics"
+        ),
+        pytest.param(
+            lambda: kitmw.httpx.Transport(retry={"attempt": 2}), "retry", "attempt", "attempts", id="httpx-retry"
+        ),
+    ],
+)
+def test_a_misspelled_option_names_the_concern_and_the_closest_option(build, concern, wrong, right) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build()
+    assert str(caught.value).startswith(f"{concern}: unknown option {wrong!r}; did you mean {right!r}?")
+
+
+def test_an_error_raised_by_a_policy_names_its_concern() -> None:
+    with pytest.raises(ConfigError, match=r"^ratelimit: limit: "):
+        kitmw.stack(hello, ratelimit={"limit": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("mem://", r"^ratelimit: storage: unknown scheme 'mem://'; did you mean 'memory://'\? \(schemes of the installed limits: .*redis"),
+        ("memcache://127.0.0.1", r"did you mean 'memcached://'\?"),
+        ("rdis://127.0.0.1:6379", r"did you mean 'redis://'\?"),
+        ("async+foo://x", r"^ratelimit: storage: unknown scheme 'foo://' \(schemes"),
+    ],
+)
+def test_a_bad_storage_url_names_the_option_and_lists_the_schemes(storage: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as caught:
+        kitmw.RateLimit(hello, limit="5/minute", storage=storage)
+    assert "unknown storage scheme" not in str(caught.value)  # not limits' own text
+    with pytest.raises(ConfigError, match=expected):
+        kitmw.stack(wsgi_hello, ratelimit={"limit": "5/minute", "storage": storage})
+
+
+def test_a_storage_url_with_credentials_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        kitmw.stack(hello, ratelimit={"limit": "5/minute", "storage": "reddis://:s3cret@cache:6379"})
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("app", [None, "app", 42])
+def test_stack_without_an_app_says_so(app) -> None:
+    with pytest.raises(ConfigError, match=r"^app: expected the ASGI or WSGI application to wrap"):
+        kitmw.stack(app, metrics=True)
+
+
+def test_an_unknown_concern_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown concern\(s\): acces_log; did you mean 'access_log'\?"):
+        build_policies({"acces_log": True})

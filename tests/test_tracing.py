@@ -857,3 +857,183 @@ async def test_odd_scope_falls_back_to_neutral_attributes_and_still_reads_tracep
     assert format(span.context.trace_id, "032x") == TRACE_ID
     assert span.attributes["http.method"] == "GET"
     assert span.attributes["net.peer.ip"] == "127.0.0.1"
+
+
+# -- OpenTelemetry conventions users rely on (issue 12, item 14) ------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("env", "traced"),
+    [
+        pytest.param({"OTEL_PYTHON_EXCLUDED_URLS": "health,/internal/.*"}, ["/items/1"], id="generic"),
+        pytest.param({"OTEL_PYTHON_ASGI_EXCLUDED_URLS": "health"}, ["/internal/x", "/items/1"], id="asgi"),
+        pytest.param(
+            {"OTEL_PYTHON_EXCLUDED_URLS": "items", "OTEL_PYTHON_ASGI_EXCLUDED_URLS": "health"},
+            ["/internal/x", "/items/1"],
+            id="asgi-wins-over-generic",
+        ),
+        pytest.param(
+            {"OTEL_PYTHON_EXCLUDED_URLS": r"^http://test/items/1$"}, ["/health", "/internal/x"], id="full-url"
+        ),
+        pytest.param(
+            {"OTEL_PYTHON_WSGI_EXCLUDED_URLS": "health"}, ["/health", "/internal/x", "/items/1"], id="wsgi-only"
+        ),
+    ],
+)
+async def test_otel_excluded_urls_are_honoured_on_asgi(
+    spans: Any, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], traced: list[str]
+) -> None:
+    provider, exporter = spans
+    for name in ("OTEL_PYTHON_EXCLUDED_URLS", "OTEL_PYTHON_ASGI_EXCLUDED_URLS", "OTEL_PYTHON_WSGI_EXCLUDED_URLS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    app = Starlette(routes=[Route("/health", ok), Route("/items/{item_id}", item), Route("/internal/x", ok)])
+    app = kitmw.Tracing(app, tracer_provider=provider)
+    monkeypatch.delenv("OTEL_PYTHON_EXCLUDED_URLS", raising=False)  # read once, at construction
+    async with client(app) as c:
+        for path in ["/health", "/internal/x", "/items/1"]:
+            assert (await c.get(path)).status_code == 200
+    assert [s.attributes["http.target"] for s in exporter.get_finished_spans()] == traced
+
+
+def test_otel_excluded_urls_are_honoured_on_wsgi(spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider, exporter = spans
+    monkeypatch.delenv("OTEL_PYTHON_EXCLUDED_URLS", raising=False)
+    monkeypatch.setenv("OTEL_PYTHON_WSGI_EXCLUDED_URLS", "/health$,^https?://[^/]+/metrics")
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    app = kitmw.wsgi.Tracing(wsgi_app, tracer_provider=provider)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://svc") as c:
+        for path in ["/health", "/metrics", "/items/1", "/health/deep"]:
+            assert c.get(path).status_code == 200
+    urls = [s.attributes["http.url"] for s in exporter.get_finished_spans()]
+    assert urls == ["http://svc/items/1", "http://svc/health/deep"]
+
+
+@pytest.mark.anyio
+async def test_otel_excluded_url_gets_no_span_from_fastapi_either(spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FastAPI's native telemetry with its own provider steps aside too, as for exclude_paths.
+    from fastapi import FastAPI
+
+    provider, exporter = spans
+    monkeypatch.setenv("OTEL_PYTHON_EXCLUDED_URLS", "/health")
+    api = FastAPI(telemetry={"tracer_provider": provider})
+
+    @api.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app = kitmw.Tracing(api, tracer_provider=provider)
+    async with client(app) as c:
+        assert (await c.get("/health")).status_code == 200
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.mark.anyio
+async def test_suppress_http_instrumentation_silences_the_server_span(spans: Any) -> None:
+    from opentelemetry.instrumentation.utils import suppress_http_instrumentation, suppress_instrumentation
+
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    with suppress_http_instrumentation():
+        assert await call(app, "/items/1") == 200
+    with suppress_instrumentation():
+        assert await call(app, "/items/2") == 200
+    assert exporter.get_finished_spans() == ()
+    assert await call(app, "/items/3") == 200  # and only while suppressed
+    assert [s.name for s in exporter.get_finished_spans()] == ["GET /items/{item_id}"]
+
+
+def test_suppress_http_instrumentation_silences_client_spans_and_propagation(spans: Any) -> None:
+    from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+
+    provider, exporter = spans
+    sent: list[httpx.Headers] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent.append(request.headers)
+        return httpx.Response(200, text="ok")
+
+    transport = kitmw.httpx.Transport(transport=httpx.MockTransport(upstream), tracing={"tracer_provider": provider})
+    with httpx.Client(transport=transport) as c:
+        with suppress_http_instrumentation():
+            assert c.get("http://upstream/a").status_code == 200
+        assert c.get("http://upstream/b").status_code == 200
+    assert "traceparent" not in sent[0] and "traceparent" in sent[1]
+    assert [s.attributes["http.url"] for s in exporter.get_finished_spans()] == ["http://upstream/b"]
+
+
+@pytest.mark.anyio
+async def test_another_frameworks_server_span_is_the_parent_when_no_traceparent_arrives(spans: Any) -> None:
+    # A server span kitmw cannot adopt (it names no path of this request) is current and
+    # no traceparent arrives: kitmw's span joins its trace as an INTERNAL child, as
+    # contrib's middleware does, so the request keeps one SERVER span.
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    tracer = provider.get_tracer("another.framework")
+    with tracer.start_as_current_span("handle request", kind=SpanKind.SERVER) as outer:
+        assert await call(app, "/items/1") == 200
+    ours = next(s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "kitmw")
+    assert ours.context.trace_id == outer.get_span_context().trace_id
+    assert ours.parent is not None and ours.parent.span_id == outer.get_span_context().span_id
+    assert ours.kind is SpanKind.INTERNAL
+    assert ours.name == "GET /items/{item_id}"
+    assert len(server_spans(exporter)) == 1
+
+
+@pytest.mark.anyio
+async def test_a_current_non_server_span_is_the_parent_of_a_server_span(spans: Any) -> None:
+    # A job or a handler's own INTERNAL span calling an app in process: kitmw's span is
+    # that request's SERVER span, in the same trace.
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    with provider.get_tracer("job").start_as_current_span("nightly job") as job:
+        assert await call(app, "/items/1") == 200
+    ours = next(s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "kitmw")
+    assert ours.kind is SpanKind.SERVER
+    assert ours.parent is not None and ours.parent.span_id == job.get_span_context().span_id
+
+
+@pytest.mark.anyio
+async def test_an_incoming_traceparent_wins_over_the_current_span(spans: Any) -> None:
+    provider, exporter = spans
+    app = kitmw.Tracing(starlette_app(), tracer_provider=provider)
+    with provider.get_tracer("another.framework").start_as_current_span("outer", kind=SpanKind.SERVER):
+        assert await call(app, "/items/1", headers=[(b"traceparent", TRACEPARENT.encode())]) == 200
+    ours = next(s for s in exporter.get_finished_spans() if s.instrumentation_scope.name == "kitmw")
+    assert format(ours.context.trace_id, "032x") == TRACE_ID
+    assert ours.parent is not None and format(ours.parent.span_id, "016x") == PARENT_ID
+    assert ours.kind is SpanKind.SERVER
+
+
+@pytest.mark.anyio
+async def test_contrib_middleware_outside_kitmw_outside_fastapi_is_the_only_server_span(spans: Any) -> None:
+    # contrib's OpenTelemetryMiddleware around kitmw around FastAPI (native telemetry on):
+    # kitmw adopts contrib's span and tells FastAPI's native layer to step aside.
+    from fastapi import FastAPI
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    provider, exporter = spans
+    api = FastAPI(telemetry={"tracer_provider": provider})
+
+    @api.get("/items/{item_id}")
+    async def read_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    app = OpenTelemetryMiddleware(
+        kitmw.Tracing(api, tracer_provider=provider),
+        tracer_provider=provider,
+        meter_provider=None,
+        exclude_spans=["receive", "send"],
+    )
+    async with client(app) as c:
+        assert (await c.get("/items/3")).status_code == 200
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.SERVER
+    assert span.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
+    assert span.name == "GET /items/{item_id}"

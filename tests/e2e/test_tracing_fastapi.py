@@ -92,6 +92,11 @@ def _scenarios() -> dict[str, Any]:
             "trace_ids": [format(s.context.trace_id, "032x") for s in server],
             "client_address": [s.attributes.get("client.address") for s in server],
             "all_spans": sorted(s.name for s in spans),
+            "spans": sorted(f"{s.instrumentation_scope.name} {s.kind.name} {s.name}" for s in spans),
+            "one_trace": len({s.context.trace_id for s in spans}) <= 1,
+            "parents_known": all(
+                s.parent is None or s.parent.span_id in {o.context.span_id for o in spans} for s in spans
+            ),
         }
 
     async def in_process(app: Any, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -141,6 +146,44 @@ def _scenarios() -> dict[str, Any]:
         both = make_api()
         both.add_middleware(kitmw.Tracing)
         out["both"] = await in_process(kitmw.Tracing(both), "/items/6")
+
+        # kitmw with contrib's ASGI middleware, either side of it
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        out["contrib_outside"] = await in_process(OpenTelemetryMiddleware(kitmw.Tracing(make_api())), "/items/7")
+        out["contrib_inside"] = await in_process(kitmw.stack(OpenTelemetryMiddleware(make_api()), tracing=True), "/items/8")
+        # OTEL_PYTHON_EXCLUDED_URLS, read when the middleware is built
+        os.environ["OTEL_PYTHON_EXCLUDED_URLS"] = "/health"
+        try:
+            excluded_outside = kitmw.stack(make_api(), tracing=True)
+            api = make_api()
+            api.add_middleware(kitmw.Tracing)
+            api.middleware_stack = api.build_middleware_stack()  # kitmw.Tracing built now
+            excluded_inside = api
+        finally:
+            del os.environ["OTEL_PYTHON_EXCLUDED_URLS"]
+        out["env_excluded_outside"] = await in_process(excluded_outside, "/health")
+        out["env_excluded_inside"] = await in_process(excluded_inside, "/health")
+        # FastAPIInstrumentor (opentelemetry-instrumentation-fastapi), when installed
+        try:
+            from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        except ImportError:
+            out["fastapi_instrumentor"] = False
+            return
+        out["fastapi_instrumentor"] = True
+        api = make_api()
+        FastAPIInstrumentor.instrument_app(api)
+        out["fi_outside"] = await in_process(kitmw.stack(api, tracing=True), "/items/9")
+        api = make_api()
+        FastAPIInstrumentor.instrument_app(api)
+        recorder = IdRecorder()
+        api.add_middleware(kitmw.asgi.Middleware, TracingPolicy(), recorder)
+        out["fi_inside"] = await in_process(api, "/items/10")
+        out["fi_inside"]["seen_trace_ids"] = recorder.trace_ids
+        api = make_api()
+        FastAPIInstrumentor.instrument_app(api, exclude_spans=["receive", "send"])
+        api.add_middleware(kitmw.Tracing)
+        out["fi_inside_quiet"] = await in_process(api, "/items/11")
 
     anyio.run(run_in_process)
 
@@ -230,6 +273,71 @@ def test_outside_and_inside_together_one_span(results: dict[str, Any]) -> None:
     r = results["both"]
     assert r["server_spans"] == 1
     assert r["scopes"] == ["kitmw"]
+
+
+def test_contrib_middleware_outside_kitmw_is_the_only_server_span(results: dict[str, Any]) -> None:
+    # kitmw adopts contrib's span and makes FastAPI's native layer step aside (it was a
+    # second SERVER span before).
+    r = results["contrib_outside"]
+    assert r["server_spans"] == 1
+    assert r["scopes"] == ["opentelemetry.instrumentation.asgi"]
+    assert r["names"] == ["GET /items/{item_id}"]
+    assert r["one_trace"] and r["parents_known"]
+
+
+def test_kitmw_outside_contrib_middleware_owns_the_server_span(results: dict[str, Any]) -> None:
+    # contrib's middleware under a current span records its request as an INTERNAL child,
+    # plus its own per-message spans; kitmw creates none of those.
+    r = results["contrib_inside"]
+    assert r["server_spans"] == 1 and r["scopes"] == ["kitmw"]
+    assert "opentelemetry.instrumentation.asgi INTERNAL GET /items/8" in r["spans"]
+    assert [s for s in r["spans"] if s.startswith("kitmw ")] == ["kitmw SERVER GET /items/{item_id}"]
+    assert r["one_trace"] and r["parents_known"]
+
+
+def test_otel_excluded_urls_outside_fastapi_no_span_at_all(results: dict[str, Any]) -> None:
+    r = results["env_excluded_outside"]
+    assert r["status_code"] == 200
+    assert r["spans"] == []  # neither kitmw's nor FastAPI's native one
+
+
+def test_otel_excluded_urls_inside_fastapi_leave_fastapis_span(results: dict[str, Any]) -> None:
+    # Added inside FastAPI, kitmw cannot take FastAPI's own span away (as for exclude_paths).
+    r = results["env_excluded_inside"]
+    assert r["status_code"] == 200
+    assert r["server_spans"] == 1 and r["scopes"] == ["fastapi"]
+
+
+def _needs_instrumentor(results: dict[str, Any]) -> None:
+    if not results["fastapi_instrumentor"]:
+        pytest.skip("opentelemetry-instrumentation-fastapi is not installed")
+
+
+def test_kitmw_outside_fastapi_instrumentor_one_server_span(results: dict[str, Any]) -> None:
+    _needs_instrumentor(results)
+    r = results["fi_outside"]
+    assert r["status_code"] == 200
+    assert r["server_spans"] == 1 and r["scopes"] == ["kitmw"]
+    assert r["names"] == ["GET /items/{item_id}"]
+    # contrib's request span is an INTERNAL child in the same trace, its send spans under it
+    assert "opentelemetry.instrumentation.fastapi INTERNAL GET /items/{item_id}" in r["spans"]
+    assert [s for s in r["spans"] if s.startswith("kitmw ")] == ["kitmw SERVER GET /items/{item_id}"]
+    assert r["one_trace"] and r["parents_known"]
+
+
+def test_kitmw_inside_fastapi_instrumentor_adopts_its_span(results: dict[str, Any]) -> None:
+    _needs_instrumentor(results)
+    r = results["fi_inside"]
+    assert r["server_spans"] == 1
+    assert r["scopes"] == ["opentelemetry.instrumentation.fastapi"]
+    assert r["seen_trace_ids"] == r["trace_ids"]
+    assert [s for s in r["spans"] if s.startswith("kitmw ")] == []
+
+
+def test_kitmw_inside_quiet_fastapi_instrumentor_one_span_in_all(results: dict[str, Any]) -> None:
+    _needs_instrumentor(results)
+    r = results["fi_inside_quiet"]
+    assert r["spans"] == ["opentelemetry.instrumentation.fastapi SERVER GET /items/{item_id}"]
 
 
 @pytest.mark.parametrize("placement", ["uvicorn_outside", "uvicorn_inside"])
