@@ -510,7 +510,9 @@ def test_499_is_kitmw_asgi_client_closed() -> None:
 def test_a_trial_whose_client_left_frees_its_slot_uncounted(registry, is_failure: Any) -> None:
     """What a driver records for a client that left mid-response (ASGI and WSGI alike)."""
     clock = FakeClock()
-    policy = BreakerPolicy(fail_max=1, reset_timeout=10, clock=clock, registry=registry, is_failure=is_failure)
+    policy = BreakerPolicy(
+        fail_max=1, reset_timeout=10, clock=clock, registry=registry, is_failure=is_failure
+    )
     request(policy, "/stream", 500)
     clock.advance(10)
     assert request(policy, "/stream", 499) == 499  # the trial; its client is gone

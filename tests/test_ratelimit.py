@@ -252,7 +252,7 @@ def test_a_fractional_cost_is_rounded_up(registry, cost: object, expected: list[
 @pytest.mark.parametrize("cost", ["1", None, float("nan"), float("inf")], ids=["str", "none", "nan", "inf"])
 def test_a_cost_that_is_not_a_finite_number_is_an_error_naming_the_option(registry, cost: object) -> None:
     policy = RateLimitPolicy(limit="2/minute", cost=lambda ex: cost, registry=registry, namespace=ns())
-    with pytest.raises((TypeError, ValueError), match="^cost: "):
+    with pytest.raises((TypeError, ValueError), match=r"^cost: "):
         policy.enter(FakeExchange("/"))
 
 

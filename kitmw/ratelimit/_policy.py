@@ -255,9 +255,8 @@ class RateLimitPolicy(Policy):
             return None
         cost = 1
         if self._cost is not None:
-            cost = self._cost(ex)
-            if type(cost) is not int:
-                cost = _whole_cost(cost)
+            given = self._cost(ex)
+            cost = given if type(given) is int else _whole_cost(given)
             if cost < 1:
                 return None
         return limiter, str(key), cost
@@ -314,7 +313,8 @@ class _AsyncRateLimitPolicy(RateLimitPolicy):
 def _whole_cost(cost: Any) -> int:
     """A cost as a whole number of requests, rounded up: 0.5 costs 1, never 0 (unlimited)."""
     try:
-        return math.ceil(cost)  # floats, Fraction, Decimal
+        whole: int = math.ceil(cost)  # floats, Fraction, Decimal
+        return whole
     except TypeError:
         raise TypeError(f"cost: the callable must return a number, got {cost!r}") from None
     except (ValueError, OverflowError):

@@ -140,7 +140,8 @@ def test_flask_per_route_false_trips_globally() -> None:
 def test_flask_wsgi_app_attribute_wrapped_is_per_route_too() -> None:
     """``app.wsgi_app = kitmw.wsgi.CircuitBreaker(app.wsgi_app)``, Flask's documented way."""
     app = flask_app()
-    app.wsgi_app = kitmw.wsgi.CircuitBreaker(app.wsgi_app, registry=CollectorRegistry())  # type: ignore[method-assign]
+    guarded = kitmw.wsgi.CircuitBreaker(app.wsgi_app, registry=CollectorRegistry())
+    app.wsgi_app = guarded  # type: ignore[method-assign]
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
         for _ in range(5):
             c.get("/boom")

@@ -173,9 +173,11 @@ def test_breaker_opened_by_another_call_between_attempts_still_raises_this_calls
             shared.release(shared.acquire(), failed=True)
 
     transport = kit.Transport(retry={"sleep": sleep}, breaker=shared)
-    with client_lib.Client(transport=transport, timeout=TIMEOUT) as client:
-        with pytest.raises(client_lib.ConnectError):
-            client.get(dead_url() + "/")
+    with (
+        client_lib.Client(transport=transport, timeout=TIMEOUT) as client,
+        pytest.raises(client_lib.ConnectError),
+    ):
+        client.get(dead_url() + "/")
     assert shared.state == "open"
 
 
@@ -193,7 +195,8 @@ def test_balanced_call_to_dead_instances_raises_the_last_connect_error(lib: str)
             client.get("/")
         assert len(sleeps) == 1  # one instance each, then every breaker is open
         if hasattr(info.value, "__notes__"):
-            assert info.value.__notes__ == ["kitmw: not retried: the circuit breaker of every instance is open"]
+            note = "kitmw: not retried: the circuit breaker of every instance is open"
+            assert info.value.__notes__ == [note]
         with pytest.raises(kit.BreakerOpen):
             client.get("/")
 
