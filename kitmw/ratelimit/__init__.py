@@ -16,8 +16,8 @@ See ``docs/ratelimit.md``.
 from __future__ import annotations
 
 from ._keys import ClientAddress
-from ._limits import HeapMemoryStorage
 from ._limiter import Decision, Limiter
+from ._limits import HeapMemoryStorage
 from ._policy import RateLimitPolicy
 from ._storage import STRATEGY_NAMES
 
