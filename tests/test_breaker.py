@@ -470,6 +470,14 @@ def test_unmatched_and_unknown_routes_share_one_breaker(registry) -> None:
     assert set(policy.breakers) == {"<unmatched>", "/ok"}
 
 
+def test_excluded_paths_are_never_counted_and_get_no_breaker(registry) -> None:
+    policy = BreakerPolicy(fail_max=1, exclude_paths=["/health"], registry=registry)
+    for _ in range(3):
+        assert request(policy, "/health", 500, path="/health") == 500
+    assert set(policy.breakers) == {"<unmatched>"}
+    assert policy.breakers["<unmatched>"].fail_counter == 0
+
+
 def test_max_routes_bounds_the_breakers_and_the_metric_series(registry, caplog) -> None:
     policy = BreakerPolicy(name="api", fail_max=1, max_routes=3, registry=registry)
     with caplog.at_level(logging.WARNING, logger="kitmw.breaker"):

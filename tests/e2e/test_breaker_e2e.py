@@ -89,6 +89,17 @@ async def test_six_500s_from_one_route_leave_the_others_serving(build: Any, pref
 
 
 @pytest.mark.anyio
+async def test_add_middleware_is_per_route_too() -> None:
+    app = fastapi_app()
+    app.add_middleware(kitmw.CircuitBreaker, registry=CollectorRegistry())
+    async with asgi_client(app) as c:
+        for _ in range(5):
+            await c.get("/api/boom")
+        assert (await c.get("/api/items/1")).status_code == 200
+        assert (await c.get("/api/boom")).status_code == 503
+
+
+@pytest.mark.anyio
 async def test_per_route_false_is_one_breaker_for_the_whole_service() -> None:
     app = kitmw.CircuitBreaker(starlette_app(), per_route=False, registry=CollectorRegistry())
     async with asgi_client(app) as c:
