@@ -827,13 +827,12 @@ class _Core:
             except errors.BreakerOpen:
                 if last is None:
                     raise
-                refused = True  # opened meanwhile (by another call): end with our own error
+                ended: Exception | None = last  # opened meanwhile, by others: end with our error
             else:
-                refused = False
-            if refused:
-                assert last is not None
-                _not_retried(last, "the circuit breaker")
-                raise last
+                ended = None
+            if ended is not None:  # raised outside the handler: its context stays its own
+                _not_retried(ended, "the circuit breaker")
+                raise ended
             attempt += 1
             ex.state["attempts"] = attempt
             if deadline_at is not None:
@@ -968,13 +967,12 @@ class _Core:
             except errors.BreakerOpen:
                 if last is None:
                     raise
-                refused = True  # opened meanwhile (by another call): end with our own error
+                ended: Exception | None = last  # opened meanwhile, by others: end with our error
             else:
-                refused = False
-            if refused:
-                assert last is not None
-                _not_retried(last, "the circuit breaker")
-                raise last
+                ended = None
+            if ended is not None:  # raised outside the handler: its context stays its own
+                _not_retried(ended, "the circuit breaker")
+                raise ended
             attempt += 1
             ex.state["attempts"] = attempt
             if deadline_at is not None:
