@@ -123,7 +123,7 @@ class HeapMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
         """Keys held (counters and moving windows), expired ones not yet dropped included."""
         return len(self._counts) + len(self._windows)
 
-    def keys(self) -> list[str]:
+    def held_keys(self) -> list[str]:
         """The keys held (as :meth:`__len__` counts them)."""
         with self._lock:
             return [*self._counts, *self._windows]
