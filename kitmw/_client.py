@@ -232,6 +232,10 @@ class _Breakers:
         with self._lock:
             return list(self._breakers.values())
 
+    def peek(self, key: str) -> Any:
+        """The breaker of ``key`` if one exists (never creates one)."""
+        return self._single if self._single is not None else self._breakers.get(key)
+
     def get(self, key: str) -> Any:
         if self._single is not None:
             return self._single
@@ -496,6 +500,18 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
+def _stays_open(breaker: Any, delay: float) -> bool:
+    """True if ``breaker`` is open and will still refuse after ``delay`` seconds."""
+    return getattr(breaker, "state", None) == "open" and getattr(breaker, "retry_after", 0.0) > delay
+
+
+def _not_retried(exc: BaseException, why: str) -> None:
+    """Say on the error itself why it was not retried (Python >= 3.11 shows notes)."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(f"kitmw: not retried: {why} is open")
+
+
 class _Core:
     """Options resolved once; ``send``/``asend`` run one logical request."""
 
@@ -671,6 +687,23 @@ class _Core:
             self.count_retry(ex)
         return True
 
+    def refused_next(self, breaker: Any, index: int | None, delay: float) -> str | None:
+        """Which breaker would refuse a retry after ``delay`` (this call's own failures may
+        just have opened it), or None. Retrying would only wait to be refused, draw on the
+        budget and count a retry that never happens, and hide the upstream's own answer."""
+        breakers = self.breakers
+        if breakers is None or breaker is None:
+            return None
+        if index is None:
+            return f"circuit breaker {breaker.name!r}" if _stays_open(breaker, delay) else None
+        balancer = self.balancer
+        assert balancer is not None
+        for inst in balancer.instances:
+            other = breakers.peek(inst.key)
+            if other is None or not _stays_open(other, delay):
+                return None
+        return "the circuit breaker of every instance"
+
     def retryable_error(self, retry: Retry, exc: BaseException) -> bool:
         if isinstance(exc, (errors.BreakerOpen, errors.RateLimited)):
             return False
@@ -790,10 +823,21 @@ class _Core:
         inner = self.inner
         attempt = 0
         at: int | None = None
+        last: Exception | None = None  # the previous attempt's transport error
         while True:
+            try:
+                breaker, permit, at = self._acquire(request, index, at, rewrite)
+            except errors.BreakerOpen:
+                if last is None:
+                    raise
+                ended: Exception | None = last  # opened meanwhile, by others: end with our error
+            else:
+                ended = None
+            if ended is not None:  # raised outside the handler: its context stays its own
+                _not_retried(ended, "the circuit breaker")
+                raise ended
             attempt += 1
             ex.state["attempts"] = attempt
-            breaker, permit, at = self._acquire(request, index, at, rewrite)
             if deadline_at is not None:
                 assert retry is not None
                 self.cut_timeouts(request, retry, deadline_at)
@@ -804,8 +848,12 @@ class _Core:
                     breaker.release(permit, failed=self.failure(None, exc), error=exc)
                 if retry is not None and attempt < retry.attempts and self.retryable_error(retry, exc):
                     backoff = retry.backoff(attempt)
-                    if self.may_retry(retry, backoff, deadline_at, ex):
+                    why = self.refused_next(breaker, index, backoff)
+                    if why is not None:
+                        _not_retried(exc, why)
+                    elif self.may_retry(retry, backoff, deadline_at, ex):
                         sleep(backoff)
+                        last = exc
                         continue
                 raise
             except BaseException:
@@ -814,13 +862,17 @@ class _Core:
                 raise
             if retry is not None and attempt < retry.attempts and response.status_code in retry.statuses:
                 delay = retry.delay(attempt, response.headers.get("retry-after"))
-                if self.may_retry(retry, delay, deadline_at, ex):
-                    assert delay is not None
+                if delay is not None:
                     if breaker is not None:
                         breaker.release(permit, failed=self.failure(response, None))
-                    response.close()
-                    sleep(delay)
-                    continue
+                    if self.refused_next(breaker, index, delay) is None and self.may_retry(
+                        retry, delay, deadline_at, ex
+                    ):
+                        response.close()
+                        sleep(delay)
+                        last = None
+                        continue
+                    return response, None, None  # the answer as is; its verdict is recorded
             return response, breaker, permit
 
     # -- async --------------------------------------------------------------------------------
@@ -911,10 +963,21 @@ class _Core:
         inner = self.inner
         attempt = 0
         at: int | None = None
+        last: Exception | None = None  # the previous attempt's transport error
         while True:
+            try:
+                breaker, permit, at = await self._aacquire(request, index, at, rewrite)
+            except errors.BreakerOpen:
+                if last is None:
+                    raise
+                ended: Exception | None = last  # opened meanwhile, by others: end with our error
+            else:
+                ended = None
+            if ended is not None:  # raised outside the handler: its context stays its own
+                _not_retried(ended, "the circuit breaker")
+                raise ended
             attempt += 1
             ex.state["attempts"] = attempt
-            breaker, permit, at = await self._aacquire(request, index, at, rewrite)
             if deadline_at is not None:
                 assert retry is not None
                 self.cut_timeouts(request, retry, deadline_at)
@@ -925,8 +988,12 @@ class _Core:
                     await _shielded(breaker.arelease(permit, failed=self.failure(None, exc), error=exc))
                 if retry is not None and attempt < retry.attempts and self.retryable_error(retry, exc):
                     backoff = retry.backoff(attempt)
-                    if self.may_retry(retry, backoff, deadline_at, ex):
+                    why = self.refused_next(breaker, index, backoff)
+                    if why is not None:
+                        _not_retried(exc, why)
+                    elif self.may_retry(retry, backoff, deadline_at, ex):
                         await _maybe_await(sleep(backoff))
+                        last = exc
                         continue
                 raise
             except BaseException:
@@ -935,13 +1002,17 @@ class _Core:
                 raise
             if retry is not None and attempt < retry.attempts and response.status_code in retry.statuses:
                 delay = retry.delay(attempt, response.headers.get("retry-after"))
-                if self.may_retry(retry, delay, deadline_at, ex):
-                    assert delay is not None
+                if delay is not None:
                     if breaker is not None:
                         await _shielded(breaker.arelease(permit, failed=self.failure(response, None)))
-                    await response.aclose()
-                    await _maybe_await(sleep(delay))
-                    continue
+                    if self.refused_next(breaker, index, delay) is None and self.may_retry(
+                        retry, delay, deadline_at, ex
+                    ):
+                        await response.aclose()
+                        await _maybe_await(sleep(delay))
+                        last = None
+                        continue
+                    return response, None, None  # the answer as is; its verdict is recorded
             return response, breaker, permit
 
 

@@ -416,12 +416,20 @@ def test_missing_scope_gets_403_and_granted_scope_passes(h: Harness) -> None:
     assert allowed.status_code == 200 and allowed.text == "admin"
 
 
-def test_open_breaker_answers_503(h: Harness) -> None:
+def test_open_breaker_answers_503_on_its_route_only(h: Harness) -> None:
     h.build(breaker={"fail_max": 2, "reset_timeout": 600, "name": unique("beh")})
+    assert [h.get("/fail").status_code for _ in range(2)] == [500, 500]
+    r = h.get("/fail")
+    assert r.status_code == 503 and r.json() == {"error": "circuit_open"}
+    assert int(r.headers["retry-after"]) >= 1
+    assert h.get("/items/1").status_code == 200  # one breaker per route
+
+
+def test_service_wide_breaker_answers_503_everywhere(h: Harness) -> None:
+    h.build(breaker={"fail_max": 2, "reset_timeout": 600, "name": unique("beh"), "per_route": False})
     assert [h.get("/fail").status_code for _ in range(2)] == [500, 500]
     r = h.get("/items/1")
     assert r.status_code == 503 and r.json() == {"error": "circuit_open"}
-    assert int(r.headers["retry-after"]) >= 1
 
 
 # -- errors and streaming --------------------------------------------------------------

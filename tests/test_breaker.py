@@ -100,7 +100,9 @@ def client(app: Any) -> httpx.AsyncClient:
 
 
 def guarded(backend: Backend, clock: FakeClock, registry: CollectorRegistry, **options: Any) -> Any:
+    """The state-machine tests fail one route and probe another: one breaker for the service."""
     options.setdefault("name", unique())
+    options.setdefault("per_route", False)
     return kitmw.CircuitBreaker(backend.app, clock=clock, registry=registry, **options)
 
 
@@ -300,7 +302,7 @@ async def test_excluded_exceptions_are_not_failures(registry) -> None:
     async with client(mw) as c:
         for _ in range(3):
             assert (await c.get("/")).status_code == 500
-    assert mw.policies[0].breaker.state == "closed"
+    assert mw.policies[0].breaker_for(None).state == "closed"  # a raw app: no route is known
 
 
 @pytest.mark.anyio
@@ -375,7 +377,7 @@ async def test_fused_stack_takes_the_breaker_and_the_stack_exclusions(registry) 
     backend = Backend()
     app = kitmw.stack(
         backend.app,
-        breaker={"fail_max": 1, "name": unique(), "registry": registry},
+        breaker={"fail_max": 1, "name": unique(), "registry": registry, "per_route": False},
         exclude_paths=["/health"],
     )
     async with client(app) as c:
@@ -388,7 +390,9 @@ async def test_fused_stack_takes_the_breaker_and_the_stack_exclusions(registry) 
 @pytest.mark.anyio
 async def test_add_middleware_on_a_starlette_app(registry) -> None:
     backend = Backend()
-    backend.app.add_middleware(kitmw.CircuitBreaker, fail_max=2, name=unique(), registry=registry)
+    backend.app.add_middleware(
+        kitmw.CircuitBreaker, fail_max=2, name=unique(), registry=registry, per_route=False
+    )
     async with client(backend.app) as c:
         await open_it(c, 2, "/boom")
         r = await c.get("/ok")
@@ -411,7 +415,7 @@ def test_wsgi_flask_app_uses_the_sync_side(registry) -> None:
         calls.append("ok")
         return "ok"
 
-    wrapped = kitmw.wsgi.CircuitBreaker(app, fail_max=2, name=unique(), registry=registry)
+    wrapped = kitmw.wsgi.CircuitBreaker(app, fail_max=2, name=unique(), registry=registry, per_route=False)
     with httpx.Client(transport=httpx.WSGITransport(app=wrapped), base_url="http://test") as c:
         c.get("/fail")
         c.get("/fail")
@@ -419,6 +423,120 @@ def test_wsgi_flask_app_uses_the_sync_side(registry) -> None:
     assert r.status_code == 503
     assert r.headers["retry-after"] == "30"
     assert calls == ["fail", "fail"]
+
+
+# -- one breaker per route (the policy on neutral exchanges) -----------------------------------
+
+
+def request(policy: BreakerPolicy, route: str | None, status: int = 200, path: str = "/x") -> int:
+    """One request through the policy: the status the caller gets (503 if refused)."""
+    from kitmw.testing import make_exchange
+
+    ex = make_exchange("GET", path, route=route)
+    answer = policy.enter(ex)
+    if answer is not None:
+        return answer.status
+    ex.status = status
+    policy.exit(ex)
+    return status
+
+
+def test_per_route_names_are_the_options_name_and_the_template(registry) -> None:
+    a = BreakerPolicy(fail_max=3, registry=registry)
+    b = BreakerPolicy(fail_max=3, registry=registry)
+    assert a.per_route and a.breaker_name == b.breaker_name == a.breaker_for(None).name.split(":")[0]
+    assert a.breaker_for("/items/{item_id}").name == b.breaker_for("/items/{item_id}").name
+    assert BreakerPolicy(registry=registry).breaker_for("/items/{item_id}").name == "server:/items/{item_id}"
+    named = BreakerPolicy(name="orders", registry=registry)
+    assert named.breaker_for("/items/{item_id}").name == "orders:/items/{item_id}"
+    assert named.breaker_for(None).name == "orders:<unmatched>"
+    assert BreakerPolicy(per_route=False, registry=registry).breaker.name == "server"
+
+
+def test_one_failing_route_opens_only_its_own_breaker(registry) -> None:
+    policy = BreakerPolicy(fail_max=2, registry=registry)
+    assert [request(policy, "/boom", 500) for _ in range(3)] == [500, 500, 503]
+    assert request(policy, "/items/{item_id}") == 200
+    assert request(policy, None) == 200
+    assert policy.breakers["/boom"].state == "open"
+
+
+def test_unmatched_and_unknown_routes_share_one_breaker(registry) -> None:
+    policy = BreakerPolicy(fail_max=2, registry=registry)
+    request(policy, None, 500, path="/scan/1")
+    request(policy, "", 500, path="/scan/2")  # an empty template names no route either
+    assert request(policy, None, path="/scan/3") == 503
+    assert request(policy, "/ok") == 200
+    assert set(policy.breakers) == {"<unmatched>", "/ok"}
+
+
+def test_excluded_paths_are_never_counted_and_get_no_breaker(registry) -> None:
+    policy = BreakerPolicy(fail_max=1, exclude_paths=["/health"], registry=registry)
+    for _ in range(3):
+        assert request(policy, "/health", 500, path="/health") == 500
+    assert set(policy.breakers) == {"<unmatched>"}
+    assert policy.breakers["<unmatched>"].fail_counter == 0
+
+
+def test_max_routes_bounds_the_breakers_and_the_metric_series(registry, caplog) -> None:
+    policy = BreakerPolicy(name="api", fail_max=1, max_routes=3, registry=registry)
+    with caplog.at_level(logging.WARNING, logger="kitmw.breaker"):
+        for i in range(50):
+            request(policy, f"/r{i}")
+    assert set(policy.breakers) == {"<unmatched>", "/r0", "/r1", "/r2", "<other>"}
+    assert [r.getMessage() for r in caplog.records].count(
+        "circuit breaker api: more than max_routes=3 routes; further routes share api:<other>"
+    ) == 1
+    # The routes beyond the bound share one breaker: one fails, all of them are refused.
+    request(policy, "/r10", 500)
+    assert request(policy, "/r20") == 503
+    assert request(policy, "/r1") == 200
+    labels = {dict(k)["breaker"] for k in samples(registry, "kitmw_breaker_state")}
+    assert labels == {"api:<unmatched>", "api:/r0", "api:/r1", "api:/r2", "api:<other>"}
+
+
+def test_the_breaker_attribute_of_a_per_route_policy_says_what_to_use(registry) -> None:
+    policy = BreakerPolicy(registry=registry)
+    with pytest.raises(AttributeError, match="breaker_for"):
+        policy.breaker  # noqa: B018
+    given = Breaker(name=unique(), registry=registry)
+    assert BreakerPolicy(breaker=given).breaker is given  # a ready breaker guards the service
+    assert not BreakerPolicy(breaker=given).per_route
+
+
+# -- a request whose client went away (499) ------------------------------------------------------
+
+
+def test_499_is_kitmw_asgi_client_closed() -> None:
+    from kitmw.asgi import CLIENT_CLOSED
+    from kitmw.breaker._policy import _CLIENT_CLOSED
+
+    assert _CLIENT_CLOSED == CLIENT_CLOSED == 499
+
+
+@pytest.mark.parametrize("is_failure", [None, lambda ex: ex.status >= 400], ids=["default", "custom"])
+def test_a_trial_whose_client_left_frees_its_slot_uncounted(registry, is_failure: Any) -> None:
+    """What a driver records for a client that left mid-response (ASGI and WSGI alike)."""
+    clock = FakeClock()
+    policy = BreakerPolicy(
+        fail_max=1, reset_timeout=10, clock=clock, registry=registry, is_failure=is_failure
+    )
+    request(policy, "/stream", 500)
+    clock.advance(10)
+    assert request(policy, "/stream", 499) == 499  # the trial; its client is gone
+    breaker = policy.breakers["/stream"]
+    assert breaker.state == "half-open"  # neither closed (a success) nor re-opened (a failure)
+    assert request(policy, "/stream") == 200  # the slot was freed: this is the next trial
+    assert breaker.state == "closed"
+
+
+def test_a_499_while_closed_neither_counts_nor_resets(registry) -> None:
+    policy = BreakerPolicy(fail_max=2, registry=registry)
+    request(policy, "/x", 500)
+    request(policy, "/x", 499)
+    assert policy.breakers["/x"].fail_counter == 1
+    request(policy, "/x", 500)
+    assert policy.breakers["/x"].state == "open"
 
 
 # -- the primitive ------------------------------------------------------------------------------
@@ -602,6 +720,13 @@ def test_listeners_hear_calls_failures_successes_and_transitions(registry) -> No
         pytest.param({"is_failure": 5}, "is_failure", id="is_failure"),
         pytest.param({"exclude_paths": ["health"]}, "exclude_paths", id="exclude_paths"),
         pytest.param({"name": ""}, "name", id="name"),
+        pytest.param({"per_route": "yes"}, "per_route", id="per_route"),
+        pytest.param({"max_routes": 0}, "max_routes", id="max_routes"),
+        pytest.param(
+            {"per_route": True, "breaker": Breaker(name="given", registry=CollectorRegistry())},
+            "per_route",
+            id="per_route-with-breaker",
+        ),
     ],
 )
 def test_bad_options_raise_config_error_naming_the_option(options: dict[str, Any], option: str) -> None:

@@ -292,7 +292,7 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
         statuses.append((await plain.post("/upload", headers=key, content=b"x" * 100)).status_code)
         # Two 503s from the app (the call and its retry) open the breaker.
         statuses.append((await client.get("/unstable", headers=key)).status_code)
-        statuses.append((await plain.get("/items/2", headers=key)).status_code)  # breaker open
+        statuses.append((await plain.get("/unstable", headers=key)).status_code)  # its breaker is open
         statuses.append((await plain.get("/items/2", headers=key)).status_code)  # 7th: limited
     assert len(sleeps) == 1  # the retry happened
     return statuses

@@ -9,6 +9,8 @@ import asyncio
 import logging
 import socket
 import uuid
+from decimal import Decimal
+from fractions import Fraction
 
 import httpx
 import pytest
@@ -228,6 +230,30 @@ def test_cost_weighs_requests(registry) -> None:
 def test_zero_cost_is_not_limited(registry) -> None:
     policy = RateLimitPolicy(limit="1/minute", cost=lambda ex: 0, registry=registry, namespace=ns())
     assert decisions(policy, 3) == [200, 200, 200]
+
+
+@pytest.mark.parametrize(
+    ("cost", "expected"),
+    [
+        pytest.param(0.5, [200, 200, 429], id="half-costs-one"),
+        pytest.param(0.01, [200, 200, 429], id="tiny-costs-one"),
+        pytest.param(1.5, [200, 429, 429], id="one-and-a-half-costs-two"),
+        pytest.param(Fraction(1, 3), [200, 200, 429], id="fraction"),
+        pytest.param(Decimal("0.2"), [200, 200, 429], id="decimal"),
+        pytest.param(-0.5, [200, 200, 200], id="negative-not-limited"),
+    ],
+)
+def test_a_fractional_cost_is_rounded_up(registry, cost: object, expected: list[int]) -> None:
+    """0.5 was truncated to 0 and never limited: a fraction of a request costs a whole one."""
+    policy = RateLimitPolicy(limit="2/minute", cost=lambda ex: cost, registry=registry, namespace=ns())
+    assert decisions(policy, 3) == expected
+
+
+@pytest.mark.parametrize("cost", ["1", None, float("nan"), float("inf")], ids=["str", "none", "nan", "inf"])
+def test_a_cost_that_is_not_a_finite_number_is_an_error_naming_the_option(registry, cost: object) -> None:
+    policy = RateLimitPolicy(limit="2/minute", cost=lambda ex: cost, registry=registry, namespace=ns())
+    with pytest.raises((TypeError, ValueError), match=r"^cost: "):
+        policy.enter(FakeExchange("/"))
 
 
 def test_limiter_keys_cannot_reach_another_bucket(registry) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from ._core import Breaker
 from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, ReportedFailure, guarded_call
-from ._policy import BreakerPolicy, default_is_failure, default_name
+from ._policy import OTHER_ROUTES, BreakerPolicy, default_is_failure, default_name
 from ._registry import BreakerRegistry, default_registry, get_breaker
 
 __all__ = [
     "CLOSED",
     "HALF_OPEN",
     "OPEN",
+    "OTHER_ROUTES",
     "Breaker",
     "BreakerPolicy",
     "BreakerRegistry",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -12,11 +13,18 @@ import pybreaker
 from .._paths import PathMatcher
 from .._types import Clock
 from ..errors import BreakerOpen, ConfigError, Rejection
-from ..exchange import Exchange, Policy
+from ..exchange import UNMATCHED, Exchange, Policy
 from ._core import Breaker
-from ._machine import Permit, ReportedFailure
+from ._machine import Permit, ReportedFailure, _check_int, log
 
-__all__ = ["BreakerPolicy", "default_is_failure", "default_name"]
+__all__ = ["OTHER_ROUTES", "BreakerPolicy", "default_is_failure", "default_name"]
+
+#: Route part of the breaker shared by the routes beyond ``max_routes``.
+OTHER_ROUTES = "<other>"
+
+#: The status the drivers record for a request whose client went away (nginx's 499,
+#: ``kitmw.asgi.CLIENT_CLOSED``): it says nothing about the application's health.
+_CLIENT_CLOSED = 499
 
 
 def default_is_failure(ex: Exchange) -> bool:
@@ -42,6 +50,8 @@ def default_name(
 
     Derived from the options only (never from the process), so every replica of one
     app computes the same name and shares one state on Redis without configuration.
+    With one breaker per route (the default) this is the prefix of their names:
+    ``"server:/items/{item_id}"``.
     """
     if isinstance(exclude_paths, str):
         exclude_paths = [exclude_paths]
@@ -62,29 +72,53 @@ def default_name(
 class BreakerPolicy(Policy):
     """Answers 503 ``circuit_open`` with ``Retry-After`` while the application keeps failing.
 
-    Counts exceptions and 5xx answers (``is_failure``), never 4xx; excluded paths are
-    neither refused nor counted; a cancelled request frees its trial slot uncounted.
+    One breaker per route template by default (Go kit's breaker is per endpoint: one
+    failing route must not take the whole service down); ``per_route=False`` guards the
+    whole service with one breaker. Counts exceptions and 5xx answers (``is_failure``),
+    never 4xx, never a request whose client went away (499); excluded paths are neither
+    refused nor counted; a cancelled request frees its trial slot uncounted.
 
     :param fail_max: consecutive failures that open the breaker.
     :param reset_timeout: seconds before a trial request is let through.
     :param success_threshold: successful trials that close it again.
     :param half_open_max: trial requests at once while half-open.
     :param storage: ``None`` (process-local) or a Redis URL shared by every replica.
-    :param name: the breaker's name (logs, metrics, Redis key); default derived from the
-        options, so identically configured replicas share one state.
+    :param name: the breaker's name (logs, metrics, Redis key), or with one breaker per
+        route the prefix of their names (``"<name>:/items/{item_id}"``); default derived
+        from the options, so identically configured replicas share state.
+    :param per_route: one breaker per route template (default), or ``False`` for one
+        breaker for the whole service. Requests no route matches (or whose route cannot
+        be known) share one breaker, ``"<name>:<unmatched>"``.
+    :param max_routes: at most this many per-route breakers; requests to further routes
+        share ``"<name>:<other>"`` (a warning is logged once).
     :param exclude_paths: paths never refused nor counted (health checks).
     :param is_failure: ``callable(exchange) -> bool``; default: an exception or status >= 500.
     :param exclude: exception types (or predicates) that are not failures.
-    :param listeners: ``pybreaker.CircuitBreakerListener`` objects.
+    :param listeners: ``pybreaker.CircuitBreakerListener`` objects (given to every breaker).
     :param registry: prometheus-client registry for the breaker instruments.
     :param clock: seconds, injectable for tests.
-    :param breaker: a ready :class:`~kitmw.breaker.Breaker` to use instead of building one.
+    :param breaker: a ready :class:`~kitmw.breaker.Breaker` guarding the whole service
+        instead of building one (implies ``per_route=False``).
     :param refresh_interval: Redis tuning, see :class:`~kitmw.breaker.Breaker`.
     :param storage_timeout: Redis tuning, see :class:`~kitmw.breaker.Breaker`.
     :param storage_retry: Redis tuning, see :class:`~kitmw.breaker.Breaker`.
     """
 
-    __slots__ = ("_cache", "_excluded", "_is_failure", "_key", "_plain", "breaker")
+    __slots__ = (
+        "_base",
+        "_by_route",
+        "_cache",
+        "_excluded",
+        "_is_failure",
+        "_key",
+        "_lock",
+        "_make",
+        "_max_routes",
+        "_other",
+        "_plain",
+        "_routes",
+        "_single",
+    )
 
     name: ClassVar[str] = "breaker"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
@@ -106,6 +140,8 @@ class BreakerPolicy(Policy):
         half_open_max: int = 1,
         storage: str | None = None,
         name: str | None = None,
+        per_route: bool | None = None,
+        max_routes: int = 1024,
         exclude_paths: Sequence[str] | str | None = (),
         is_failure: Callable[[Exchange], bool] | None = None,
         exclude: Sequence[type[BaseException] | Callable[[BaseException], bool]] = (),
@@ -119,46 +155,152 @@ class BreakerPolicy(Policy):
     ) -> None:
         if is_failure is not None and not callable(is_failure):
             raise ConfigError(f"is_failure: expected a callable(exchange) -> bool, got {is_failure!r}")
+        if per_route is not None and not isinstance(per_route, bool):
+            raise ConfigError(f"per_route: expected True or False, got {per_route!r}")
+        self._max_routes = _check_int("max_routes", max_routes)
         matcher = PathMatcher(exclude_paths)
         self._excluded = matcher if matcher else None
         self._is_failure = is_failure or default_is_failure
         self._plain = is_failure is None  # the default verdict can be inlined in exit()
+        self._key = f"kitmw.breaker.{id(self)}"
+        self._cache: dict[int, Rejection] = {}
+        self._lock = threading.Lock()
+        self._by_route: dict[str | None, Breaker] = {}
+        self._routes = 0
+        self._other: Breaker | None = None
         if breaker is not None:
             if not isinstance(breaker, Breaker):
                 raise ConfigError(f"breaker: expected a kitmw.breaker.Breaker, got {breaker!r}")
-            self.breaker = breaker
-        else:
-            if name is None:
-                name = default_name(
-                    fail_max=fail_max,
-                    reset_timeout=reset_timeout,
-                    success_threshold=success_threshold,
-                    half_open_max=half_open_max,
-                    exclude=exclude,
-                    exclude_paths=exclude_paths,
-                    is_failure=is_failure,
+            if per_route:
+                raise ConfigError(
+                    "per_route: a ready breaker= guards the whole service; leave per_route unset"
                 )
-            self.breaker = Breaker(
-                name=name,
+            self._single: Breaker | None = breaker
+            self._base = breaker.name
+            return
+        if name is None:
+            name = default_name(
                 fail_max=fail_max,
                 reset_timeout=reset_timeout,
                 success_threshold=success_threshold,
                 half_open_max=half_open_max,
                 exclude=exclude,
-                listeners=listeners,
-                storage=storage,
-                clock=clock,
-                registry=registry,
-                refresh_interval=refresh_interval,
-                storage_timeout=storage_timeout,
-                storage_retry=storage_retry,
+                exclude_paths=exclude_paths,
+                is_failure=is_failure,
             )
-        self._key = f"kitmw.breaker.{id(self)}"
-        self._cache: dict[int, Rejection] = {}
+        options: dict[str, Any] = {
+            "fail_max": fail_max,
+            "reset_timeout": reset_timeout,
+            "success_threshold": success_threshold,
+            "half_open_max": half_open_max,
+            "exclude": exclude,
+            "listeners": listeners,
+            "storage": storage,
+            "clock": clock,
+            "registry": registry,
+            "refresh_interval": refresh_interval,
+            "storage_timeout": storage_timeout,
+            "storage_retry": storage_retry,
+        }
+        if per_route is False:
+            self._single = Breaker(name=name, **options)
+            self._base = name
+            return
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"name: expected a non-empty string, got {name!r}")
+        self._single = None
+        self._base = name
+        # Built now: bad options fail here, and its Redis clients serve every route's breaker.
+        unmatched = Breaker(name=f"{name}:{UNMATCHED}", **options)
+        clients = unmatched._shared.clients if unmatched._shared is not None else None
+
+        def make(route: str) -> Breaker:
+            made = Breaker(name=f"{name}:{route}", **options)
+            if clients is not None:
+                made._shared.clients = clients  # type: ignore[union-attr]
+            return made
+
+        self._make = make
+        self._by_route[None] = unmatched
+
+    # -- which breaker ----------------------------------------------------------------------
+
+    @property
+    def per_route(self) -> bool:
+        return self._single is None
+
+    @property
+    def breaker(self) -> Breaker:
+        """The one breaker of a service-wide policy (``per_route=False`` or ``breaker=``)."""
+        if self._single is None:
+            raise AttributeError(
+                "breaker: this policy has one breaker per route; use breaker_for(route) or breakers"
+            )
+        return self._single
 
     @property
     def breaker_name(self) -> str:
-        return self.breaker.name
+        """The breaker's name, or with one breaker per route the prefix of their names."""
+        return self._base
+
+    @property
+    def breakers(self) -> dict[str, Breaker]:
+        """The breakers built so far, by route template (``"<unmatched>"``, ``"<other>"``)."""
+        if self._single is not None:
+            return {"*": self._single}
+        found = {UNMATCHED if route is None else route: b for route, b in list(self._by_route.items())}
+        if self._other is not None:
+            found[OTHER_ROUTES] = self._other
+        return found
+
+    def breaker_for(self, route: str | None) -> Breaker:
+        """The breaker that guards requests to ``route`` (a template, or None: unmatched)."""
+        single = self._single
+        if single is not None:
+            return single
+        found = self._by_route.get(route)
+        return found if found is not None else self._add(route)
+
+    def _add(self, route: str | None) -> Breaker:
+        if not route or route == UNMATCHED:
+            return self._by_route[None]
+        if self._routes >= self._max_routes:
+            return self._other or self._overflow()
+        with self._lock:
+            found = self._by_route.get(route)
+            if found is not None:
+                return found
+            if self._routes >= self._max_routes:
+                return self._other or self._overflow()
+            found = self._make(route)
+            self._by_route[route] = found
+            self._routes += 1
+            return found
+
+    def _overflow(self) -> Breaker:
+        with self._lock:
+            if self._other is None:
+                self._other = self._make(OTHER_ROUTES)
+                log.warning(
+                    "circuit breaker %s: more than max_routes=%d routes; further routes share %s",
+                    self._base,
+                    self._max_routes,
+                    self._other.name,
+                    extra={"breaker": self._other.name},
+                )
+            return self._other
+
+    def close(self) -> None:
+        """Close the breakers' sync Redis client (if any)."""
+        for breaker in self.breakers.values():
+            breaker.close()
+
+    async def aclose(self) -> None:
+        """Close the breakers' Redis clients on this loop (if any)."""
+        for breaker in self.breakers.values():
+            await breaker.aclose()
+
+    # -- per request ------------------------------------------------------------------------
 
     def _rejection(self, retry_after: float) -> Rejection:
         seconds = max(1, math.ceil(retry_after))
@@ -170,6 +312,8 @@ class BreakerPolicy(Policy):
         return answer
 
     def _verdict(self, ex: Exchange) -> tuple[bool | None, BaseException | None]:
+        if ex.status == _CLIENT_CLOSED:
+            return None, None  # the client went away: says nothing about the app's health
         error = ex.error
         if error is not None and not isinstance(error, Exception):
             return None, None  # cancelled (or interrupted): says nothing about the app's health
@@ -180,22 +324,28 @@ class BreakerPolicy(Policy):
     def enter(self, ex: Exchange) -> Rejection | None:
         if self._excluded is not None and self._excluded(ex.path):
             return None
+        breaker = self._single
+        if breaker is None:
+            route = ex.route
+            breaker = self._by_route.get(route) or self._add(route)
         try:
-            permit = self.breaker.acquire()
+            permit = breaker.acquire()
         except BreakerOpen as exc:
             return self._rejection(exc.retry_after)
-        ex.state[self._key] = permit
+        # The breaker too: the release must reach the breaker that gave the permit.
+        ex.state[self._key] = (breaker, permit)
         return None
 
     def exit(self, ex: Exchange) -> None:
-        permit: Permit | None = ex.state.pop(self._key, None)
-        if permit is None:
+        held: tuple[Breaker, Permit] | None = ex.state.pop(self._key, None)
+        if held is None:
             return  # excluded path, or refused
-        if self._plain and ex.error is None and ex.status < 500:
-            self.breaker.release(permit, failed=False)
+        breaker, permit = held
+        if self._plain and ex.error is None and ex.status < _CLIENT_CLOSED:
+            breaker.release(permit, failed=False)
             return
         failed, error = self._verdict(ex)
-        self.breaker.release(permit, failed=failed, error=error)
+        breaker.release(permit, failed=failed, error=error)
 
 
 class _SharedBreakerPolicy(BreakerPolicy):
@@ -211,15 +361,20 @@ class _SharedBreakerPolicy(BreakerPolicy):
     async def aenter(self, ex: Exchange) -> Rejection | None:
         if self._excluded is not None and self._excluded(ex.path):
             return None
+        breaker = self._single
+        if breaker is None:
+            route = ex.route
+            breaker = self._by_route.get(route) or self._add(route)
         try:
-            permit = await self.breaker.aacquire()
+            permit = await breaker.aacquire()
         except BreakerOpen as exc:
             return self._rejection(exc.retry_after)
-        ex.state[self._key] = permit
+        ex.state[self._key] = (breaker, permit)
         return None
 
     async def aexit(self, ex: Exchange) -> None:
-        permit: Permit | None = ex.state.pop(self._key, None)
-        if permit is not None:
+        held: tuple[Breaker, Permit] | None = ex.state.pop(self._key, None)
+        if held is not None:
+            breaker, permit = held
             failed, error = self._verdict(ex)
-            await self.breaker.arelease(permit, failed=failed, error=error)
+            await breaker.arelease(permit, failed=failed, error=error)

@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["SharedState", "Snapshot", "parse_snapshot"]
+__all__ = ["RedisClients", "SharedState", "Snapshot", "parse_snapshot"]
 
 _FIELDS = ("state", "fails", "successes", "opened_at")
 
@@ -143,21 +143,20 @@ def parse_snapshot(values: Sequence[Any]) -> Snapshot:
     return Snapshot(state, fails, successes, opened_at)
 
 
-class SharedState:
-    """Runs the scripts above with a sync client (threads) or an async client (asyncio).
+class RedisClients:
+    """The Redis clients of one URL: a sync one (threads) and an async one per event loop.
 
-    The async client is kept per event loop: redis-py's asyncio connections belong to the
-    loop that opened them, and one breaker may serve several loops (uvicorn workers in
-    threads, test loops).
+    Shared by every breaker of one server policy (one per route), so a service with many
+    routes holds one connection pool, not one per route. redis-py's asyncio connections
+    belong to the loop that opened them, and one breaker may serve several loops (uvicorn
+    workers in threads, test loops). Closing is idempotent; a closed client is reopened
+    on next use.
     """
 
-    __slots__ = ("_aclients", "_lock", "_sync", "_sync_scripts", "key", "probe", "slots", "timeout", "url")
+    __slots__ = ("_aclients", "_lock", "_sync", "_sync_scripts", "timeout", "url")
 
-    def __init__(self, url: str, name: str, *, slots: int, timeout: float) -> None:
+    def __init__(self, url: str, *, timeout: float) -> None:
         self.url = url
-        self.key = f"kitmw:breaker:{{{name}}}"
-        self.probe = f"{self.key}:probe:"
-        self.slots = slots
         self.timeout = timeout
         self._lock = threading.Lock()
         self._sync: Any = None
@@ -165,6 +164,61 @@ class SharedState:
         self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = (
             weakref.WeakKeyDictionary()
         )
+
+    def sync(self) -> tuple[Any, dict[str, Any]]:
+        """The sync client and its registered scripts."""
+        client = self._sync
+        if client is None:
+            import redis
+
+            with self._lock:  # one pool for every thread
+                if self._sync is None:
+                    self._sync_scripts = {}
+                    self._sync = redis.Redis.from_url(
+                        self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+                    )
+                client = self._sync
+        return client, self._sync_scripts
+
+    def aclient(self) -> tuple[Any, dict[str, Any]]:
+        """The async client of the running loop and its registered scripts."""
+        loop = asyncio.get_running_loop()
+        found = self._aclients.get(loop)
+        if found is None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(
+                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+            )
+            found = self._aclients[loop] = (client, {})
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the async client of the running loop (and the sync one)."""
+        self.close()
+        found = self._aclients.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose()
+
+
+class SharedState:
+    """Runs the scripts above for one breaker name, on :class:`RedisClients`."""
+
+    __slots__ = ("clients", "key", "probe", "slots")
+
+    def __init__(
+        self, url: str, name: str, *, slots: int, timeout: float, clients: RedisClients | None = None
+    ) -> None:
+        self.key = f"kitmw:breaker:{{{name}}}"
+        self.probe = f"{self.key}:probe:"
+        self.slots = slots
+        self.clients = clients if clients is not None else RedisClients(url, timeout=timeout)
 
     def _keys_args(self, op: tuple[Any, ...]) -> tuple[list[str], list[Any]]:
         kind = op[0]
@@ -180,41 +234,20 @@ class SharedState:
 
     def run(self, op: tuple[Any, ...]) -> Any:
         """Run ``op`` (``("refresh",)`` or a script name and its arguments); may raise."""
-        client = self._sync
-        if client is None:
-            import redis
-
-            with self._lock:  # one pool for every thread
-                if self._sync is None:
-                    self._sync = redis.Redis.from_url(
-                        self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-                    )
-                client = self._sync
+        client, scripts = self.clients.sync()
         if op[0] == "refresh":
             return client.hmget(self.key, _FIELDS)
-        script = self._sync_scripts.get(op[0])
+        script = scripts.get(op[0])
         if script is None:
-            script = self._sync_scripts.setdefault(op[0], client.register_script(_SCRIPTS[op[0]]))
+            script = scripts.setdefault(op[0], client.register_script(_SCRIPTS[op[0]]))
         keys, args = self._keys_args(op)
         return script(keys=keys, args=args)
 
     # -- async (asyncio) -------------------------------------------------------------------
 
-    def _aclient(self) -> tuple[Any, dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        found = self._aclients.get(loop)
-        if found is None:
-            import redis.asyncio
-
-            client = redis.asyncio.Redis.from_url(
-                self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
-            )
-            found = self._aclients[loop] = (client, {})
-        return found
-
     async def arun(self, op: tuple[Any, ...]) -> Any:
         """Async twin of :meth:`run`."""
-        client, scripts = self._aclient()
+        client, scripts = self.clients.aclient()
         if op[0] == "refresh":
             return await client.hmget(self.key, _FIELDS)
         script = scripts.get(op[0])
@@ -224,13 +257,7 @@ class SharedState:
         return await script(keys=keys, args=args)
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
-            self._sync = None
+        self.clients.close()
 
     async def aclose(self) -> None:
-        """Close the async client of the running loop (and the sync one)."""
-        self.close()
-        found = self._aclients.pop(asyncio.get_running_loop(), None)
-        if found is not None:
-            await found[0].aclose()
+        await self.clients.aclose()

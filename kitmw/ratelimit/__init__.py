@@ -7,6 +7,8 @@
   429 with ``Retry-After`` and the IETF ``RateLimit``/``RateLimit-Policy`` headers, or
   503 when the storage is down and ``fail_open=False``.
 * :class:`ClientAddress` is the trusted-proxy client-address key on its own.
+* :class:`HeapMemoryStorage` is the ``limits`` storage behind ``memory://``: ``limits``'
+  in-memory semantics, keys expired from a heap instead of a sweep of every key.
 
 See ``docs/ratelimit.md``.
 """
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 from ._keys import ClientAddress
 from ._limiter import Decision, Limiter
+from ._limits import HeapMemoryStorage
 from ._policy import RateLimitPolicy
 from ._storage import STRATEGY_NAMES
 
-__all__ = ["STRATEGY_NAMES", "ClientAddress", "Decision", "Limiter", "RateLimitPolicy"]
+__all__ = ["STRATEGY_NAMES", "ClientAddress", "Decision", "HeapMemoryStorage", "Limiter", "RateLimitPolicy"]

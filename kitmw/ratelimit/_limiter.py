@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from limits import RateLimitItem, parse_many
 
 from ..errors import ConfigError
+from ._limits import key_affixes
 from ._storage import Backend
 
 __all__ = ["Decision", "Limiter"]
@@ -84,8 +85,7 @@ class _Spec:
         # The RateLimit header value up to the remaining count (Decision.ratelimit's start).
         self.header = f'"{name}";r='.encode("latin-1")
         # item.key_for(key) == prefix + key + suffix, without its per-call list and joins.
-        self.prefix = f"{item.namespace}/"
-        self.suffix = f"/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+        self.prefix, self.suffix = key_affixes(item)
 
 
 def parse_limit(limit: Any, namespace: str, option: str = "limit") -> tuple[tuple[_Spec, ...], str]:

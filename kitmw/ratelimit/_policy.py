@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -68,7 +69,8 @@ class RateLimitPolicy(Policy):
     :param routes: route template or path prefix -> limit string (own budget per route),
         or None to exempt that route.
     :param methods: only these methods are limited (default all).
-    :param cost: callable on the exchange giving the request's cost (< 1: not limited).
+    :param cost: callable on the exchange giving the request's cost; a fractional cost is
+        rounded up (0.5 costs 1), a cost of 0 or less is not limited.
     :param headers: add ``RateLimit``/``RateLimit-Policy`` to allowed responses too.
     :param ipv6_prefix: IPv6 clients share a budget per prefix (default /64).
     :param registry: Prometheus registry for decision/storage-error counters.
@@ -115,7 +117,7 @@ class RateLimitPolicy(Policy):
         exclude_paths: Iterable[str] | str | None = (),
         routes: Mapping[str, str | None] | None = None,
         methods: Iterable[str] | None = None,
-        cost: Callable[[Exchange], int] | None = None,
+        cost: Callable[[Exchange], float] | None = None,
         headers: bool = True,
         ipv6_prefix: int = 64,
         registry: Any = None,
@@ -253,7 +255,8 @@ class RateLimitPolicy(Policy):
             return None
         cost = 1
         if self._cost is not None:
-            cost = int(self._cost(ex))
+            given = self._cost(ex)
+            cost = given if type(given) is int else _whole_cost(given)
             if cost < 1:
                 return None
         return limiter, str(key), cost
@@ -305,6 +308,17 @@ class _AsyncRateLimitPolicy(RateLimitPolicy):
             return None
         limiter, key, cost = plan
         return self._answer(ex, await limiter.ahit(key, cost, stats=self._headers))
+
+
+def _whole_cost(cost: Any) -> int:
+    """A cost as a whole number of requests, rounded up: 0.5 costs 1, never 0 (unlimited)."""
+    try:
+        whole: int = math.ceil(cost)  # floats, Fraction, Decimal
+        return whole
+    except TypeError:
+        raise TypeError(f"cost: the callable must return a number, got {cost!r}") from None
+    except (ValueError, OverflowError):
+        raise ValueError(f"cost: the callable must return a finite number, got {cost!r}") from None
 
 
 def _is_memory(storage: Any) -> bool:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from limits.strategies import STRATEGIES
 
 from ..errors import ConfigError
+from ._limits import HeapMemoryStorage
 
 __all__ = ["STRATEGY_NAMES", "Backend"]
 
@@ -146,7 +147,11 @@ class Backend:
             sync_options = {"connection_pool": pool, **storage_level}
             async_options = {"implementation": "redispy", **storage_level}
         try:
-            self.sync: Any = storage_from_string(sync_uri, **sync_options)
+            if self.memory:
+                # limits' MemoryStorage sweeps every key every ~10 ms: see _limits.py.
+                self.sync: Any = HeapMemoryStorage(sync_uri, **sync_options)
+            else:
+                self.sync = storage_from_string(sync_uri, **sync_options)
         except ConfigurationError as exc:
             raise ConfigError(f"storage: {exc}") from exc
         except Exception as exc:

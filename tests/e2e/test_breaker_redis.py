@@ -54,6 +54,8 @@ def replica(redis_url: str, clock: Any = None, **options: Any) -> Any:
     """
     options.setdefault("fail_max", 3)
     options.setdefault("reset_timeout", 30)
+    # These tests fail /fail and probe /ok: one breaker for the service (per route: test_breaker_e2e).
+    options.setdefault("per_route", False)
     built: list[Breaker] = []
 
     @contextlib.asynccontextmanager

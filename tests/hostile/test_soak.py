@@ -286,12 +286,14 @@ class Soak:
             "metrics_children": len(self.policies["metrics"]._children),
             "jwt_cache": len(self.policies["auth"]._backends[0]._cache),
             "breaker_answers": len(self.policies["breaker"]._cache),
-            "limiter_keys": len(self.policies["ratelimit"].backend.sync.storage),
+            "breakers": len(self.policies["breaker"].breakers),  # one per route, one unmatched
+            "limiter_keys": len(self.policies["ratelimit"].backend.sync),
         }
         assert sizes["route_cache"] <= 2048
         assert sizes["metrics_children"] <= 4096
         assert sizes["jwt_cache"] <= 1024
         assert sizes["breaker_answers"] <= 256
+        assert sizes["breakers"] <= 32  # the soak app's routes + <unmatched>, whatever the paths
         return sizes
 
 
