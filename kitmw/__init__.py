@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .concerns import middleware_names
 from .errors import BreakerOpen, ConfigError, KitmwError, RateLimited, Rejection, StorageError
 from .exchange import Exchange, Policy
 from .stack import stack
@@ -42,6 +43,8 @@ __all__ = [
 _MIDDLEWARES = {"AccessLog", "Auth", "CircuitBreaker", "Metrics", "RateLimit", "Tracing"}
 _SUBMODULES = {
     "asgi",
+    "chain",
+    "concerns",
     "auth",
     "balance",
     "breaker",
@@ -62,7 +65,7 @@ _SUBMODULES = {
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MIDDLEWARES:
+    if name in _MIDDLEWARES or name in middleware_names():
         value = getattr(importlib.import_module(".asgi", __name__), name)
     elif name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)

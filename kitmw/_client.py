@@ -36,8 +36,8 @@ from types import ModuleType
 from typing import Any
 
 from . import errors
-from ._concerns import check_options, construct
 from .balance import Balancer, Instance, origin_key
+from .concerns import check_options, construct
 from .errors import ConfigError, Rejection
 from .exchange import Exchange, Policy
 from .retry import Retry
@@ -444,6 +444,10 @@ def _request_id_source() -> Callable[[], str | None] | None:
 # -- the core --------------------------------------------------------------------------------
 
 
+def _no_enter(ex: ClientExchange) -> None:
+    return None
+
+
 class _Done:
     """Finishes one exchange exactly once: breaker verdict, then policies' exits."""
 
@@ -547,20 +551,11 @@ class _Core:
         self.policies = tuple(policies)
         # the metrics policy's registry also receives retry and breaker counts
         registry = next((r for p in policies if (r := getattr(p, "registry", None)) is not None), None)
+        hooks = [p.hooks("httpx", is_async) for p in policies]
         self.enters: tuple[tuple[Any, bool], ...] = tuple(
-            (p.aenter, True) if is_async and type(p)._overrides("aenter") else (p.enter, False)
-            for p in policies
+            (h.enter, h.enter_awaits) if h.enter is not None else (_no_enter, False) for h in hooks
         )
-        exits: list[tuple[Any, bool]] = []
-        for p in policies:
-            cls = type(p)
-            if is_async and cls._overrides("aexit"):
-                exits.append((p.aexit, True))
-            elif cls._overrides("exit") or cls._overrides("aexit"):
-                exits.append((p.exit, False))
-            else:
-                exits.append((None, False))
-        self.exits = tuple(exits)
+        self.exits = tuple((h.exit, h.exit_awaits) for h in hooks)
         self.limit = _make_limit(ratelimit, registry)
         self.retry = _make_retry(retry)
         self.breakers = _make_breakers(breaker, lib, registry)

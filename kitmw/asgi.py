@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Hashable
 from time import perf_counter_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.authentication import AuthCredentials
 from starlette.requests import ClientDisconnect
 
-from ._concerns import build_policy
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .errors import NoResponse, Rejection
-from .exchange import SERVE, Exchange, Policy, _join_keys
+from .chain import Chain, Pending, compile_chain
+from .concerns import build, middleware_names
+from .errors import NoResponse, Rejected, Rejection
+from .exchange import Exchange, Policy
 from .routes import django_route, starlette_route, url_map_route
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "AsgiExchange",
     "Auth",
     "CircuitBreaker",
+    "ConcernMiddleware",
     "Metrics",
     "Middleware",
     "RateLimit",
@@ -68,7 +69,7 @@ def _is_django(app: Any) -> bool:
 class AsgiExchange(Exchange):
     """An exchange over an ASGI ``scope``: headers are read from the scope on demand."""
 
-    __slots__ = ("_applied", "_counting", "_gone", "_root", "_router_kind", "_start_headers", "scope")
+    __slots__ = ("_counting", "_gone", "_root", "_router_kind", "_start_headers", "scope")
     protocol = "asgi"
 
     def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
@@ -79,7 +80,6 @@ class AsgiExchange(Exchange):
         self._start_headers: Any = None
         self._counting = False
         self._gone = False  # the client disconnected (http.disconnect seen, or send failed)
-        self._applied: frozenset[Hashable] = frozenset()
 
     def header(self, name: str) -> str | None:
         key = name.encode("latin-1")
@@ -112,6 +112,16 @@ class AsgiExchange(Exchange):
     def native(self) -> Scope:
         return self.scope
 
+    @property
+    def mount_prefix(self) -> str:
+        root_path = self.scope.get("root_path")
+        return root_path if isinstance(root_path, str) else ""
+
+    def begin_attempt(self) -> None:
+        if self.response_started:
+            raise RuntimeError("an around policy called the application again after it started its response")
+        super().begin_attempt()
+
     def _resolve_route(self) -> str | None:
         kind = self._router_kind
         if kind == _ROUTER_DJANGO:
@@ -128,7 +138,7 @@ class AsgiExchange(Exchange):
         return starlette_route(self.scope, self._root)  # type: ignore[arg-type]
 
     def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
-        super().set_user(principal, scopes, claims)
+        super().set_user(principal, scopes, claims, user)
         scope = self.scope
         if user is not None:
             scope["user"] = user
@@ -181,43 +191,16 @@ class Middleware:
             self._router_kind = _ROUTER_URL_MAP
         else:
             self._router_kind = _ROUTER_STARLETTE
-        enters: list[tuple[Any, bool]] = []
-        for policy in self.policies:
-            cls = type(policy)
-            if cls._overrides("aenter"):
-                enters.append((policy.aenter, True))
-            else:
-                enters.append((policy.enter, False))
-        self._enters = tuple(enters)
-        exits: list[tuple[Any, bool]] = []
-        for policy in self.policies:
-            cls = type(policy)
-            if cls._overrides("aexit"):
-                exits.append((policy.aexit, True))
-            elif cls._overrides("exit"):
-                exits.append((policy.exit, False))
-            else:
-                exits.append((None, False))
-        self._exits = tuple(exits)
-        # (position, exit, is_async) of the policies that have an exit, innermost first.
-        self._rexits = tuple(
-            (i, exit_, is_async)
-            for i, (exit_, is_async) in reversed(list(enumerate(exits)))
-            if exit_ is not None
-        )
-        self._sync_enters = None if any(a for _, a in enters) else tuple(e for e, _ in enters)
-        self._count_in = any(p.counts_request_bytes for p in self.policies)
-        self._join_keys = _join_keys(self.policies)
-        self._keys = frozenset(self._join_keys)
-        self._judges = frozenset(i for i, p in enumerate(self.policies) if p.judges_application)
-        self._ws_positions = tuple(i for i, p in enumerate(self.policies) if p.handles_websocket)
-        self._ws = bool(self._ws_positions)
+        self._chain: Chain = compile_chain(self.policies, "asgi", is_async=True)
+        ws = [p for p in self.policies if p.handles_websocket]
+        self._ws_chain: Chain | None = compile_chain(ws, "asgi", is_async=True) if ws else None
+        self._inner: bool | None = None  # another kitmw layer inside (found on first use)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
-            if kind == "websocket" and self._ws:
-                await self._websocket(scope, receive, send)
+            if kind == "websocket" and self._ws_chain is not None:
+                await self._websocket(self._ws_chain, scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -230,77 +213,60 @@ class Middleware:
         outer_app = scope.get("app")
         ex = AsgiExchange(scope, self._url_map_app or outer_app or self.app, self._router_kind)
         scope[_EXCHANGE_KEY] = ex
-        ex._applied = self._keys
+        chain = self._chain
+        ex.applied = chain.keys
         handle_errors = self.handle_errors
         if handle_errors is None:
             handle_errors = outer_app is None and "app" not in scope
         ex.start_ns = perf_counter_ns()
-        entered = 0
-        ran: list[int] | None = None  # set when the policies that ran are not a prefix
-        started = False
-        try:
-            answer: Rejection | None = None
-            sync_enters = self._sync_enters
-            if sync_enters is not None:  # no policy awaits: no coroutine per enter
-                for enter in sync_enters:
-                    entered += 1
-                    answer = enter(ex)
-                    if answer is not None:
-                        break
-            else:
-                for enter, is_async in self._enters:
-                    entered += 1
-                    answer = (await enter(ex)) if is_async else enter(ex)
-                    if answer is not None:
-                        break
+        exits: list[Pending] = []
 
-            async def send_wrapper(message: Message) -> None:
-                nonlocal started
-                kind = message["type"]
-                if kind == "http.response.body":
-                    body = message.get("body")
-                    if body:
-                        ex.bytes_out += len(body)
-                    if not message.get("more_body", False):
-                        ex.end_ns = perf_counter_ns()
-                elif kind == "http.response.start":
-                    started = True
-                    ex.status = message["status"]
-                    added = ex._added_headers
-                    if added:
-                        headers = list(message.get("headers", ()))
-                        headers.extend(added)
-                        message["headers"] = headers
-                        ex._start_headers = headers
-                    else:
-                        ex._start_headers = message.get("headers")
-                elif kind == "http.response.pathsend":
+        async def send_wrapper(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.body":
+                body = message.get("body")
+                if body:
+                    ex.bytes_out += len(body)
+                if not message.get("more_body", False):
                     ex.end_ns = perf_counter_ns()
-                try:
-                    await send(message)
-                except OSError:  # ASGI 2.4 servers raise it once the client is gone
-                    ex._gone = True
-                    ex.end_ns = 0  # the response did not reach its end
-                    raise
+            elif kind == "http.response.start":
+                ex.response_started = True
+                ex.status = message["status"]
+                added = ex._added_headers
+                if added:
+                    headers = list(message.get("headers", ()))
+                    headers.extend(added)
+                    message["headers"] = headers
+                    ex._start_headers = headers
+                else:
+                    ex._start_headers = message.get("headers")
+            elif kind == "http.response.pathsend":
+                ex.end_ns = perf_counter_ns()
+            try:
+                await send(message)
+            except OSError:  # ASGI 2.4 servers raise it once the client is gone
+                ex._gone = True
+                ex.end_ns = 0  # the response did not reach its end
+                raise
 
-            if answer is not None:
-                if answer is not SERVE:
-                    await _send_answer(answer, ex, send_wrapper)
-                    return
-                # A policy answers in place of the app (/metrics): the rest still guard it.
-                ran = list(range(entered))
-                answer = await self._enter_rest(ex, entered, ran)
-                if answer is not None:
-                    await _send_answer(answer, ex, send_wrapper)
-                    return
-                receive = _counting_receive(ex, receive, self._count_in)
-                await self._serve(self.policies[entered - 1], ex, scope, receive, send_wrapper)
-                return
-            await self.app(scope, _counting_receive(ex, receive, self._count_in), send_wrapper)
+        counted = _counting_receive(ex, receive, chain.counts_request_bytes)
+
+        async def call() -> None:
+            if ex.serving is None:
+                await self.app(scope, counted, send_wrapper)
+            else:
+                await self._serve(ex, scope, counted, send_wrapper)
+
+        try:
+            await chain.run_async(ex, call, exits)
+        except Rejected as refusal:
+            if not _refused_here(ex, refusal):
+                _record(ex, refusal)
+                raise
+            await _answer(refusal.rejection, ex, send_wrapper)
         except BaseException as exc:
-            if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
-                ex.error = exc  # not the app's answer to a client that left: record it
-            if not started and not ex._gone:
+            _record(ex, exc)
+            if not ex.response_started and not ex._gone:
                 ex.status = 500
                 if handle_errors:
                     try:
@@ -312,48 +278,24 @@ class Middleware:
             scope.pop(_EXCHANGE_KEY, None)
             if ex._gone or not ex.end_ns or not ex.status:
                 _settle(ex)
-            # The exits, innermost first, inline (no coroutine unless a policy awaits).
-            if ran is None:
-                for i, exit_, is_async in self._rexits:
-                    if i < entered:
-                        if is_async:
-                            await exit_(ex)
-                        else:
-                            exit_(ex)
-            else:
-                await self._exit(ex, ran)
+            await chain.finish_async(ex, exits, primary=ex.error)
 
-    async def _enter_rest(self, ex: AsgiExchange, start: int, ran: list[int]) -> Rejection | None:
-        """After a policy returned :data:`SERVE`: the enters from ``start`` on, but not those
-        of the policies that judge the application; the first refusal is returned."""
-        enters = self._enters
-        judges = self._judges
-        for i in range(start, len(enters)):
-            if i in judges:
-                continue
-            ran.append(i)
-            enter, is_async = enters[i]
-            answer = (await enter(ex)) if is_async else enter(ex)
-            if answer is not None and answer is not SERVE:  # a second SERVE: the first answers
-                return answer  # type: ignore[no-any-return]
-        return None
-
-    async def _serve(
-        self, policy: Policy, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """Send ``policy``'s answer where the application would be called.
+    async def _serve(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the answer of the policy serving in place of the application.
 
         If a kitmw layer runs inside the application (``add_middleware`` under a
-        ``stack()``), the answer is handed to it, so that its policies guard it too.
+        ``stack()``), the exchange is handed to it, so that its policies guard it too.
         """
-        state = ex.state
-        if _inner_layer(self):
-            state[_SERVE_KEY] = policy
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = _inner_layer(self)
+        if inner:
             await self.app(scope, receive, send)
-            if state.pop(_SERVE_KEY, None) is None or ex.status:
-                return  # an inner layer took it, or the application answered itself
-        answer = await policy.arespond(ex)
-        await _send_answer(answer, ex, send)
+            if ex.response_started:
+                return  # an inner layer served it (or the application answered itself)
+        serving = ex.serving
+        assert serving is not None
+        await _send_answer(await serving.arespond(ex), ex, send)
 
     async def _join(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
         """Run this layer's policies on an outer layer's exchange; its send is already wrapped.
@@ -362,89 +304,69 @@ class Middleware:
         layer already applied (the same policy object, or a second ``Metrics`` on the
         same registry): running it again could only duplicate its output.
         """
-        applied = ex._applied
-        keys = self._join_keys
-        ex._applied = applied | self._keys
-        serving: Policy | None = None
-        state = ex._state
-        if state is not None:
-            serving = state.pop(_SERVE_KEY, None)  # an outer layer's answer in place of the app
-        judges = self._judges
-        ran: list[int] = []
-        try:
-            answer: Rejection | None = None
-            for i, (enter, is_async) in enumerate(self._enters):
-                if keys[i] in applied or (serving is not None and i in judges):
-                    continue
-                ran.append(i)
-                answer = (await enter(ex)) if is_async else enter(ex)
-                if answer is SERVE:
-                    if serving is None:
-                        serving = self.policies[i]
-                    answer = None
-                elif answer is not None:
-                    break
-            if answer is not None:
-                await _send_answer(answer, ex, send)
-                return
-            if self._count_in and not ex._counting:
-                receive = _counting_receive(ex, receive)
-            if serving is not None:
-                await self._serve(serving, ex, scope, receive, send)
-            else:
+        chain = self._chain.without(ex.applied)
+        ex.applied |= chain.keys
+        exits: list[Pending] = []
+        if chain.counts_request_bytes and not ex._counting:
+            receive = _counting_receive(ex, receive)
+
+        async def call() -> None:
+            if ex.serving is None:
                 await self.app(scope, receive, send)
+            else:
+                await self._serve(ex, scope, receive, send)
+
+        try:
+            await chain.run_async(ex, call, exits)
+        except Rejected as refusal:
+            if not _refused_here(ex, refusal):
+                _record(ex, refusal)
+                raise
+            await _answer(refusal.rejection, ex, send)
         except BaseException as exc:
-            if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
-                ex.error = exc  # as in __call__: a client that left is not an app error
+            _record(ex, exc)
             if not ex.status and not ex._gone:
                 ex.status = 500
             raise
         finally:
             if ex._gone or not ex.end_ns or not ex.status:
                 _settle(ex)  # the exits here run before the outer layer's: same verdict
-            await self._exit(ex, ran)
+            await chain.finish_async(ex, exits, primary=ex.error)
 
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _websocket(self, chain: Chain, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket connection, seen only by the policies that handle websockets."""
         outer = scope.get(_EXCHANGE_KEY)
         if outer is None:
             ex = AsgiExchange(scope, self._url_map_app or scope.get("app") or self.app, self._router_kind)
             ex.start_ns = perf_counter_ns()
             scope[_EXCHANGE_KEY] = ex
-            applied: frozenset[Hashable] = frozenset()
         else:
             ex = outer
-            applied = ex._applied
-        ex._applied = applied | self._keys
-        keys = self._join_keys
-        ran: list[int] = []
+            chain = chain.without(ex.applied)
+        ex.applied |= chain.keys
+        exits: list[Pending] = []
 
         async def send_wrapper(message: Message) -> None:
             kind = message["type"]
             if kind == "websocket.accept":
                 ex.status = 101
+                ex.response_started = True
             elif kind == "websocket.http.response.start":
                 ex.status = message["status"]
+                ex.response_started = True
             elif kind == "websocket.close" and not ex.status:
                 ex.status = 403  # closed before accept: the server answers 403
             await send(message)
 
-        try:
-            answer: Rejection | None = None
-            for i in self._ws_positions:
-                if keys[i] in applied:
-                    continue
-                ran.append(i)
-                enter, is_async = self._enters[i]
-                answer = (await enter(ex)) if is_async else enter(ex)
-                if answer is SERVE:
-                    answer = None
-                elif answer is not None:
-                    break
-            if answer is not None:
-                await _deny_websocket(answer, ex, scope, send_wrapper)
-                return
+        async def call() -> None:
             await self.app(scope, receive, send_wrapper if outer is None else send)
+
+        try:
+            await chain.run_async(ex, call, exits)
+        except Rejected as refusal:
+            if not _refused_here(ex, refusal):
+                raise
+            await _deny_websocket(refusal.rejection, ex, scope, send_wrapper)
         except BaseException as exc:
             if not isinstance(exc, _DISCONNECT_ERRORS):
                 ex.error = exc
@@ -453,27 +375,40 @@ class Middleware:
             if outer is None:
                 scope.pop(_EXCHANGE_KEY, None)
                 ex.end_ns = perf_counter_ns()
-            await self._exit(ex, ran)
-
-    async def _exit(self, ex: Exchange, ran: list[int]) -> None:
-        exits = self._exits
-        for i in reversed(ran):
-            exit_, is_async = exits[i]
-            if exit_ is not None:
-                if is_async:
-                    await exit_(ex)
-                else:
-                    exit_(ex)
+            await chain.finish_async(ex, exits)
 
 
 _EXCHANGE_KEY = "kitmw.exchange"
-#: ``ex.state`` key of a policy whose answer an inner kitmw layer is to serve (SERVE).
-_SERVE_KEY = "kitmw.serve"
 _MAX_WALK = 32
 
 
 #: What an app raises because its client went away (not a fault of the app).
 _DISCONNECT_ERRORS = (OSError, ClientDisconnect, asyncio.CancelledError)
+
+
+def _refused_here(ex: Exchange, refusal: Rejected) -> bool:
+    """True if a policy of this exchange refused it (not the application raising a
+    kitmw error of its own, such as a ``BreakerOpen`` from an httpx client it called)."""
+    return refusal.rejection is ex.rejection
+
+
+def _record(ex: AsgiExchange, exc: BaseException) -> None:
+    if not (ex._gone and isinstance(exc, _DISCONNECT_ERRORS)):
+        ex.error = exc  # not the app's answer to a client that left: record it
+
+
+async def _answer(answer: Rejection, ex: AsgiExchange, send: Send) -> None:
+    """A refusal: the JSON answer, or, once the response has started (a deadline that
+    passed mid-stream), the end of the body there: nothing else can be said then."""
+    if not ex.response_started:
+        await _send_answer(answer, ex, send)
+        return
+    if ex.error is None:
+        ex.error = answer.error()
+    try:
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except Exception:
+        pass  # the server refused to end a body it counted short: it closes the connection
 
 
 def _settle(ex: AsgiExchange) -> None:
@@ -564,46 +499,52 @@ async def _deny_websocket(answer: Rejection, ex: Exchange, scope: Scope, send: S
     await send({"type": "websocket.close", "code": code, "reason": answer.code})
 
 
-class AccessLog(Middleware):
-    """Access log and request id (:class:`kitmw.logging.AccessLogPolicy` options)."""
+class ConcernMiddleware(Middleware):
+    """A per-concern class: the driver with that concern's policy (``kitmw.RateLimit``).
+
+    Built from the registry (:mod:`kitmw.concerns`) for every concern with a
+    ``middleware`` name; its options are that concern's server policy options.
+    """
+
+    concern: str = ""
 
     def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("access_log", options), handle_errors=handle_errors)
+        policy = build("server", self.concern, options)
+        assert policy is not None
+        super().__init__(app, policy, handle_errors=handle_errors)
 
 
-class Metrics(Middleware):
-    """Prometheus RED metrics and ``/metrics`` (:class:`kitmw.metrics.MetricsPolicy` options)."""
-
-    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("metrics", options), handle_errors=handle_errors)
+_CLASSES: dict[str, type[ConcernMiddleware]] = {}
 
 
-class Tracing(Middleware):
-    """OpenTelemetry server spans (:class:`kitmw.tracing.TracingPolicy` options)."""
-
-    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("tracing", options), handle_errors=handle_errors)
-
-
-class RateLimit(Middleware):
-    """Rate limiting with ``limits`` (:class:`kitmw.ratelimit.RateLimitPolicy` options)."""
-
-    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("ratelimit", options), handle_errors=handle_errors)
-
-
-class CircuitBreaker(Middleware):
-    """Circuit breaking with pybreaker (:class:`kitmw.breaker.BreakerPolicy` options)."""
-
-    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("breaker", options), handle_errors=handle_errors)
+def concern_class(name: str) -> type[ConcernMiddleware]:
+    """The per-concern ASGI class called ``name`` (``"RateLimit"``), made once."""
+    found = _CLASSES.get(name)
+    if found is None:
+        entry = middleware_names().get(name)
+        if entry is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        policy = entry.policies["server"]
+        doc = f"The ASGI driver with :class:`{entry.package}.{policy}` (its options, keyword-only)."
+        found = _CLASSES[name] = type(
+            name, (ConcernMiddleware,), {"concern": entry.name, "__doc__": doc, "__module__": __name__}
+        )
+    return found
 
 
-class Auth(Middleware):
-    """Authentication and scopes (:class:`kitmw.auth.AuthPolicy` options)."""
+def __getattr__(name: str) -> Any:
+    cls = concern_class(name)
+    globals()[name] = cls
+    return cls
 
-    def __init__(self, app: ASGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("auth", options), handle_errors=handle_errors)
+
+if TYPE_CHECKING:
+    AccessLog = ConcernMiddleware
+    Auth = ConcernMiddleware
+    CircuitBreaker = ConcernMiddleware
+    Metrics = ConcernMiddleware
+    RateLimit = ConcernMiddleware
+    Tracing = ConcernMiddleware
 
 
 def is_asgi(app: Any) -> bool:

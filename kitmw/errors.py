@@ -4,27 +4,35 @@
 
     KitmwError
     ├── ConfigError (also ValueError)      a bad option, raised at construction
-    ├── BreakerOpen                        a client call refused by an open breaker
-    │     (the httpx drivers raise a subclass that is also httpx.TransportError)
-    ├── RateLimited                        a client call refused by a rate limit
+    ├── Rejected                           a policy refused a call (carries its Rejection)
+    │   ├── BreakerOpen                    an open breaker (circuit_open)
+    │   ├── RateLimited                    a rate limit (rate_limited)
+    │   ├── ConcurrencyLimited             every slot taken (concurrency_limited)
+    │   └── DeadlineExceeded (TimeoutError) the deadline passed (timeout)
     ├── StorageError                       a limits/breaker storage could not be reached
     └── NoResponse                         recorded when the app sent no response (a 500)
 
-A server-side policy never raises to refuse a request: it returns a
-:class:`Rejection`, which every driver turns into the same JSON response.
+A policy never raises to refuse: it returns a :class:`Rejection`. The server drivers
+(ASGI, WSGI) answer it as JSON; the drivers of calls (httpx, :func:`kitmw.endpoint`)
+raise its :meth:`Rejection.error` (the httpx ones a subclass that is also
+``httpx.TransportError``, so existing handlers still catch it).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 __all__ = [
     "BreakerOpen",
+    "ConcurrencyLimited",
     "ConfigError",
+    "DeadlineExceeded",
     "KitmwError",
     "NoResponse",
     "RateLimited",
+    "Rejected",
     "Rejection",
     "StorageError",
 ]
@@ -38,23 +46,89 @@ class ConfigError(KitmwError, ValueError):
     """An option is invalid; the message names the option."""
 
 
-class BreakerOpen(KitmwError):
-    """The circuit breaker for this upstream is open; no request was sent."""
+class Rejected(KitmwError):
+    """A policy refused the call: no request was sent, the function was not called.
+
+    ``rejection`` is the policy's answer (status, ``code``, headers); ``retry_after``
+    the seconds it asks to wait (0 when it says nothing).
+    """
+
+    #: Status and code of the answer this class stands for (subclasses set them).
+    status: int = 503
+    code: str = "unavailable"
 
     def __init__(
-        self, message: str = "circuit breaker is open", *, retry_after: float = 0.0, name: str = ""
+        self, message: str = "", *, retry_after: float = 0.0, rejection: Rejection | None = None
     ) -> None:
-        super().__init__(message)
+        super().__init__(message or (rejection.code if rejection is not None else self.code))
         self.retry_after = retry_after
+        self._rejection = rejection
+
+    @property
+    def rejection(self) -> Rejection:
+        rejection = self._rejection
+        if rejection is None:
+            headers = (("Retry-After", str(max(1, math.ceil(self.retry_after)))),) if self.retry_after else ()
+            rejection = self._rejection = Rejection(self.status, self.code, headers=headers)
+        return rejection
+
+
+class BreakerOpen(Rejected):
+    """The circuit breaker is open; no request was sent."""
+
+    status = 503
+    code = "circuit_open"
+
+    def __init__(
+        self,
+        message: str = "circuit breaker is open",
+        *,
+        retry_after: float = 0.0,
+        name: str = "",
+        rejection: Rejection | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, rejection=rejection)
         self.name = name
 
 
-class RateLimited(KitmwError):
-    """A client-side rate limit refused the call (erroring mode, or the wait was too long)."""
+class RateLimited(Rejected):
+    """A rate limit refused the call (erroring mode, or the wait would be too long)."""
 
-    def __init__(self, message: str = "rate limited", *, retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    status = 429
+    code = "rate_limited"
+
+    def __init__(
+        self, message: str = "rate limited", *, retry_after: float = 0.0, rejection: Rejection | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, rejection=rejection)
+
+
+class ConcurrencyLimited(Rejected):
+    """Every slot of a concurrency limit was taken (and none freed within the wait)."""
+
+    status = 503
+    code = "concurrency_limited"
+
+    def __init__(
+        self,
+        message: str = "concurrency limit reached",
+        *,
+        retry_after: float = 0.0,
+        rejection: Rejection | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, rejection=rejection)
+
+
+class DeadlineExceeded(Rejected, TimeoutError):
+    """The call's deadline passed (a ``TimeoutError``); an async call was cancelled."""
+
+    status = 504
+    code = "timeout"
+
+    def __init__(
+        self, message: str = "deadline exceeded", *, retry_after: float = 0.0, rejection: Rejection | None = None
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, rejection=rejection)
 
 
 class StorageError(KitmwError):
@@ -68,6 +142,7 @@ _REASONS = {
     429: "rate_limited",
     500: "internal_error",
     503: "unavailable",
+    504: "timeout",
 }
 
 
@@ -105,6 +180,28 @@ class Rejection:
         pairs.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers)
         return pairs
 
+    def header(self, name: str) -> str | None:
+        """The value of extra header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def error(self, message: str = "") -> Rejected:
+        """The exception a driver of calls raises for this answer: :class:`BreakerOpen`,
+        :class:`RateLimited`, :class:`ConcurrencyLimited`, :class:`DeadlineExceeded` by
+        ``code``, else :class:`Rejected`; ``retry_after`` from ``Retry-After``."""
+        cls = _ERRORS.get(self.code, Rejected)
+        retry_after = 0.0
+        value = self.header("retry-after")
+        if value is not None:
+            try:
+                retry_after = float(value)
+            except ValueError:
+                pass
+        return cls(message or self.detail or self.code, retry_after=retry_after, rejection=self)
+
 
 class NoResponse(KitmwError):
     """Recorded, never raised: the application returned without sending a response.
@@ -115,3 +212,8 @@ class NoResponse(KitmwError):
 
     def __init__(self, message: str = "the application returned without sending a response") -> None:
         super().__init__(message)
+
+
+_ERRORS: dict[str, type[Rejected]] = {
+    cls.code: cls for cls in (BreakerOpen, RateLimited, ConcurrencyLimited, DeadlineExceeded)
+}

@@ -14,8 +14,10 @@ policy asks for it, the per-request ``state`` dict exists only once written to.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from time import monotonic
 from typing import Any, ClassVar
 
+from .chain import SERVE, Hooks
 from .errors import Rejection
 
 __all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy"]
@@ -23,15 +25,6 @@ __all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy"]
 #: Route label of a request no route matched: a scan of random URLs adds one series only.
 UNMATCHED = "<unmatched>"
 
-#: Returned by :meth:`Policy.enter` to answer the exchange itself *in place of the
-#: application* (the ``/metrics`` exposition). Unlike a refusal it does not stop the
-#: policies further in: the driver runs their ``enter`` first, so auth and rate limits
-#: guard the answer like any path (a refusal of theirs wins), skips the policies that
-#: judge the application (:attr:`Policy.judges_application`, the breaker), and sends
-#: :meth:`Policy.respond` where the application would have been called. A kitmw layer
-#: inside the application (``add_middleware`` under a ``stack()``) is handed the answer
-#: so that its policies guard it too.
-SERVE = Rejection(200, "serve")
 
 
 class Exchange:
@@ -48,26 +41,32 @@ class Exchange:
         "_added_headers",
         "_route",
         "_state",
+        "applied",
         "bytes_in",
         "bytes_out",
         "claims",
+        "deadline",
         "end_ns",
         "error",
         "method",
         "path",
         "principal",
+        "rejection",
         "request_id",
+        "response_started",
         "scopes",
+        "serving",
         "span",
         "span_id",
         "start_ns",
         "status",
         "trace_id",
+        "user",
     )
 
-    #: "asgi", "wsgi" or "httpx": lets a policy pick protocol helpers (OTel attributes).
+    #: "asgi", "wsgi", "httpx" or "endpoint": the driver (read by :meth:`Policy.hooks`).
     protocol: ClassVar[str] = "neutral"
-    #: "server" or "client".
+    #: "server", "client" or "endpoint".
     side: ClassVar[str] = "server"
 
     def __init__(self, method: str, path: str) -> None:
@@ -86,6 +85,18 @@ class Exchange:
         self.principal: str | None = None
         self.scopes: frozenset[str] = frozenset()
         self.claims: Any = None
+        self.user: Any = None
+        #: Monotonic time (``time.monotonic()``) by which the exchange must be over, or
+        #: None. Client exchanges start with the deadline of the request being served.
+        self.deadline: float | None = None
+        #: True once the response head went out (no early answer can replace it then).
+        self.response_started = False
+        #: The policy answering in place of the application (see :data:`SERVE`).
+        self.serving: Policy | None = None
+        #: The early answer a policy refused this exchange with, once one did.
+        self.rejection: Rejection | None = None
+        #: Join keys of the policies already run on this exchange (nested layers).
+        self.applied: frozenset[Hashable] = frozenset()
         self._route: str | bool | None = False  # False: not resolved yet
         self._added_headers: list[tuple[bytes, bytes]] | None = None
         self._state: dict[str, Any] | None = None
@@ -157,13 +168,26 @@ class Exchange:
         route = self.route
         return UNMATCHED if route is None else route
 
+    @property
+    def mount_prefix(self) -> str:
+        """The path prefix the application is mounted under (ASGI ``root_path``, WSGI
+        ``SCRIPT_NAME``): :attr:`path` is the full path, starting with it."""
+        return ""
+
     def set_user(
         self, principal: str, scopes: Iterable[str] = (), claims: Any = None, user: Any = None
     ) -> None:
-        """Record the authenticated principal; drivers also expose it to the app."""
+        """Record the authenticated principal (``user``: the object the application sees)."""
         self.principal = principal
         self.scopes = frozenset(scopes)
         self.claims = claims
+        self.user = user
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left before :attr:`deadline` (never negative), or None without one."""
+        deadline = self.deadline
+        return None if deadline is None else max(0.0, deadline - monotonic())
 
     # -- response side --------------------------------------------------------------------
 
@@ -179,8 +203,9 @@ class Exchange:
         else:
             self._added_headers.append(pair)
 
-    def _add_header_pair(self, pair: tuple[bytes, bytes]) -> None:
-        """:meth:`add_response_header` with a lower-case name and value already encoded."""
+    def add_header(self, pair: tuple[bytes, bytes]) -> None:
+        """:meth:`add_response_header` for a (lower-case name, value) pair already encoded:
+        the hot path's form (policies encode their constant parts once)."""
         added = self._added_headers
         if added is None:
             self._added_headers = [pair]
@@ -203,15 +228,47 @@ class Exchange:
             self._state = {}
         return self._state
 
+    # -- attempts (an ``around`` that calls the rest more than once) ----------------------
+
+    def begin_attempt(self) -> None:
+        """Called before each call of the rest of the chain: the outcome starts afresh."""
+        self.status = 0
+        self.error = None
+        self.rejection = None
+
+    def discard(self, result: Any) -> None:
+        """Give up a result an ``around`` called for and then called again (a retry)."""
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+    async def adiscard(self, result: Any) -> None:
+        """:meth:`discard` for async drivers."""
+        aclose = getattr(result, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            self.discard(result)
+
 
 class Policy:
     """Base class of policies: one concern, no knowledge of the protocol.
 
-    Override ``enter`` (decide, free of network I/O on the async path) and ``exit``
-    (record). A policy whose storage does I/O overrides ``aenter``/``aexit`` too: the
-    async drivers call those, the sync drivers (WSGI, sync httpx) call ``enter``/``exit``.
-    ``enter`` may return a :class:`~kitmw.errors.Rejection` to answer early; ``exit``
-    runs for every policy whose ``enter`` ran, in reverse order, even on errors.
+    A policy acts at up to three points of an exchange, each optional:
+
+    * ``enter(ex)``: before the rest; may return a :class:`~kitmw.errors.Rejection` to
+      answer early (or :data:`SERVE`). Free of network I/O unless ``enter_awaits``.
+    * ``exit(ex)``: once the exchange is over (its last response byte, or its error);
+      runs for every policy whose ``enter`` ran, innermost first, even on errors.
+    * ``around(ex)``: a generator holding the call of the rest, Go kit's endpoint
+      middleware. It yields :data:`~kitmw.chain.CALL` where the rest runs and gets its
+      result back (or its exception thrown in); it may yield ``CALL`` again (a retry),
+      ``Call(timeout=...)`` (a deadline), ``Sleep(seconds)``, or return a ``Rejection``.
+      Written once, it runs on the sync and the async drivers.
+
+    Drivers never inspect the class: they call :meth:`hooks`, which reads the declared
+    attributes below, and compile the result once (:func:`kitmw.chain.compile_chain`).
+    A concern with protocol-specific helpers overrides :meth:`hooks` to return them.
     """
 
     __slots__ = ()
@@ -225,6 +282,21 @@ class Policy:
     #: True if the policy judges the application's own answers (the breaker): it is not
     #: run for an exchange another policy answers in place of the application (:data:`SERVE`).
     judges_application: ClassVar[bool] = False
+    #: The name of a concern this policy must run after when both are enabled (a rate
+    #: limit keyed by the principal runs after auth).
+    runs_after: ClassVar[str | None] = None
+
+    @property
+    def enter_awaits(self) -> bool | None:
+        """True if the async drivers must await ``aenter`` instead of calling ``enter``
+        (network I/O, such as a Redis storage); ``None``: whether the class overrides
+        ``aenter``. A policy decides per instance, e.g. by its storage."""
+        return None
+
+    @property
+    def exit_awaits(self) -> bool | None:
+        """As :attr:`enter_awaits`, for ``aexit``."""
+        return None
 
     @property
     def join_key(self) -> Hashable:
@@ -260,22 +332,34 @@ class Policy:
         """:meth:`respond` for the async drivers (override it to keep I/O off the event loop)."""
         return self.respond(ex)
 
-    # -- helpers drivers use to skip what a policy does not override ------------------
+    def hooks(self, protocol: str, is_async: bool) -> Hooks:
+        """What this policy runs on a ``protocol`` driver (``"asgi"``, ``"wsgi"``,
+        ``"httpx"``, ``"endpoint"``) of the given mode: only what it defines.
 
-    @classmethod
-    def _overrides(cls, method: str) -> bool:
-        return getattr(cls, method) is not getattr(Policy, method)
+        Override it to hand a driver protocol-specific helpers of the concern's own
+        package (the tracing policy's ASGI attribute scan), never to branch per request.
+        """
+        cls = type(self)
+        enter: Any = None
+        exit_: Any = None
+        around: Any = None
+        enter_awaits = exit_awaits = False
+        if is_async and _declared(self.enter_awaits, cls, "aenter"):
+            enter, enter_awaits = self.aenter, True
+        elif _overrides(cls, "enter") or _overrides(cls, "aenter"):
+            enter = self.enter
+        if is_async and _declared(self.exit_awaits, cls, "aexit"):
+            exit_, exit_awaits = self.aexit, True
+        elif _overrides(cls, "exit") or _overrides(cls, "aexit"):
+            exit_ = self.exit
+        if getattr(cls, "around", None) is not None:
+            around = self.around  # type: ignore[attr-defined]
+        return Hooks(enter, exit_, around, enter_awaits, exit_awaits)
 
 
-def _join_keys(policies: Iterable[Policy]) -> tuple[Hashable, ...]:
-    """Each policy's :attr:`Policy.join_key` (for the drivers), checked to be hashable."""
-    keys = []
-    for policy in policies:
-        key = policy.join_key
-        try:
-            hash(key)
-        except TypeError:
-            name = type(policy).__name__
-            raise TypeError(f"{name}.join_key: expected a hashable value, got {key!r}") from None
-        keys.append(key)
-    return tuple(keys)
+def _overrides(cls: type, method: str) -> bool:
+    return getattr(cls, method) is not getattr(Policy, method)
+
+
+def _declared(value: bool | None, cls: type, method: str) -> bool:
+    return _overrides(cls, method) if value is None else bool(value)

@@ -22,16 +22,17 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from http import HTTPStatus
 from time import perf_counter_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._concerns import build_policy
 from ._types import StartResponse, WSGIApp, WSGIEnviron
-from .errors import NoResponse, Rejection
-from .exchange import SERVE, Exchange, Policy, _join_keys
+from .chain import Chain, Pending, compile_chain
+from .concerns import build, middleware_names
+from .errors import NoResponse, Rejected, Rejection
+from .exchange import Exchange, Policy
 from .routes import django_route, flask_route
 
 __all__ = [
@@ -102,7 +103,7 @@ def _find_router(app: Any) -> tuple[Any, bool]:
 class WsgiExchange(Exchange):
     """An exchange over a WSGI ``environ``: headers are read from the environ on demand."""
 
-    __slots__ = ("_applied", "_django", "_flask", "_start_headers", "environ")
+    __slots__ = ("_django", "_flask", "_start_headers", "environ")
     protocol = "wsgi"
 
     def __init__(self, environ: WSGIEnviron, flask_app: Any = None, django: bool = False) -> None:
@@ -112,7 +113,6 @@ class WsgiExchange(Exchange):
         self._flask = flask_app
         self._django = django
         self._start_headers: list[tuple[str, str]] | None = None
-        self._applied: frozenset[Hashable] = frozenset()
 
     def header(self, name: str) -> str | None:
         return self.environ.get(_environ_key(name))  # type: ignore[no-any-return]
@@ -155,6 +155,10 @@ class WsgiExchange(Exchange):
     def native(self) -> WSGIEnviron:
         return self.environ
 
+    @property
+    def mount_prefix(self) -> str:
+        return _decode_path(self.environ.get("SCRIPT_NAME", "") or "")
+
     def _resolve_route(self) -> str | None:
         flask_app = self._flask
         if flask_app is not None:
@@ -173,7 +177,7 @@ class WsgiExchange(Exchange):
 
     def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
         """Record the principal; the app finds it as ``environ["kitmw.user"]``/``REMOTE_USER``."""
-        super().set_user(principal, scopes, claims)
+        super().set_user(principal, scopes, claims, user)
         environ = self.environ
         environ["kitmw.user"] = principal if user is None else user
         environ["kitmw.scopes"] = self.scopes
@@ -237,32 +241,25 @@ class _Body:
     __slots__ = (
         "_closed",
         "_ctx",
-        "_entered",
         "_finished",
         "_iterable",
         "_iterator",
-        "_joined",
-        "_mw",
-        "_ran",
         "_start_response",
         "_started",
         "_write",
         "ex",
+        "exits",
     )
 
-    def __init__(
-        self, mw: Middleware, ex: WsgiExchange, ctx: contextvars.Context, start_response: StartResponse
-    ) -> None:
-        self._mw = mw
+    def __init__(self, ex: WsgiExchange, ctx: contextvars.Context, start_response: StartResponse) -> None:
         self.ex = ex
         self._ctx = ctx
         self._start_response = start_response
         self._write: Callable[[bytes], Any] = _unstarted
         self._iterable: Iterable[bytes] | None = None
         self._iterator: Iterator[bytes] | None = None
-        self._entered = 0
-        self._ran: list[int] | None = None  # set when the policies that ran are not a prefix
-        self._joined: list[Callable[[Exchange], None]] = []
+        #: The exits of every policy entered, inner kitmw layers' included (run at the end).
+        self.exits: list[Pending] = []
         self._started = False
         self._closed = False
         self._finished = False
@@ -277,6 +274,7 @@ class _Body:
             ex.status = int(status[:3])
         except ValueError:
             ex.status = 0
+        ex.response_started = True
         if ex._route is False and ex._flask is not None:
             # Flask's request (and its matched rule) is live now; by close() it is gone and
             # the route would cost a second url_map match.
@@ -363,6 +361,7 @@ class _Body:
             headers.extend((k.decode("latin-1"), v.decode("latin-1")) for k, v in ex._added_headers)
         ex.status = answer.status
         ex._start_headers = headers
+        ex.response_started = True
         self._started = True
         if exc_info is None:
             self._start_response(_status_line(answer.status), headers)
@@ -391,28 +390,7 @@ class _Body:
             ex.status = 500
             if ex.error is None:
                 ex.error = NoResponse()
-        first: BaseException | None = None
-        exits = self._mw._exits
-        # Exits of inner kitmw layers that joined this exchange run first (they are inside).
-        for joined in reversed(self._joined):
-            try:
-                joined(ex)
-            except BaseException as exc:
-                if first is None:
-                    first = exc
-        ran = self._ran
-        for i in range(self._entered - 1, -1, -1) if ran is None else reversed(ran):
-            exit_ = exits[i]
-            if exit_ is not None:
-                try:
-                    exit_(ex)
-                except BaseException as exc:  # every exit runs; the first error wins
-                    if first is None:
-                        first = exc
-        if first is not None:
-            if primary is None:
-                raise first
-            _log.error("a kitmw policy failed while finishing a request", exc_info=first)
+        Chain.finish_sync(ex, self.exits, primary=primary)
 
 
 class _FileBody:
@@ -475,11 +453,8 @@ class Middleware:
         self.policies: tuple[Policy, ...] = tuple(policies)
         self.handle_errors = bool(handle_errors)
         self._flask, self._django = _find_router(app)
-        self._enters = tuple(p.enter for p in self.policies)
-        self._exits = tuple(p.exit if type(p)._overrides("exit") else None for p in self.policies)
-        self._count_in = any(p.counts_request_bytes for p in self.policies)
-        self._join_keys = _join_keys(self.policies)
-        self._keys = frozenset(self._join_keys)
+        self._chain: Chain = compile_chain(self.policies, "wsgi", is_async=False)
+        self._inner: bool | None = None  # another kitmw layer inside (found on first use)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         ctx = contextvars.copy_context()
@@ -493,64 +468,65 @@ class Middleware:
             return self._join(outer, environ, start_response)
         ex = WsgiExchange(environ, self._flask, self._django)
         ex.start_ns = perf_counter_ns()
-        ex._applied = self._keys
-        body = _Body(self, ex, ctx, start_response)
+        chain = self._chain
+        ex.applied = chain.keys
+        body = _Body(ex, ctx, start_response)
         environ[_BODY_KEY] = body
+        if chain.counts_request_bytes and "wsgi.input" in environ:
+            environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
+
+        def call() -> Iterable[bytes]:
+            if ex.serving is None:
+                return self.app(environ, body.start_response)
+            return self._serve(ex, environ, body.start_response)
+
         try:
-            for enter in self._enters:
-                body._entered += 1
-                answer = enter(ex)
-                if answer is not None:
-                    if answer is SERVE:
-                        return self._serve_outer(body, environ)
-                    return body._answer(answer)
-            if self._count_in and "wsgi.input" in environ:
-                environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
-            result = self.app(environ, body.start_response)
-            body._iterable = result
-            wrapper = environ.get("wsgi.file_wrapper")
-            if isinstance(wrapper, type) and isinstance(result, wrapper):
-                passed = _pass_file(body, result)
-                if passed is not None:
-                    return passed
-            body._iterator = iter(result)
+            result = chain.run_sync(ex, call, body.exits)
+        except Rejected as refusal:
+            if refusal.rejection is ex.rejection:
+                return body._answer(refusal.rejection)
+            return self._failed(body, refusal)
         except BaseException as exc:
-            body._fail(exc)
-            if self.handle_errors and not body._started:
-                try:
-                    return body._answer(_INTERNAL_ERROR, sys.exc_info())
-                except Exception:
-                    pass  # the server refused the answer: fall back to re-raising
-            body._closed = True
-            body._close(primary=exc)  # closes what the app returned, if it got that far
-            raise
+            return self._failed(body, exc)
+        body._iterable = result
+        wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(wrapper, type) and isinstance(result, wrapper):
+            passed = _pass_file(body, result)
+            if passed is not None:
+                return passed
+        body._iterator = iter(result)
         return body
 
-    def _serve_outer(self, body: _Body, environ: WSGIEnviron) -> Iterable[bytes]:
-        """A policy returned :data:`SERVE` (``/metrics``): the policies further in still
-        guard it, except those that judge the application (the breaker)."""
-        ex = body.ex
-        serving = self.policies[body._entered - 1]
-        ran = body._ran = list(range(body._entered))
-        for i in range(body._entered, len(self._enters)):
-            if self.policies[i].judges_application:
-                continue
-            ran.append(i)
-            answer = self._enters[i](ex)
-            if answer is not None and answer is not SERVE:  # a second SERVE: the first answers
-                return body._answer(answer)
-        if _inner_layer(self):
-            # A kitmw layer inside the app: its policies guard the answer too.
-            ex.state[_SERVE_KEY] = serving
-            result = self.app(environ, body.start_response)
-            if ex.state.pop(_SERVE_KEY, None) is None or body._started:
-                body._iterable = result
-                body._iterator = iter(result)
-                return body
+    def _failed(self, body: _Body, exc: BaseException) -> Iterable[bytes]:
+        body._fail(exc)
+        if self.handle_errors and not body._started:
+            try:
+                return body._answer(_INTERNAL_ERROR, sys.exc_info())
+            except Exception:
+                pass  # the server refused the answer: fall back to re-raising
+        body._closed = True
+        body._close(primary=exc)  # closes what the app returned, if it got that far
+        raise exc
+
+    def _serve(self, ex: WsgiExchange, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        """The answer of the policy serving in place of the application (``/metrics``).
+
+        If a kitmw layer runs inside the application, the exchange is handed to it, so
+        that its policies guard the answer too.
+        """
+        inner = self._inner
+        if inner is None:
+            inner = self._inner = _inner_layer(self)
+        if inner:
+            result = self.app(environ, start_response)
+            if ex.response_started:
+                return result  # an inner layer served it (or the application answered)
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        return body._answer(serving.respond(ex))
+        serving = ex.serving
+        assert serving is not None
+        return _answer(serving.respond(ex), start_response)
 
     def _join(self, outer: _Body, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         """Run this layer's policies on an outer kitmw layer's exchange.
@@ -562,35 +538,27 @@ class Middleware:
         registry): running it again could only duplicate its output.
         """
         ex = outer.ex
-        applied = ex._applied
-        keys = self._join_keys
-        ex._applied = applied | self._keys
-        state = ex._state
-        serving: Policy | None = None if state is None else state.pop(_SERVE_KEY, None)
-        for i, policy in enumerate(self.policies):
-            if keys[i] in applied or (serving is not None and policy.judges_application):
-                continue
-            if type(policy)._overrides("exit"):
-                outer._joined.append(policy.exit)
-            answer = policy.enter(ex)
-            if answer is SERVE:
-                if serving is None:
-                    serving = policy
-                continue
-            if answer is not None:
-                return _answer(answer, start_response)
+        chain = self._chain.without(ex.applied)
+        ex.applied |= chain.keys
         if (
-            self._count_in
+            chain.counts_request_bytes
             and "wsgi.input" in environ
             and not isinstance(environ["wsgi.input"], _CountingInput)
         ):
             environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
-        if serving is not None:
-            if _inner_layer(self):
-                ex.state[_SERVE_KEY] = serving
+
+        def call() -> Iterable[bytes]:
+            if ex.serving is None:
                 return self.app(environ, start_response)
-            return _answer(serving.respond(ex), start_response)
-        return self.app(environ, start_response)
+            return self._serve(ex, environ, start_response)
+
+        try:
+            result: Iterable[bytes] = chain.run_sync(ex, call, outer.exits)
+        except Rejected as refusal:
+            if refusal.rejection is not ex.rejection:
+                raise
+            return _answer(refusal.rejection, start_response)
+        return result
 
 
 def _answer(answer: Rejection, start_response: StartResponse) -> list[bytes]:
@@ -621,8 +589,6 @@ def _inner_layer(layer: Middleware) -> bool:
 
 
 _BODY_KEY = "kitmw.body"
-#: ``ex.state`` key of a policy whose answer an inner kitmw layer is to serve (SERVE).
-_SERVE_KEY = "kitmw.serve"
 
 
 def _pass_file(body: _Body, result: Any) -> Iterable[bytes] | None:
@@ -634,43 +600,48 @@ def _pass_file(body: _Body, result: Any) -> Iterable[bytes] | None:
     return result  # type: ignore[no-any-return]
 
 
-class AccessLog(Middleware):
-    """Access log and request id (:class:`kitmw.logging.AccessLogPolicy` options)."""
+class ConcernMiddleware(Middleware):
+    """A per-concern class: the driver with that concern's policy (``kitmw.wsgi.RateLimit``).
+
+    Built from the registry (:mod:`kitmw.concerns`); the same options as its ASGI twin.
+    """
+
+    concern: str = ""
 
     def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("access_log", options), handle_errors=handle_errors)
+        policy = build("server", self.concern, options)
+        assert policy is not None
+        super().__init__(app, policy, handle_errors=handle_errors)
 
 
-class Metrics(Middleware):
-    """Prometheus RED metrics and ``/metrics`` (:class:`kitmw.metrics.MetricsPolicy` options)."""
-
-    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("metrics", options), handle_errors=handle_errors)
+_CLASSES: dict[str, type[ConcernMiddleware]] = {}
 
 
-class Tracing(Middleware):
-    """OpenTelemetry server spans (:class:`kitmw.tracing.TracingPolicy` options)."""
-
-    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("tracing", options), handle_errors=handle_errors)
-
-
-class RateLimit(Middleware):
-    """Rate limiting with ``limits`` (:class:`kitmw.ratelimit.RateLimitPolicy` options)."""
-
-    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("ratelimit", options), handle_errors=handle_errors)
-
-
-class CircuitBreaker(Middleware):
-    """Circuit breaking with pybreaker (:class:`kitmw.breaker.BreakerPolicy` options)."""
-
-    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("breaker", options), handle_errors=handle_errors)
+def concern_class(name: str) -> type[ConcernMiddleware]:
+    """The per-concern WSGI class called ``name`` (``"RateLimit"``), made once."""
+    found = _CLASSES.get(name)
+    if found is None:
+        entry = middleware_names().get(name)
+        if entry is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        policy = entry.policies["server"]
+        doc = f"The WSGI driver with :class:`{entry.package}.{policy}` (its options, keyword-only)."
+        found = _CLASSES[name] = type(
+            name, (ConcernMiddleware,), {"concern": entry.name, "__doc__": doc, "__module__": __name__}
+        )
+    return found
 
 
-class Auth(Middleware):
-    """Authentication and scopes (:class:`kitmw.auth.AuthPolicy` options)."""
+def __getattr__(name: str) -> Any:
+    cls = concern_class(name)
+    globals()[name] = cls
+    return cls
 
-    def __init__(self, app: WSGIApp, *, handle_errors: bool | None = None, **options: Any) -> None:
-        super().__init__(app, build_policy("auth", options), handle_errors=handle_errors)
+
+if TYPE_CHECKING:
+    AccessLog = ConcernMiddleware
+    Auth = ConcernMiddleware
+    CircuitBreaker = ConcernMiddleware
+    Metrics = ConcernMiddleware
+    RateLimit = ConcernMiddleware
+    Tracing = ConcernMiddleware

@@ -78,19 +78,6 @@ class AuthPolicy(Policy):
     handles_websocket: ClassVar[bool] = True
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
 
-    def __new__(cls, **options: Any) -> AuthPolicy:
-        # Backends without I/O (static JWT key, Basic, APIKey): the class without an
-        # aenter of its own, so the async drivers call enter() directly (no coroutine
-        # per request). Subclasses and I/O backends (JWKS) keep the awaiting aenter.
-        if cls is AuthPolicy:
-            try:
-                backends = cls._check_backends(options.get("backend"))
-            except ConfigError:
-                backends = ()  # __init__ raises it
-            if not any(getattr(b, "does_io", False) for b in backends):
-                cls = _SyncAuthPolicy
-        return super().__new__(cls)
-
     def __init__(
         self,
         *,
@@ -241,6 +228,12 @@ class AuthPolicy(Policy):
 
     # -- the policy protocol -------------------------------------------------------------
 
+    @property
+    def enter_awaits(self) -> bool:
+        """Only a backend doing I/O (a JWKS fetch) makes the async drivers await ``aenter``;
+        static keys, Basic and API keys are decided in ``enter`` (no coroutine per request)."""
+        return self._io
+
     def enter(self, ex: Exchange) -> Rejection | None:
         if self._skip(ex):
             _anonymous(ex)
@@ -294,12 +287,3 @@ def _anonymous(ex: Exchange) -> None:
     native = ex.native
     if mark is not None and isinstance(native, dict):
         mark(native)
-
-
-class _SyncAuthPolicy(AuthPolicy):
-    """:class:`AuthPolicy` when no backend does I/O: ``aenter`` is the base one, which
-    the async drivers skip (they call ``enter``)."""
-
-    __slots__ = ()
-
-    aenter = Policy.aenter

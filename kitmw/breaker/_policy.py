@@ -124,13 +124,6 @@ class BreakerPolicy(Policy):
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
     judges_application: ClassVar[bool] = True  # it never sees the /metrics exposition
 
-    def __new__(cls, **options: Any) -> BreakerPolicy:
-        if cls is BreakerPolicy:
-            breaker = options.get("breaker")
-            if options.get("storage") is not None or (isinstance(breaker, Breaker) and breaker.shared):
-                cls = _SharedBreakerPolicy
-        return super().__new__(cls)
-
     def __init__(
         self,
         *,
@@ -347,16 +340,15 @@ class BreakerPolicy(Policy):
         failed, error = self._verdict(ex)
         breaker.release(permit, failed=failed, error=error)
 
+    @property
+    def enter_awaits(self) -> bool:
+        """A Redis-shared breaker awaits its storage on the async drivers; a process-local
+        one decides in memory, so ``enter``/``exit`` are called directly."""
+        return self.breaker.shared
 
-class _SharedBreakerPolicy(BreakerPolicy):
-    """The same policy with Redis I/O awaited on the async drivers.
-
-    Without shared storage every decision is in memory, so :class:`BreakerPolicy` leaves
-    ``aenter``/``aexit`` alone and the async drivers call ``enter``/``exit`` directly
-    (no coroutine per request).
-    """
-
-    __slots__ = ()
+    @property
+    def exit_awaits(self) -> bool:
+        return self.breaker.shared
 
     async def aenter(self, ex: Exchange) -> Rejection | None:
         if self._excluded is not None and self._excluded(ex.path):

@@ -232,7 +232,7 @@ class AccessLogPolicy(Policy):
         if rid is None:
             rid = (self._use_trace_id and ex.trace_id) or self._generate()
         ex.request_id = rid
-        ex._add_header_pair((self._header_bytes, rid.encode("latin-1")))  # rid is ASCII: checked
+        ex.add_header((self._header_bytes, rid.encode("latin-1")))  # rid is ASCII: checked
         ex.state[_STATE] = _current.set(ex)
         return answer
 
@@ -242,7 +242,7 @@ class AccessLogPolicy(Policy):
         is another header, and leave the log context to the outer layer."""
         header = self._header_bytes
         if not any(name == header for name, _ in ex.added_headers or ()):
-            ex._add_header_pair((header, ex.request_id.encode("latin-1")))  # type: ignore[union-attr]
+            ex.add_header((header, ex.request_id.encode("latin-1")))  # type: ignore[union-attr]
         state = ex.state
         state[_STATE] = (None, state.get(_STATE))  # exit() puts the outer token back
         return None

@@ -83,6 +83,7 @@ class RateLimitPolicy(Policy):
         "_exclude",
         "_headers",
         "_key",
+        "_memory",
         "_methods",
         "_only",
         "_policy_pairs",
@@ -96,14 +97,6 @@ class RateLimitPolicy(Policy):
 
     name: ClassVar[str] = "ratelimit"
     shared_options: ClassVar[tuple[str, ...]] = ("exclude_paths", "registry")
-
-    def __new__(cls, **options: Any) -> RateLimitPolicy:
-        # In-memory storage does no I/O: this class leaves aenter alone, so the async
-        # drivers call enter() directly (no coroutine per request). Other storages get
-        # the subclass that awaits the async storage.
-        if cls is RateLimitPolicy and not _is_memory(options.get("storage", "memory://")):
-            cls = _AsyncRateLimitPolicy
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -144,6 +137,7 @@ class RateLimitPolicy(Policy):
         self._cost = cost
         self._headers = bool(headers)
 
+        self._memory = _is_memory(storage)
         self.backend = Backend(
             storage=storage,
             strategy=strategy,
@@ -267,8 +261,8 @@ class RateLimitPolicy(Policy):
                 pair = self._policy_pairs.get(decision.policy)
                 if pair is None:
                     pair = (b"ratelimit-policy", decision.policy.encode("latin-1"))
-                ex._add_header_pair(pair)
-                ex._add_header_pair((b"ratelimit", decision.ratelimit.encode("latin-1")))
+                ex.add_header(pair)
+                ex.add_header((b"ratelimit", decision.ratelimit.encode("latin-1")))
             return None
         if decision.degraded:
             return self._unavailable
@@ -291,16 +285,21 @@ class RateLimitPolicy(Policy):
         # Allowed: the RateLimit value comes encoded, no Decision is built.
         value = limiter.hit_header(str(key), cost)
         if isinstance(value, bytes):
-            ex._add_header_pair(self._policy_pairs[limiter.policy])
-            ex._add_header_pair((b"ratelimit", value))
+            ex.add_header(self._policy_pairs[limiter.policy])
+            ex.add_header((b"ratelimit", value))
             return None
         return self._answer(ex, value)
 
+    @property
+    def runs_after(self) -> str | None:  # type: ignore[override]
+        """A limit keyed by the principal runs after auth, which finds the principal."""
+        return "auth" if self.needs_principal else None
 
-class _AsyncRateLimitPolicy(RateLimitPolicy):
-    """The same policy with the storage awaited on the async drivers (Redis and the like)."""
-
-    __slots__ = ()
+    @property
+    def enter_awaits(self) -> bool:
+        """In-memory storage does no I/O: the async drivers call ``enter`` (no coroutine per
+        request); other storages (Redis…) are awaited through ``aenter``."""
+        return not self._memory
 
     async def aenter(self, ex: Exchange) -> Rejection | None:
         plan = self._plan(ex)
