@@ -17,7 +17,7 @@ from starlette.authentication import AuthCredentials
 from starlette.requests import ClientDisconnect
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .chain import Chain, Pending, compile_chain
+from .chain import Chain, Pending, afinish, compile_chain, finish
 from .concerns import build, middleware_names
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
@@ -117,6 +117,14 @@ class AsgiExchange(Exchange):
         root_path = self.scope.get("root_path")
         return root_path if isinstance(root_path, str) else ""
 
+    @property
+    def response_started(self) -> bool:
+        return self._start_headers is not None or self._response_started
+
+    @response_started.setter
+    def response_started(self, value: bool) -> None:
+        self._response_started = value
+
     def begin_attempt(self) -> None:
         if self.response_started:
             raise RuntimeError("an around policy called the application again after it started its response")
@@ -192,6 +200,8 @@ class Middleware:
         else:
             self._router_kind = _ROUTER_STARLETTE
         self._chain: Chain = compile_chain(self.policies, "asgi", is_async=True)
+        self._inline = self._chain.inline
+        self._enter = self._chain.enter
         ws = [p for p in self.policies if p.handles_websocket]
         self._ws_chain: Chain | None = compile_chain(ws, "asgi", is_async=True) if ws else None
         self._inner: bool | None = None  # another kitmw layer inside (found on first use)
@@ -230,7 +240,6 @@ class Middleware:
                 if not message.get("more_body", False):
                     ex.end_ns = perf_counter_ns()
             elif kind == "http.response.start":
-                ex.response_started = True
                 ex.status = message["status"]
                 added = ex._added_headers
                 if added:
@@ -239,7 +248,7 @@ class Middleware:
                     message["headers"] = headers
                     ex._start_headers = headers
                 else:
-                    ex._start_headers = message.get("headers")
+                    ex._start_headers = message.get("headers") or ()
             elif kind == "http.response.pathsend":
                 ex.end_ns = perf_counter_ns()
             try:
@@ -250,15 +259,22 @@ class Middleware:
                 raise
 
         counted = _counting_receive(ex, receive, chain.counts_request_bytes)
-
-        async def call() -> None:
-            if ex.serving is None:
-                await self.app(scope, counted, send_wrapper)
-            else:
-                await self._serve(ex, scope, counted, send_wrapper)
-
         try:
-            await chain.run_async(ex, call, exits)
+            if self._inline:  # no around, no awaiting enter: no coroutine in between
+                self._enter(ex, exits)
+                if ex.serving is None:
+                    await self.app(scope, counted, send_wrapper)
+                else:
+                    await self._serve(ex, scope, counted, send_wrapper)
+            else:
+
+                async def call() -> None:
+                    if ex.serving is None:
+                        await self.app(scope, counted, send_wrapper)
+                    else:
+                        await self._serve(ex, scope, counted, send_wrapper)
+
+                await chain.run_async(ex, call, exits)
         except Rejected as refusal:
             if not _refused_here(ex, refusal):
                 _record(ex, refusal)
@@ -278,7 +294,10 @@ class Middleware:
             scope.pop(_EXCHANGE_KEY, None)
             if ex._gone or not ex.end_ns or not ex.status:
                 _settle(ex)
-            await chain.finish_async(ex, exits, primary=ex.error)
+            if chain.exits_await:
+                await afinish(ex, exits, ex.error)
+            else:
+                finish(ex, exits, ex.error)
 
     async def _serve(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the answer of the policy serving in place of the application.
@@ -331,7 +350,7 @@ class Middleware:
         finally:
             if ex._gone or not ex.end_ns or not ex.status:
                 _settle(ex)  # the exits here run before the outer layer's: same verdict
-            await chain.finish_async(ex, exits, primary=ex.error)
+            await afinish(ex, exits, ex.error)
 
     async def _websocket(self, chain: Chain, scope: Scope, receive: Receive, send: Send) -> None:
         """A websocket connection, seen only by the policies that handle websockets."""
@@ -375,7 +394,7 @@ class Middleware:
             if outer is None:
                 scope.pop(_EXCHANGE_KEY, None)
                 ex.end_ns = perf_counter_ns()
-            await chain.finish_async(ex, exits)
+            await afinish(ex, exits)
 
 
 _EXCHANGE_KEY = "kitmw.exchange"

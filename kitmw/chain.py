@@ -33,7 +33,7 @@ from .errors import Rejected, Rejection
 if TYPE_CHECKING:
     from .exchange import Exchange, Policy
 
-__all__ = ["CALL", "SERVE", "Call", "Chain", "Hooks", "Sleep", "compile_chain"]
+__all__ = ["CALL", "SERVE", "Call", "Chain", "Hooks", "Pending", "Sleep", "afinish", "compile_chain", "finish"]
 
 #: Returned by ``enter`` to answer the exchange itself *in place of the application*
 #: (the ``/metrics`` exposition). Unlike a refusal it does not stop the policies further
@@ -97,10 +97,10 @@ class Hooks(NamedTuple):
     exit_awaits: bool = False
 
 
-#: One plain step: (enter, enter awaits, exit, exit awaits, policy, judges the application).
-Step = tuple["Enter | None", bool, "Exit | None", bool, "Policy", bool]
 #: An exit to run when the exchange is over: (exit, awaits).
 Pending = tuple["Exit", bool]
+#: One plain step: (enter, enter awaits, its pending exit, policy, judges the application).
+Step = tuple["Enter | None", bool, "Pending | None", "Policy", bool]
 Segment = tuple[tuple[Step, ...], "Around | None"]
 
 _MAX_VARIANTS = 32
@@ -111,8 +111,9 @@ class Chain:
     """Policies compiled for one driver: plain steps, cut where a policy holds the call.
 
     Drivers call :meth:`run_sync`/:meth:`run_async` with the call of the application
-    (or transport, or function), then :meth:`finish_sync`/:meth:`finish_async` with the
-    exits collected once the exchange is over.
+    (or transport, or function), or :meth:`enter` and the call themselves for an
+    :attr:`inline` chain, then :func:`finish`/:func:`afinish` with the exits collected,
+    once the exchange is over.
     """
 
     __slots__ = (
@@ -120,6 +121,8 @@ class Chain:
         "_segments",
         "_variants",
         "counts_request_bytes",
+        "exits_await",
+        "inline",
         "is_async",
         "keys",
         "policies",
@@ -145,12 +148,12 @@ class Chain:
         for policy in self.policies:
             hooks = policy.hooks(protocol, is_async)
             if hooks.enter is not None or hooks.exit is not None:
+                pending = None if hooks.exit is None else (hooks.exit, bool(hooks.exit_awaits and is_async))
                 steps.append(
                     (
                         hooks.enter,
                         bool(hooks.enter_awaits and is_async),
-                        hooks.exit,
-                        bool(hooks.exit_awaits and is_async),
+                        pending,
                         policy,
                         bool(policy.judges_application),
                     )
@@ -161,6 +164,12 @@ class Chain:
         segments.append((tuple(steps), None))
         self._segments = tuple(segments)
         self._variants: dict[frozenset[Hashable], Chain] = {}
+        every = [step for seg in segments for step in seg[0]]
+        #: No around and no enter that awaits: a driver may call :meth:`enter` and then
+        #: the application itself, with no coroutine between them (the common case).
+        self.inline = len(segments) == 1 and not any(step[1] for step in every)
+        #: Some exit awaits: the driver finishes with :meth:`finish_async`.
+        self.exits_await = any(step[2] is not None and step[2][1] for step in every)
 
     def __bool__(self) -> bool:
         return bool(self.policies)
@@ -180,6 +189,24 @@ class Chain:
             self._variants[skip] = found
         return found
 
+    def enter(self, ex: Exchange, exits: list[Pending]) -> None:
+        """Enter every policy of an :attr:`inline` chain (no around, no awaiting enter);
+        the driver then makes the call itself. Raises as :meth:`run_sync` does."""
+        for enter, _, pending, policy, judges in self._segments[0][0]:
+            if judges and ex.serving is not None:
+                continue
+            if pending is not None:
+                exits.append(pending)
+            if enter is not None:
+                answer = enter(ex)
+                if answer is not None:
+                    if answer is SERVE:
+                        if ex.serving is None:
+                            ex.serving = policy
+                        continue
+                    ex.rejection = answer
+                    raise answer.error()
+
     # -- sync -----------------------------------------------------------------------------
 
     def run_sync(self, ex: Exchange, call: Callable[[], Any], exits: list[Pending]) -> Any:
@@ -193,20 +220,7 @@ class Chain:
 
     def _from_sync(self, at: int, ex: Exchange, call: Callable[[], Any], exits: list[Pending]) -> Any:
         steps, around = self._segments[at]
-        for enter, _, exit_, _, policy, judges in steps:
-            if judges and ex.serving is not None:
-                continue
-            if exit_ is not None:
-                exits.append((exit_, False))
-            if enter is not None:
-                answer = enter(ex)
-                if answer is not None:
-                    if answer is SERVE:
-                        if ex.serving is None:
-                            ex.serving = policy
-                        continue
-                    ex.rejection = answer
-                    raise answer.error()
+        _enter(steps, ex, exits)
         if around is None:
             return call()
         return self._around_sync(around, at + 1, ex, call, exits)
@@ -228,7 +242,7 @@ class Chain:
                     raise TypeError(f"an around generator yielded {op!r}: expected CALL, Call(...) or Sleep(...)")
                 if pending is not None:  # called again: the previous result is given up
                     ex.discard(result)
-                    self.finish_sync(ex, pending)
+                    finish(ex, pending)
                     pending = None
                 ex.begin_attempt()
                 inner: list[Pending] = []
@@ -236,7 +250,7 @@ class Chain:
                     result = self._from_sync(at, ex, call, inner)
                 except BaseException as exc:
                     _attempt_failed(ex, exc)
-                    self.finish_sync(ex, inner, primary=exc)
+                    finish(ex, inner, exc)
                     op = gen.throw(exc)
                     continue
                 pending = inner
@@ -246,7 +260,7 @@ class Chain:
             if isinstance(value, Rejection):
                 if pending is not None:
                     ex.discard(result)
-                    self.finish_sync(ex, pending)
+                    finish(ex, pending)
                 ex.rejection = value
                 raise value.error() from None
             if pending is not None:
@@ -254,24 +268,10 @@ class Chain:
             return value
         except BaseException:
             if pending is not None:
-                self.finish_sync(ex, pending, primary=True)
+                finish(ex, pending, True)
             raise
 
-    @staticmethod
-    def finish_sync(ex: Exchange, exits: list[Pending], *, primary: object = None) -> None:
-        """Run ``exits`` innermost first, every one of them; raise the first error unless
-        an error of the exchange itself (``primary``) is on its way."""
-        first: BaseException | None = None
-        for exit_, _ in reversed(exits):
-            try:
-                exit_(ex)
-            except BaseException as exc:
-                if first is None:
-                    first = exc
-        if first is not None:
-            if primary is None:
-                raise first
-            _log.error("a kitmw policy failed while finishing an exchange", exc_info=first)
+    finish_sync = staticmethod(lambda ex, exits, primary=None: finish(ex, exits, primary))
 
     # -- async ----------------------------------------------------------------------------
 
@@ -283,11 +283,11 @@ class Chain:
         self, at: int, ex: Exchange, call: Callable[[], Awaitable[Any]], exits: list[Pending]
     ) -> Any:
         steps, around = self._segments[at]
-        for enter, enter_awaits, exit_, exit_awaits, policy, judges in steps:
+        for enter, enter_awaits, pending, policy, judges in steps:
             if judges and ex.serving is not None:
                 continue
-            if exit_ is not None:
-                exits.append((exit_, exit_awaits))
+            if pending is not None:
+                exits.append(pending)
             if enter is not None:
                 answer = (await enter(ex)) if enter_awaits else enter(ex)
                 if answer is not None:
@@ -318,7 +318,7 @@ class Chain:
                     raise TypeError(f"an around generator yielded {op!r}: expected CALL, Call(...) or Sleep(...)")
                 if pending is not None:
                     await ex.adiscard(result)
-                    await self.finish_async(ex, pending)
+                    await afinish(ex, pending)
                     pending = None
                 ex.begin_attempt()
                 inner: list[Pending] = []
@@ -329,7 +329,7 @@ class Chain:
                         result = await _within(op.timeout, self._from_async(at, ex, call, inner))
                 except BaseException as exc:
                     _attempt_failed(ex, exc)
-                    await _shielded(self.finish_async(ex, inner, primary=exc))
+                    await _shielded(afinish(ex, inner, exc))
                     op = gen.throw(exc)
                     continue
                 pending = inner
@@ -339,7 +339,7 @@ class Chain:
             if isinstance(value, Rejection):
                 if pending is not None:
                     await ex.adiscard(result)
-                    await self.finish_async(ex, pending)
+                    await afinish(ex, pending)
                 ex.rejection = value
                 raise value.error() from None
             if pending is not None:
@@ -347,26 +347,64 @@ class Chain:
             return value
         except BaseException:
             if pending is not None:
-                await _shielded(self.finish_async(ex, pending, primary=True))
+                await _shielded(afinish(ex, pending, True))
             raise
 
     @staticmethod
-    async def finish_async(ex: Exchange, exits: list[Pending], *, primary: object = None) -> None:
-        """:meth:`finish_sync` for async drivers."""
-        first: BaseException | None = None
-        for exit_, awaits in reversed(exits):
-            try:
-                if awaits:
-                    await exit_(ex)
-                else:
-                    exit_(ex)
-            except BaseException as exc:
-                if first is None:
-                    first = exc
-        if first is not None:
-            if primary is None:
-                raise first
-            _log.error("a kitmw policy failed while finishing an exchange", exc_info=first)
+    async def finish_async(ex: Exchange, exits: list[Pending], primary: object = None) -> None:
+        await afinish(ex, exits, primary)
+
+
+def finish(ex: Exchange, exits: list[Pending], primary: object = None) -> None:
+    """Run ``exits`` innermost first, every one of them; raise the first error unless
+    an error of the exchange itself (``primary``) is on its way (then it is logged)."""
+    first: BaseException | None = None
+    for exit_, _ in reversed(exits):
+        try:
+            exit_(ex)
+        except BaseException as exc:
+            if first is None:
+                first = exc
+    if first is not None:
+        if primary is None:
+            raise first
+        _log.error("a kitmw policy failed while finishing an exchange", exc_info=first)
+
+
+async def afinish(ex: Exchange, exits: list[Pending], primary: object = None) -> None:
+    """:func:`finish` for async drivers (exits that await are awaited)."""
+    first: BaseException | None = None
+    for exit_, awaits in reversed(exits):
+        try:
+            if awaits:
+                await exit_(ex)
+            else:
+                exit_(ex)
+        except BaseException as exc:
+            if first is None:
+                first = exc
+    if first is not None:
+        if primary is None:
+            raise first
+        _log.error("a kitmw policy failed while finishing an exchange", exc_info=first)
+
+
+def _enter(steps: tuple[Step, ...], ex: Exchange, exits: list[Pending]) -> None:
+    """The enters of ``steps``, none awaiting (their exits collected in ``exits``)."""
+    for enter, _, pending, policy, judges in steps:
+        if judges and ex.serving is not None:
+            continue
+        if pending is not None:
+            exits.append(pending)
+        if enter is not None:
+            answer = enter(ex)
+            if answer is not None:
+                if answer is SERVE:
+                    if ex.serving is None:
+                        ex.serving = policy
+                    continue
+                ex.rejection = answer
+                raise answer.error()
 
 
 def _attempt_failed(ex: Exchange, exc: BaseException) -> None:

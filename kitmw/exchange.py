@@ -22,6 +22,8 @@ from .errors import Rejection
 
 __all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy"]
 
+_EMPTY: frozenset[Any] = frozenset()
+
 #: Route label of a request no route matched: a scan of random URLs adds one series only.
 UNMATCHED = "<unmatched>"
 
@@ -39,6 +41,7 @@ class Exchange:
 
     __slots__ = (
         "_added_headers",
+        "_response_started",
         "_route",
         "_state",
         "applied",
@@ -53,7 +56,6 @@ class Exchange:
         "principal",
         "rejection",
         "request_id",
-        "response_started",
         "scopes",
         "serving",
         "span",
@@ -83,20 +85,19 @@ class Exchange:
         self.span_id: str | None = None
         self.span: Any = None
         self.principal: str | None = None
-        self.scopes: frozenset[str] = frozenset()
+        self.scopes: frozenset[str] = _EMPTY
         self.claims: Any = None
         self.user: Any = None
         #: Monotonic time (``time.monotonic()``) by which the exchange must be over, or
         #: None. Client exchanges start with the deadline of the request being served.
         self.deadline: float | None = None
-        #: True once the response head went out (no early answer can replace it then).
-        self.response_started = False
+        self._response_started = False
         #: The policy answering in place of the application (see :data:`SERVE`).
         self.serving: Policy | None = None
         #: The early answer a policy refused this exchange with, once one did.
         self.rejection: Rejection | None = None
         #: Join keys of the policies already run on this exchange (nested layers).
-        self.applied: frozenset[Hashable] = frozenset()
+        self.applied: frozenset[Hashable] = _EMPTY
         self._route: str | bool | None = False  # False: not resolved yet
         self._added_headers: list[tuple[bytes, bytes]] | None = None
         self._state: dict[str, Any] | None = None
@@ -182,6 +183,15 @@ class Exchange:
         self.scopes = frozenset(scopes)
         self.claims = claims
         self.user = user
+
+    @property
+    def response_started(self) -> bool:
+        """True once the response head went out (no early answer can replace it then)."""
+        return self._response_started
+
+    @response_started.setter
+    def response_started(self, value: bool) -> None:
+        self._response_started = value
 
     @property
     def remaining(self) -> float | None:

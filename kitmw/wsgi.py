@@ -29,7 +29,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from ._types import StartResponse, WSGIApp, WSGIEnviron
-from .chain import Chain, Pending, compile_chain
+from .chain import Chain, Pending, compile_chain, finish
 from .concerns import build, middleware_names
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
@@ -390,7 +390,7 @@ class _Body:
             ex.status = 500
             if ex.error is None:
                 ex.error = NoResponse()
-        Chain.finish_sync(ex, self.exits, primary=primary)
+        finish(ex, self.exits, primary)
 
 
 class _FileBody:

@@ -332,7 +332,7 @@ def test_an_excluded_metrics_page_is_served_to_anyone(h: Harness, registry: Coll
 
 
 def test_the_breaker_never_sees_the_metrics_page(h: Harness, registry: CollectorRegistry) -> None:
-    h.build(metrics={"registry": registry}, breaker={"fail_max": 2, "reset_timeout": 600, "name": unique("beh")})
+    h.build(metrics={"registry": registry}, breaker={"fail_max": 2, "reset_timeout": 600, "name": unique("beh"), "per_route": False})
     assert [h.get("/fail").status_code for _ in range(2)] == [500, 500]
     assert h.get("/items/1").status_code == 503  # open
     r = h.get("/metrics")

@@ -70,7 +70,12 @@ def stacked(app: Any, registry: CollectorRegistry, provider: Any) -> Any:
         tracing={"tracer_provider": provider},
         access_log=True,
         metrics={"registry": registry},
-        breaker={"fail_max": 1, "reset_timeout": 600, "name": f"outcomes-{uuid.uuid4().hex[:8]}"},
+        breaker={
+            "fail_max": 1,
+            "reset_timeout": 600,
+            "name": f"outcomes-{uuid.uuid4().hex[:8]}",
+            "per_route": False,  # these apps route nothing: one breaker, read below
+        },
     )
 
 

@@ -342,13 +342,13 @@ class BreakerPolicy(Policy):
 
     @property
     def enter_awaits(self) -> bool:
-        """A Redis-shared breaker awaits its storage on the async drivers; a process-local
-        one decides in memory, so ``enter``/``exit`` are called directly."""
-        return self.breaker.shared
+        """Redis-shared breakers await their storage on the async drivers; process-local
+        ones decide in memory, so ``enter``/``exit`` are called directly."""
+        return (self._single or self._by_route[None]).shared
 
     @property
     def exit_awaits(self) -> bool:
-        return self.breaker.shared
+        return self.enter_awaits
 
     async def aenter(self, ex: Exchange) -> Rejection | None:
         if self._excluded is not None and self._excluded(ex.path):

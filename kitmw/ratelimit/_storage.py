@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from limits.strategies import STRATEGIES
 
+from ..concerns import check_storage_uri
 from ..errors import ConfigError
 from ._limits import HeapMemoryStorage
 
@@ -91,8 +92,10 @@ class Backend:
 
         if strategy not in STRATEGY_NAMES:
             raise ConfigError(f"strategy: expected one of {', '.join(STRATEGY_NAMES)}, got {strategy!r}")
-        if not isinstance(storage, str) or "://" not in storage:
-            raise ConfigError(f"storage: expected a limits storage URI such as 'memory://', got {storage!r}")
+        try:
+            check_storage_uri(storage, "ratelimit")
+        except ConfigError as exc:  # the caller puts the concern in front
+            raise ConfigError(str(exc).removeprefix("ratelimit: ")) from None
         if side not in ("server", "client"):
             raise ConfigError(f"side: expected 'server' or 'client', got {side!r}")
         if (
