@@ -40,6 +40,7 @@ __all__ = [
     "check_storage_uri",
     "concern",
     "construct",
+    "instruments",
     "middleware_names",
 ]
 
@@ -123,6 +124,8 @@ class Concern:
 
 
 _PKG = "kitmw."
+_SERVER = ("method", "route", "status")
+_CLIENT = ("method", "host", "status")
 
 #: Every concern, in the canonical order (outermost first), on every side.
 CONCERNS: tuple[Concern, ...] = (
@@ -146,6 +149,62 @@ CONCERNS: tuple[Concern, ...] = (
         {"server": "MetricsPolicy", "client": "ClientMetricsPolicy"},
         middleware="Metrics",
         why="rejections (429, 401, 503, 504) are counted",
+        instruments=(
+            Instrument("server_requests", "counter", "http_server_requests", "HTTP requests served.", _SERVER),
+            Instrument(
+                "server_duration",
+                "histogram",
+                "http_server_request_duration_seconds",
+                "Time from the request to the last response byte.",
+                _SERVER,
+            ),
+            Instrument(
+                "server_in_progress",
+                "gauge",
+                "http_server_requests_in_progress",
+                "HTTP requests being served.",
+                ("method",),
+                (("multiprocess_mode", "livesum"),),
+            ),
+            Instrument(
+                "server_request_size",
+                "histogram",
+                "http_server_request_size_bytes",
+                "Request body bytes received.",
+                _SERVER,
+                (("buckets", "size"),),
+            ),
+            Instrument(
+                "server_response_size",
+                "histogram",
+                "http_server_response_size_bytes",
+                "Response body bytes sent.",
+                _SERVER,
+                (("buckets", "size"),),
+            ),
+            Instrument("client_requests", "counter", "http_client_requests", "HTTP requests sent.", _CLIENT),
+            Instrument(
+                "client_duration",
+                "histogram",
+                "http_client_request_duration_seconds",
+                "Time from sending the request to the end of the response.",
+                _CLIENT,
+            ),
+            Instrument(
+                "client_retries",
+                "counter",
+                "http_client_retries",
+                "HTTP requests sent again by the retry policy.",
+                ("method", "host"),
+            ),
+            Instrument(
+                "storage_errors",
+                "counter",
+                "kitmw_storage_errors",
+                "Errors reaching a shared storage (ratelimit, breaker, jwks).",
+                ("component",),
+            ),
+        ),
     ),
     Concern(
         "ratelimit",
@@ -155,6 +214,15 @@ CONCERNS: tuple[Concern, ...] = (
         shorthand="limit",
         shorthand_types=(str,),
         why="cheap, it protects what follows; keyed by client unless a principal key moves it after auth",
+        instruments=(
+            Instrument(
+                "ratelimit_decisions",
+                "counter",
+                "kitmw_ratelimit_decisions",
+                "Rate-limit decisions (allowed, limited, fail_open, fail_closed).",
+                ("side", "decision"),
+            ),
+        ),
     ),
     Concern(
         "auth",
@@ -175,6 +243,31 @@ CONCERNS: tuple[Concern, ...] = (
         {"server": "BreakerPolicy"},
         middleware="CircuitBreaker",
         why="closest to the application, it judges the application's health only",
+        instruments=(
+            Instrument(
+                "breaker_state",
+                "gauge",
+                "kitmw_breaker_state",
+                "1 for the current state of each circuit breaker, 0 for the others.",
+                ("breaker", "state"),
+                # Breakers are process-local by default: each live worker reports its own.
+                (("multiprocess_mode", "liveall"),),
+            ),
+            Instrument(
+                "breaker_transitions",
+                "counter",
+                "kitmw_breaker_transitions",
+                "Circuit breaker state changes.",
+                ("breaker", "from_state", "to_state"),
+            ),
+            Instrument(
+                "breaker_rejections",
+                "counter",
+                "kitmw_breaker_rejections",
+                "Requests refused by an open circuit breaker.",
+                ("breaker",),
+            ),
+        ),
     ),
 )
 
@@ -192,6 +285,17 @@ def concern(name: str) -> Concern:
             + (f"; did you mean {close[0]!r}?" if close else "")
             + f" (concerns: {', '.join(_BY_NAME)})"
         )
+    return found
+
+
+def instruments() -> dict[str, Instrument]:
+    """Every metric the concerns declare, by :class:`kitmw.metrics.Instruments` attribute."""
+    found: dict[str, Instrument] = {}
+    for entry in CONCERNS:
+        for inst in entry.instruments:
+            if inst.attr in found:
+                raise ValueError(f"{entry.name}: instrument {inst.attr!r} declared twice")
+            found[inst.attr] = inst
     return found
 
 

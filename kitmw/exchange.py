@@ -14,15 +14,39 @@ policy asks for it, the per-request ``state`` dict exists only once written to.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from contextvars import ContextVar, Token
 from time import monotonic
 from typing import Any, ClassVar
 
 from .chain import SERVE, Hooks
 from .errors import Rejection
 
-__all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy"]
+__all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy", "current_deadline", "reset_deadline", "set_deadline"]
 
 _EMPTY: frozenset[Any] = frozenset()
+
+#: The deadline (``time.monotonic()`` seconds) of the exchange the current code runs in:
+#: Go kit's ``context`` deadline. The timeout concern sets it; client exchanges start
+#: with it, so an httpx call made while serving a request fits in what remains.
+_DEADLINE: ContextVar[float | None] = ContextVar("kitmw.deadline", default=None)
+
+
+def current_deadline() -> float | None:
+    """The deadline of the exchange the calling code runs inside, or None."""
+    return _DEADLINE.get()
+
+
+def set_deadline(deadline: float | None) -> Token[float | None]:
+    """Make ``deadline`` current (never later than the one already current); reset the
+    returned token with :func:`reset_deadline` when the exchange is over."""
+    outer = _DEADLINE.get()
+    if outer is not None and (deadline is None or outer < deadline):
+        deadline = outer
+    return _DEADLINE.set(deadline)
+
+
+def reset_deadline(token: Token[float | None]) -> None:
+    _DEADLINE.reset(token)
 
 #: Route label of a request no route matched: a scan of random URLs adds one series only.
 UNMATCHED = "<unmatched>"

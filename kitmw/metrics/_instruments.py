@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
 
+from ..concerns import instruments as declared_instruments
 from ..errors import ConfigError
 
 __all__ = [
@@ -58,92 +59,21 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 #: Body size buckets in bytes (powers of 4 from 64 B to 16 MiB).
 DEFAULT_SIZE_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(3, 13))
 
-_SERVER = ("method", "route", "status")
-_CLIENT = ("method", "host", "status")
+_KINDS: dict[str, type[Any]] = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
+_BUCKETS = {"size": DEFAULT_SIZE_BUCKETS}
 
-# attribute -> (kind, name, documentation, labels, extra keyword arguments)
-_SPECS: dict[str, tuple[type[Any], str, str, tuple[str, ...], dict[str, Any]]] = {
-    "server_requests": (Counter, "http_server_requests", "HTTP requests served.", _SERVER, {}),
-    "server_duration": (
-        Histogram,
-        "http_server_request_duration_seconds",
-        "Time from the request to the last response byte.",
-        _SERVER,
-        {},
-    ),
-    "server_in_progress": (
-        Gauge,
-        "http_server_requests_in_progress",
-        "HTTP requests being served.",
-        ("method",),
-        {"multiprocess_mode": "livesum"},
-    ),
-    "server_request_size": (
-        Histogram,
-        "http_server_request_size_bytes",
-        "Request body bytes received.",
-        _SERVER,
-        {"buckets": DEFAULT_SIZE_BUCKETS},
-    ),
-    "server_response_size": (
-        Histogram,
-        "http_server_response_size_bytes",
-        "Response body bytes sent.",
-        _SERVER,
-        {"buckets": DEFAULT_SIZE_BUCKETS},
-    ),
-    "client_requests": (Counter, "http_client_requests", "HTTP requests sent.", _CLIENT, {}),
-    "client_duration": (
-        Histogram,
-        "http_client_request_duration_seconds",
-        "Time from sending the request to the end of the response.",
-        _CLIENT,
-        {},
-    ),
-    "client_retries": (
-        Counter,
-        "http_client_retries",
-        "HTTP requests sent again by the retry policy.",
-        ("method", "host"),
-        {},
-    ),
-    "ratelimit_decisions": (
-        Counter,
-        "kitmw_ratelimit_decisions",
-        "Rate-limit decisions (allowed, limited, fail_open, fail_closed).",
-        ("side", "decision"),
-        {},
-    ),
-    "storage_errors": (
-        Counter,
-        "kitmw_storage_errors",
-        "Errors reaching a shared storage (ratelimit, breaker, jwks).",
-        ("component",),
-        {},
-    ),
-    "breaker_state": (
-        Gauge,
-        "kitmw_breaker_state",
-        "1 for the current state of each circuit breaker, 0 for the others.",
-        ("breaker", "state"),
-        # Breakers are process-local by default: each live worker reports its own.
-        {"multiprocess_mode": "liveall"},
-    ),
-    "breaker_transitions": (
-        Counter,
-        "kitmw_breaker_transitions",
-        "Circuit breaker state changes.",
-        ("breaker", "from_state", "to_state"),
-        {},
-    ),
-    "breaker_rejections": (
-        Counter,
-        "kitmw_breaker_rejections",
-        "Requests refused by an open circuit breaker.",
-        ("breaker",),
-        {},
-    ),
-}
+
+def _spec_table() -> dict[str, tuple[type[Any], str, str, tuple[str, ...], dict[str, Any]]]:
+    """attribute -> (kind, name, documentation, labels, extra keyword arguments), from
+    the instruments each concern declares in :mod:`kitmw.concerns`."""
+    table = {}
+    for attr, inst in declared_instruments().items():
+        extra = {k: (_BUCKETS[v] if k == "buckets" else v) for k, v in inst.options}
+        table[attr] = (_KINDS[inst.kind], inst.name, inst.documentation, inst.labels, extra)
+    return table
+
+
+_SPECS = _spec_table()
 
 _HISTOGRAMS_WITH_BUCKETS = ("server_duration", "client_duration")
 
