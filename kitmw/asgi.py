@@ -13,7 +13,6 @@ import inspect
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-from starlette.authentication import AuthCredentials
 from starlette.requests import ClientDisconnect
 
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -144,13 +143,6 @@ class AsgiExchange(Exchange):
         if isinstance(template, str) and template:
             return template
         return starlette_route(self.scope, self._root)  # type: ignore[arg-type]
-
-    def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
-        super().set_user(principal, scopes, claims, user)
-        scope = self.scope
-        if user is not None:
-            scope["user"] = user
-        scope["auth"] = AuthCredentials(sorted(self.scopes))
 
     def response_header(self, name: str) -> str | None:
         key = name.encode("latin-1")
