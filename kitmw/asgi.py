@@ -9,13 +9,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import ClientDisconnect
 
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._types import ASGIApp, Message, Receive, Scope, Send, is_asgi
 from .chain import Chain, Pending, afinish, compile_chain, finish
 from .concerns import build, middleware_names
 from .errors import NoResponse, Rejected, Rejection
@@ -556,11 +555,3 @@ if TYPE_CHECKING:
     Metrics = ConcernMiddleware
     RateLimit = ConcernMiddleware
     Tracing = ConcernMiddleware
-
-
-def is_asgi(app: Any) -> bool:
-    """True if ``app`` looks like an ASGI application (an async callable)."""
-    if inspect.iscoroutinefunction(app):
-        return True
-    call = type(app).__call__ if callable(app) else None
-    return call is not None and inspect.iscoroutinefunction(call)

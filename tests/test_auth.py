@@ -1029,7 +1029,8 @@ def test_importing_auth_and_wsgi_does_not_load_starlette() -> None:
     assert _run_fresh(code).strip() == "[]"
 
 
-def test_a_flask_app_under_wsgi_auth_never_loads_starlette() -> None:
+@pytest.mark.parametrize("how", ["wsgi.Auth", "stack"])
+def test_a_flask_app_under_wsgi_auth_never_loads_starlette(how: str) -> None:
     code = f"""
 import sys, jwt, httpx
 from flask import Flask, request
@@ -1042,7 +1043,11 @@ app = Flask("plain")
 def me():
     return {{"user": request.environ["kitmw.user"].identity, "remote": request.environ["REMOTE_USER"]}}
 
-app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=[JWT(key={SECRET!r}, algorithms=["HS256"], audience={AUD!r}), Basic(users={{"ops": "pw"}})])
+backend = [JWT(key={SECRET!r}, algorithms=["HS256"], audience={AUD!r}), Basic(users={{"ops": "pw"}})]
+if {how!r} == "stack":
+    app.wsgi_app = kitmw.stack(app.wsgi_app, auth=backend, tracing=True, access_log=True, ratelimit="100/second", breaker=True)
+else:
+    app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=backend)
 token = jwt.encode({{"sub": "alice", "aud": {AUD!r}, "exp": 4102444800}}, {SECRET!r}, algorithm="HS256")
 with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
     assert c.get("/me", headers={{"Authorization": "Bearer " + token}}).json() == {{"user": "alice", "remote": "alice"}}
