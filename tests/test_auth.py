@@ -1002,6 +1002,30 @@ async def test_request_user_is_the_principal_and_a_starlette_user() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_backend_may_return_a_starlette_user_of_its_own() -> None:
+    from starlette.authentication import SimpleUser
+
+    class Staff(SimpleUser):
+        scopes = frozenset({"staff"})
+
+        @property
+        def identity(self) -> str:
+            return self.username
+
+    staff = Staff("carol")
+
+    class StaffBackend(Backend):
+        def authenticate(self, ex: Exchange) -> Any:
+            return staff
+
+    seen: list[Any] = []
+    app = kitmw.Auth(_who_app(seen), backend=StaffBackend())
+    r = await get(app, "/who")
+    assert r.json() == {"identity": "carol", "scopes": ["staff"]}
+    assert seen == [staff] and seen[0] is staff
+
+
+@pytest.mark.anyio
 async def test_starlettes_requires_decorator_reads_kitmws_scopes() -> None:
     from starlette.applications import Starlette
     from starlette.authentication import requires
