@@ -32,10 +32,11 @@ _MAX_TWINS = 1024
 def publisher() -> Callable[[Exchange], None]:
     """``publish(ex)``: put the exchange's caller (``ex.user``), or nobody, in the scope.
 
-    The twin of a principal object is made once and reused while the backend hands out
-    the same object (the JWT cache, API keys), in a cache owned by this publisher.
+    The twin of a principal (and its sorted scopes) is made once and reused while the
+    backend hands out the same object (the JWT cache, API keys), in a cache owned by
+    this publisher; a principal is immutable, so the twin stays right.
     """
-    twins: dict[int, tuple[Any, Any]] = {}
+    twins: dict[int, tuple[Any, Any, tuple[str, ...]]] = {}
 
     def publish(ex: Exchange) -> None:
         scope = ex.native
@@ -48,15 +49,14 @@ def publisher() -> Callable[[Exchange], None]:
                 scope["auth"] = AuthCredentials()  # a fresh one: its scopes list is mutable
             return
         found = twins.get(id(user))
-        if found is not None and found[0] is user:
-            twin = found[1]
-        else:
-            twin = starlette_user(user)
-            if len(twins) >= _MAX_TWINS:
-                twins.clear()
-            twins[id(user)] = (user, twin)  # holding ``user`` keeps its id unique
-        scope["user"] = twin
-        scope["auth"] = AuthCredentials(sorted(ex.scopes))
+        if found is None or found[0] is not user:
+            found = (user, starlette_user(user), tuple(sorted(ex.scopes)))
+            if isinstance(user, Principal):  # immutable: the entry stays right
+                if len(twins) >= _MAX_TWINS:
+                    twins.clear()
+                twins[id(user)] = found  # holding ``user`` keeps its id unique
+        scope["user"] = found[1]
+        scope["auth"] = AuthCredentials(found[2])  # a fresh one: its scopes list is mutable
 
     return publish
 
