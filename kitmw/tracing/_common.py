@@ -101,7 +101,7 @@ class ServerHelpers(NamedTuple):
         names, routes and ends it), else None; it also tells the framework's own layer
         further in to step aside.
     :param owns: whether a span was started for this request by another kitmw layer.
-    :param mark: record the span started for this request, for :param:`owns`.
+    :param mark: record the span started for this request, for ``owns``.
     """
 
     instrumentation: str | None
