@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -15,6 +16,7 @@ __all__ = [
     "StartResponse",
     "WSGIApp",
     "WSGIEnviron",
+    "is_asgi",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -29,3 +31,15 @@ WSGIApp = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 #: A monotonic clock in seconds; injectable so tests never sleep.
 Clock = Callable[[], float]
+
+
+def is_asgi(app: Any) -> bool:
+    """True if ``app`` looks like an ASGI application (an async callable).
+
+    Here, not in :mod:`kitmw.asgi`, so that ``stack()`` tells a WSGI app without loading
+    the ASGI driver (and Starlette) for it.
+    """
+    if inspect.iscoroutinefunction(app):
+        return True
+    call = type(app).__call__ if callable(app) else None
+    return call is not None and inspect.iscoroutinefunction(call)

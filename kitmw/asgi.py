@@ -9,14 +9,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-from starlette.authentication import AuthCredentials
 from starlette.requests import ClientDisconnect
 
-from ._types import ASGIApp, Message, Receive, Scope, Send
+from ._types import ASGIApp, Message, Receive, Scope, Send, is_asgi
 from .chain import Chain, Pending, afinish, compile_chain, finish
 from .concerns import build, middleware_names
 from .errors import NoResponse, Rejected, Rejection
@@ -144,13 +142,6 @@ class AsgiExchange(Exchange):
         if isinstance(template, str) and template:
             return template
         return starlette_route(self.scope, self._root)  # type: ignore[arg-type]
-
-    def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
-        super().set_user(principal, scopes, claims, user)
-        scope = self.scope
-        if user is not None:
-            scope["user"] = user
-        scope["auth"] = AuthCredentials(sorted(self.scopes))
 
     def response_header(self, name: str) -> str | None:
         key = name.encode("latin-1")
@@ -564,11 +555,3 @@ if TYPE_CHECKING:
     Metrics = ConcernMiddleware
     RateLimit = ConcernMiddleware
     Tracing = ConcernMiddleware
-
-
-def is_asgi(app: Any) -> bool:
-    """True if ``app`` looks like an ASGI application (an async callable)."""
-    if inspect.iscoroutinefunction(app):
-        return True
-    call = type(app).__call__ if callable(app) else None
-    return call is not None and inspect.iscoroutinefunction(call)

@@ -123,7 +123,7 @@ class Concern:
         raise ConfigError(f"{self.name}: expected {accepted} or a policy, got {value!r}")
 
 
-_PKG = "kitmw."
+_PKG = __name__.rpartition(".")[0] + "."
 _SERVER = ("method", "route", "status")
 _CLIENT = ("method", "host", "status")
 
@@ -132,7 +132,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern(
         "tracing",
         _PKG + "tracing",
-        {"server": "TracingPolicy", "client": "ClientTracingPolicy"},
+        {"server": "TracingPolicy", "client": "ClientTracingPolicy", "endpoint": "EndpointTracingPolicy"},
         middleware="Tracing",
         why="the span covers everything below and gives the logs a trace id",
     ),

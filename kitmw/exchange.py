@@ -58,7 +58,9 @@ class Exchange:
 
     Request side (filled by the driver, read by policies): ``method``, ``path``,
     ``header()``, ``client``, ``route``. Set by policies while the request runs:
-    ``request_id``, ``trace_id``/``span_id``, ``principal``/``scopes``. Response side
+    ``request_id``, ``trace_id``/``span_id`` and ``span`` (the OpenTelemetry span of the
+    exchange, whoever started it: policies further in may add attributes to it),
+    ``principal``/``scopes``/``claims``/``user``. Response side
     (filled by the driver): ``status`` (0 until known), ``error``, ``bytes_in``,
     ``bytes_out``, ``start_ns``/``end_ns`` and :attr:`duration`.
     """

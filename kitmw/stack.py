@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ._types import is_asgi
 from .concerns import CONCERNS, build_all
 from .errors import ConfigError
 from .exchange import Policy
@@ -54,11 +55,11 @@ def stack(
     if protocol not in (None, "asgi", "wsgi"):
         raise ConfigError(f"protocol: expected 'asgi', 'wsgi' or None, got {protocol!r}")
     policies = build_policies(concerns, shared={"exclude_paths": exclude_paths})
-    from .asgi import Middleware, is_asgi
-
     if protocol is None:
         protocol = "asgi" if is_asgi(app) else "wsgi"
     if protocol == "asgi":
+        from .asgi import Middleware
+
         return Middleware(app, *policies, handle_errors=handle_errors)
     from .wsgi import Middleware as WsgiMiddleware
 

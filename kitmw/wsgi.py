@@ -175,16 +175,6 @@ class WsgiExchange(Exchange):
             return django_route(_decode_path(self.environ.get("PATH_INFO", "") or "/"))
         return None
 
-    def set_user(self, principal: str, scopes: Any = (), claims: Any = None, user: Any = None) -> None:
-        """Record the principal; the app finds it as ``environ["kitmw.user"]``/``REMOTE_USER``."""
-        super().set_user(principal, scopes, claims, user)
-        environ = self.environ
-        environ["kitmw.user"] = principal if user is None else user
-        environ["kitmw.scopes"] = self.scopes
-        if claims is not None:
-            environ["kitmw.claims"] = claims
-        environ["REMOTE_USER"] = principal
-
     def response_header(self, name: str) -> str | None:
         for key, value in self._start_headers or ():
             if key.lower() == name:

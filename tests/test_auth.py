@@ -21,9 +21,10 @@ from fastapi import FastAPI, Request, WebSocket
 from starlette.middleware.cors import CORSMiddleware
 
 import kitmw
-from kitmw.auth import JWT, APIKey, AuthError, AuthPolicy, Basic, Principal
+from kitmw.auth import JWT, APIKey, AuthError, AuthPolicy, Backend, Basic, Principal
 from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange, Policy
+from kitmw.testing import NeutralExchange
 
 SECRET = "kitmw-test-secret-0123456789abcdef"
 AUD = "orders-api"
@@ -928,13 +929,173 @@ def test_policy_attributes() -> None:
     assert set(AuthPolicy.shared_options) == {"exclude_paths", "registry"}
 
 
-def test_principal_is_a_starlette_user() -> None:
-    from starlette.authentication import BaseUser
-
+def test_principal_has_the_starlette_user_interface() -> None:
     user = Principal("alice", ["a"], {"sub": "alice"}, "jwt")
-    assert isinstance(user, BaseUser)
     assert (user.identity, user.display_name, user.is_authenticated) == ("alice", "alice", True)
     assert user.scopes == frozenset({"a"})
+
+
+class _Badge(Principal):
+    """A backend's own principal class, with a slot and a private slot of its own."""
+
+    __slots__ = ("__pin", "team")
+
+    def __init__(self, identity: str, team: str) -> None:
+        super().__init__(identity, ["read"], None, "badge")
+        self.team = team
+        self.__pin = "1234"
+
+    @property
+    def pin(self) -> str:
+        return self.__pin
+
+
+class _BadgeBackend(Backend):
+    name = "badge"
+
+    def authenticate(self, ex: Exchange) -> Principal | None:
+        team = ex.header("x-team")
+        return None if team is None else _Badge("bob", team)
+
+
+def _who_app(seen: list[Any]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/who")
+    async def who(request: Request) -> dict[str, Any]:
+        seen.append(request.user)
+        return {"identity": request.user.identity, "scopes": request.auth.scopes}
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        seen.append(websocket.user)
+        await websocket.accept()
+        await websocket.close()
+
+    return app
+
+
+@pytest.mark.anyio
+async def test_request_user_is_the_principal_and_a_starlette_user() -> None:
+    from starlette.authentication import BaseUser
+    from starlette.testclient import TestClient
+
+    seen: list[Any] = []
+    app = kitmw.Auth(_who_app(seen), backend=[hs_backend(), _BadgeBackend()])
+    async with client(app) as c:
+        for _ in range(2):  # the second request gets the remembered twin of the cached principal
+            r = await c.get("/who", headers=bearer(hs256(scope="b a")))
+            assert r.json() == {"identity": "alice", "scopes": ["a", "b"]}
+        r = await c.get("/who", headers={"X-Team": "ops"})
+        assert r.json() == {"identity": "bob", "scopes": ["read"]}
+    with TestClient(app).websocket_connect("/ws", headers={"X-Team": "dev"}):
+        pass
+    jwt_user, again, badge, ws_user = seen
+    for user in seen:
+        assert isinstance(user, BaseUser) and isinstance(user, Principal)
+        assert user.is_authenticated
+    assert jwt_user is again
+    assert jwt_user == Principal("alice", ["a", "b"], None, "jwt") and jwt_user.claims["sub"] == "alice"
+    assert type(jwt_user).__name__ == "Principal" and repr(jwt_user).startswith("Principal('alice'")
+    assert isinstance(badge, _Badge) and (badge.team, badge.pin, badge.backend) == ("ops", "1234", "badge")
+    assert isinstance(ws_user, _Badge) and ws_user.team == "dev"
+
+
+@pytest.mark.anyio
+async def test_a_backend_may_return_a_starlette_user_of_its_own() -> None:
+    from starlette.authentication import SimpleUser
+
+    class Staff(SimpleUser):
+        scopes = frozenset({"staff"})
+
+        @property
+        def identity(self) -> str:
+            return self.username
+
+    staff = Staff("carol")
+
+    class StaffBackend(Backend):
+        def authenticate(self, ex: Exchange) -> Any:
+            return staff
+
+    seen: list[Any] = []
+    app = kitmw.Auth(_who_app(seen), backend=StaffBackend())
+    r = await get(app, "/who")
+    assert r.json() == {"identity": "carol", "scopes": ["staff"]}
+    assert seen == [staff] and seen[0] is staff
+
+
+@pytest.mark.anyio
+async def test_starlettes_requires_decorator_reads_kitmws_scopes() -> None:
+    from starlette.applications import Starlette
+    from starlette.authentication import requires
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    @requires("write")
+    async def edit(request: Any) -> PlainTextResponse:
+        return PlainTextResponse(f"edited by {request.user.display_name}")
+
+    app = kitmw.Auth(Starlette(routes=[Route("/edit", edit)]), backend=hs_backend())
+    assert (await get(app, "/edit", headers=bearer(hs256(scope="read")))).status_code == 403
+    r = await get(app, "/edit", headers=bearer(hs256(scope="read write")))
+    assert (r.status_code, r.text) == (200, "edited by alice")
+
+
+def _run_fresh(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_importing_auth_and_wsgi_does_not_load_starlette() -> None:
+    code = "import sys\nimport kitmw.auth, kitmw.wsgi\nprint(sorted(m for m in sys.modules if m.startswith('starlette')))\n"
+    assert _run_fresh(code).strip() == "[]"
+
+
+@pytest.mark.parametrize("how", ["wsgi.Auth", "stack"])
+def test_a_flask_app_under_wsgi_auth_never_loads_starlette(how: str) -> None:
+    code = f"""
+import sys, jwt, httpx
+from flask import Flask, request
+import kitmw, kitmw.wsgi
+from kitmw.auth import JWT, Basic
+
+app = Flask("plain")
+
+@app.get("/me")
+def me():
+    return {{"user": request.environ["kitmw.user"].identity, "remote": request.environ["REMOTE_USER"]}}
+
+backend = [JWT(key={SECRET!r}, algorithms=["HS256"], audience={AUD!r}), Basic(users={{"ops": "pw"}})]
+if {how!r} == "stack":
+    app.wsgi_app = kitmw.stack(app.wsgi_app, auth=backend, tracing=True, access_log=True, ratelimit="100/second", breaker=True)
+else:
+    app.wsgi_app = kitmw.wsgi.Auth(app.wsgi_app, backend=backend)
+token = jwt.encode({{"sub": "alice", "aud": {AUD!r}, "exp": 4102444800}}, {SECRET!r}, algorithm="HS256")
+with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as c:
+    assert c.get("/me", headers={{"Authorization": "Bearer " + token}}).json() == {{"user": "alice", "remote": "alice"}}
+    assert c.get("/me", auth=("ops", "pw")).json() == {{"user": "ops", "remote": "ops"}}
+    assert c.get("/me").status_code == 401
+print(sorted(m for m in sys.modules if m.startswith("starlette")))
+"""
+    assert _run_fresh(code).strip() == "[]"
+
+
+class _Mounted(NeutralExchange):
+    """An exchange of an app mounted under ``/api`` (what ASGI's root_path, WSGI's
+    SCRIPT_NAME or any driver's prefix says), full path as every driver gives it."""
+
+    @property
+    def mount_prefix(self) -> str:
+        return "/api"
+
+
+def test_scope_rules_read_the_mount_prefix_of_any_exchange() -> None:
+    policy = AuthPolicy(backend=APIKey(keys={"k-user": "user"}), scopes={"/admin": ["admin"]})
+    answer = policy.enter(_Mounted("GET", "/api/admin/users", headers={"x-api-key": "k-user"}))
+    assert answer is not None and answer.status == 403  # /admin, as the mounted app routes it
+    assert policy.enter(_Mounted("GET", "/api/other", headers={"x-api-key": "k-user"})) is None
 
 
 # -- configuration errors ----------------------------------------------------------------------

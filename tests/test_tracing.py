@@ -22,8 +22,9 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 import kitmw
-from kitmw.errors import ConfigError
+from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange, Policy
+from kitmw.testing import NeutralExchange
 from kitmw.tracing import ClientTracingPolicy, TracingPolicy
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -521,7 +522,8 @@ def test_wsgi_exchange_gets_wsgi_attributes(spans: Any) -> None:
     }
     ex = WsgiLike(environ)
     policy = TracingPolicy(tracer_provider=provider)
-    assert policy.enter(ex) is None
+    hooks = policy.hooks("wsgi", False)  # what the WSGI driver runs: contrib's collector bound
+    assert hooks.enter is not None and hooks.enter(ex) is None
     assert ex.trace_id == TRACE_ID
     ex.status = 201
     policy.exit(ex)
@@ -777,7 +779,8 @@ def _stability_modes() -> dict[str, Any]:
 def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) -> None:
     from opentelemetry.instrumentation.asgi import collect_request_attributes
 
-    from kitmw.tracing import _asgi_request_attributes, _Semconv
+    from kitmw.tracing._asgi import request_attributes as _asgi_request_attributes
+    from kitmw.tracing._semconv import Semconv as _Semconv
 
     scope = parity_scope()
     scope.update(overrides)
@@ -791,7 +794,8 @@ def test_asgi_attributes_equal_contribs(mode: str, overrides: dict[str, Any]) ->
 def test_status_attributes_equal_contribs(spans: Any, mode: str, status: int) -> None:
     from opentelemetry.instrumentation.asgi import set_status_code
 
-    from kitmw.tracing import _Semconv, _status_attributes
+    from kitmw.tracing._semconv import Semconv as _Semconv
+    from kitmw.tracing._semconv import status_attributes as _status_attributes
 
     provider, _ = spans
     stability = _stability_modes()
@@ -808,7 +812,8 @@ def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overr
     """The per-policy cache (socket, Host, User-Agent) never leaks one request's values into another."""
     from opentelemetry.instrumentation.asgi import collect_request_attributes
 
-    from kitmw.tracing import _asgi_request_attributes, _Semconv
+    from kitmw.tracing._asgi import request_attributes as _asgi_request_attributes
+    from kitmw.tracing._semconv import Semconv as _Semconv
 
     stability = _stability_modes()
     first = parity_scope()
@@ -839,7 +844,8 @@ def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overr
 def test_attribute_scan_reports_propagation_headers(
     headers: list[tuple[bytes, bytes]], expected: bool
 ) -> None:
-    from kitmw.tracing import _asgi_scan, _Semconv
+    from kitmw.tracing._asgi import scan as _asgi_scan
+    from kitmw.tracing._semconv import Semconv as _Semconv
 
     fields = frozenset({b"traceparent", b"tracestate", b"baggage"})
     scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
@@ -1037,3 +1043,182 @@ async def test_contrib_middleware_outside_kitmw_outside_fastapi_is_the_only_serv
     assert span.kind is SpanKind.SERVER
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
     assert span.name == "GET /items/{item_id}"
+
+
+# -- the endpoint side (kitmw.endpoint): an INTERNAL span per call -------------------------------
+
+
+class EndpointCall(NeutralExchange):
+    """A call of a wrapped function as the endpoint driver presents it: named by its route."""
+
+    protocol = "endpoint"
+    side = "endpoint"
+
+
+def call_endpoint(
+    policies: list[Policy], fn: Any, name: str = "charge_card", *, record_rejection_as_error: bool = True
+) -> tuple[EndpointCall, Any]:
+    """Run ``fn()`` through ``policies`` as a sync endpoint driver does (enter, call, exits)."""
+    from kitmw.chain import compile_chain, finish
+
+    chain = compile_chain(policies, "endpoint", is_async=False)
+    ex = EndpointCall("CALL", name, route=name)
+    exits: list[Any] = []
+    try:
+        result = chain.run_sync(ex, fn, exits)
+    except BaseException as exc:
+        if record_rejection_as_error or ex.rejection is None:
+            ex.error = exc
+        finish(ex, exits, exc)
+        return ex, exc
+    finish(ex, exits)
+    return ex, result
+
+
+async def acall_endpoint(policies: list[Policy], fn: Any, name: str = "charge_card") -> tuple[EndpointCall, Any]:
+    """:func:`call_endpoint` for an async function on the async endpoint driver."""
+    from kitmw.chain import afinish, compile_chain
+
+    chain = compile_chain(policies, "endpoint", is_async=True)
+    ex = EndpointCall("CALL", name, route=name)
+    exits: list[Any] = []
+    try:
+        result = await chain.run_async(ex, fn, exits)
+    except BaseException as exc:
+        ex.error = exc
+        await afinish(ex, exits, exc)
+        return ex, exc
+    await afinish(ex, exits)
+    return ex, result
+
+
+def endpoint_tracing(provider: Any) -> Any:
+    from kitmw.concerns import build
+
+    return build("endpoint", "tracing", {"tracer_provider": provider})
+
+
+def test_endpoint_tracing_is_the_registry_policy_of_the_endpoint_side(spans: Any) -> None:
+    from kitmw.concerns import build_all
+    from kitmw.tracing import EndpointTracingPolicy
+
+    provider, _ = spans
+    assert type(endpoint_tracing(provider)) is EndpointTracingPolicy
+    assert [type(p) for p in build_all("endpoint", {"tracing": True})] == [EndpointTracingPolicy]
+    with pytest.raises(ConfigError, match="tracing: unknown option 'exclude_paths'"):
+        build_all("endpoint", {"tracing": {"exclude_paths": ["/x"]}})
+
+
+def test_endpoint_span_is_an_internal_child_of_the_current_span_named_after_the_endpoint(spans: Any) -> None:
+    provider, exporter = spans
+    with provider.get_tracer("test").start_as_current_span("handler") as handler:
+        ex, result = call_endpoint([endpoint_tracing(provider)], lambda: "receipt")
+    assert result == "receipt"
+    span = next(s for s in exporter.get_finished_spans() if s.name == "charge_card")
+    assert span.kind is SpanKind.INTERNAL
+    assert span.parent.span_id == handler.get_span_context().span_id
+    assert span.status.status_code is StatusCode.UNSET
+    assert (ex.trace_id, ex.span_id) == (format(span.context.trace_id, "032x"), format(span.context.span_id, "016x"))
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_endpoint_span_is_current_while_the_function_runs(spans: Any) -> None:
+    """What the function calls (a traced httpx call, another endpoint) is the span's child."""
+    provider, exporter = spans
+    policy = endpoint_tracing(provider)
+    client_tracing = ClientTracingPolicy(tracer_provider=provider)
+
+    def charge() -> str:
+        outgoing = ClientExchange("POST", "http://payments/charge")
+        client_tracing.enter(outgoing)
+        outgoing.status = 200
+        client_tracing.exit(outgoing)
+        return call_endpoint([policy], lambda: "ok", "audit")[1]
+
+    call_endpoint([policy], charge)
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    outer = by_name["charge_card"]
+    assert outer.parent is None
+    assert by_name["POST"].parent.span_id == outer.context.span_id
+    assert by_name["audit"].parent.span_id == outer.context.span_id
+    assert by_name["audit"].kind is SpanKind.INTERNAL
+
+
+@pytest.mark.anyio
+async def test_async_endpoint_span_is_current_while_the_coroutine_runs(spans: Any) -> None:
+    provider, exporter = spans
+    tracer = provider.get_tracer("test")
+
+    async def charge() -> str:
+        with tracer.start_as_current_span("db query"):
+            return "receipt"
+
+    _, result = await acall_endpoint([endpoint_tracing(provider)], charge)
+    assert result == "receipt"
+    by_name = {s.name: s for s in exporter.get_finished_spans()}
+    assert by_name["db query"].parent.span_id == by_name["charge_card"].context.span_id
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+@pytest.mark.anyio
+async def test_endpoint_exception_sets_error_status_and_an_exception_event(spans: Any) -> None:
+    provider, exporter = spans
+
+    async def charge() -> str:
+        raise ValueError("card declined")
+
+    _, raised = await acall_endpoint([endpoint_tracing(provider)], charge)
+    assert isinstance(raised, ValueError)
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "ValueError: card declined"
+    assert [e.name for e in span.events] == ["exception"]
+    assert span.attributes["error.type"] == "ValueError"
+    assert "kitmw.rejection" not in span.attributes
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+@pytest.mark.parametrize("as_error", [True, False], ids=["error-recorded", "rejection-only"])
+def test_endpoint_refusal_sets_the_rejection_attribute(spans: Any, as_error: bool) -> None:
+    from kitmw.errors import BreakerOpen
+
+    provider, exporter = spans
+    called = []
+
+    class Open(Policy):  # an open breaker further in: the function is not called
+        def enter(self, ex: Exchange) -> Rejection:
+            return Rejection(503, "circuit_open", headers=(("Retry-After", "3"),))
+
+    _, raised = call_endpoint(
+        [endpoint_tracing(provider), Open()], lambda: called.append(1), record_rejection_as_error=as_error
+    )
+    assert isinstance(raised, BreakerOpen) and called == []
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["kitmw.rejection"] == "circuit_open"
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "rejected: circuit_open"
+    assert span.events == ()  # a refusal is no exception of the function
+
+
+def test_endpoint_records_no_span_under_suppress_instrumentation(spans: Any) -> None:
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    provider, exporter = spans
+    with suppress_instrumentation():
+        ex, result = call_endpoint([endpoint_tracing(provider)], lambda: "ok")
+    assert result == "ok" and ex.span is None
+    assert exporter.get_finished_spans() == ()
+
+
+def test_contribs_private_semconv_helpers_are_still_there() -> None:
+    """kitmw reads OTEL_SEMCONV_STABILITY_OPT_IN through contrib's private helpers
+    (kitmw/tracing/_semconv.py): a release that moves them fails here, loudly."""
+    from opentelemetry import propagate
+
+    from kitmw.tracing._semconv import Semconv, quiet_fields
+
+    for option in (None, "default", "http", "http/dup"):
+        sc = Semconv(option)
+        assert sc.contrib, option
+        assert sc.schema_url
+    assert quiet_fields(propagate.get_global_textmap()) == frozenset({b"traceparent", b"tracestate", b"baggage"})

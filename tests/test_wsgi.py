@@ -524,11 +524,14 @@ def test_exchange_reads_the_environ_lazily() -> None:
     assert ex.route is None
 
 
-def test_set_user_reaches_the_app_through_the_environ() -> None:
-    class Login(Policy):
-        def enter(self, ex: Exchange) -> Rejection | None:
-            ex.set_user("alice", ["read", "write"], claims={"sub": "alice"})
-            return None
+def test_the_caller_reaches_the_app_through_the_environ() -> None:
+    from kitmw.auth import AuthPolicy, Backend, Principal
+
+    alice = Principal("alice", ["read", "write"], {"sub": "alice"}, "login")
+
+    class Login(Backend):  # auth's WSGI side publishes the caller, not the driver
+        def authenticate(self, ex: Exchange) -> Principal | None:
+            return alice
 
     seen = {}
 
@@ -538,10 +541,10 @@ def test_set_user_reaches_the_app_through_the_environ() -> None:
         )
         return hello(environ, start_response)
 
-    with client(Middleware(app, Login())) as c:
+    with client(Middleware(app, AuthPolicy(backend=Login()))) as c:
         c.get("/")
     assert seen == {
-        "kitmw.user": "alice",
+        "kitmw.user": alice,
         "kitmw.scopes": frozenset({"read", "write"}),
         "kitmw.claims": {"sub": "alice"},
         "REMOTE_USER": "alice",

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from starlette.authentication import BaseUser
-
 from ..errors import KitmwError
 from ..exchange import Exchange
 
@@ -25,16 +23,19 @@ class KeysUnavailable(AuthError):
     """No key could be found for a token because the JWKS endpoint is unreachable."""
 
 
-class Principal(BaseUser):
-    """An authenticated caller; Starlette's ``request.user`` is this object.
+class Principal:
+    """An authenticated caller: Starlette's ``request.user``, WSGI's ``environ["kitmw.user"]``.
 
-    It subclasses :class:`starlette.authentication.BaseUser`, so ``request.user.identity``,
-    ``.display_name`` and ``.is_authenticated`` work as with Starlette's own
-    middleware; ``.scopes`` and ``.claims`` (the verified JWT payload) come on top.
-    Immutable: a backend may hand the same object to many requests (the JWT cache does).
+    It has the interface of :class:`starlette.authentication.BaseUser` (``.identity``,
+    ``.display_name``, ``.is_authenticated``), with ``.scopes`` and ``.claims`` (the
+    verified JWT payload) on top, without importing Starlette: a Flask or Django app
+    never loads it. Under ASGI, ``request.user`` is this principal as a subclass of both
+    this class and ``BaseUser`` (made by auth's ASGI side), so ``isinstance`` checks
+    against either hold there. Immutable: a backend may hand the same object to many
+    requests (the JWT cache does).
     """
 
-    __slots__ = ("_identity", "backend", "claims", "scopes")
+    __slots__ = ("__weakref__", "_identity", "backend", "claims", "scopes")
 
     def __init__(
         self,

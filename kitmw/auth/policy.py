@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, ClassVar
 
 from .._paths import PathMatcher
+from ..chain import Hooks
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
-from . import _asgi, _wsgi
 from ._base import AuthError, Backend, Principal
 
 __all__ = ["AuthPolicy"]
 
-#: How each protocol tells the application "no caller" (Starlette's objects under ASGI).
-_ANONYMOUS: dict[str, Callable[[Any], None]] = {"asgi": _asgi.set_anonymous, "wsgi": _wsgi.set_anonymous}
+#: Tells the application who the caller is (or that there is none), the protocol's way.
+Publish = Callable[[Exchange], None]
 #: Runs of slashes: werkzeug (Flask) serves ``//admin/x`` as ``/admin/x``, so rules must too.
 _SLASHES = re.compile(r"//+")
 
@@ -186,43 +187,38 @@ class AuthPolicy(Policy):
         return None
 
     def _rules_for(self, ex: Exchange) -> tuple[_Rule, ...]:
-        """Rules for the full path and, for an app mounted under a prefix (ASGI
-        ``root_path``, WSGI ``SCRIPT_NAME``), for the path the app routes on: a prefix
-        written either way protects the route."""
+        """Rules for the full path and, for an app mounted under a prefix
+        (:attr:`~kitmw.exchange.Exchange.mount_prefix`: ASGI ``root_path``, WSGI
+        ``SCRIPT_NAME``), for the path the app routes on: a prefix written either way
+        protects the route."""
         path = ex.path
         rule = self._rule(path)
-        native = ex.native
-        mount = (
-            native.get("root_path" if ex.protocol == "asgi" else "SCRIPT_NAME")
-            if isinstance(native, dict)
-            else None
-        )
-        if (
-            mount
-            and isinstance(mount, str)
-            and path.startswith(mount)
-            and path[len(mount) : len(mount) + 1] == "/"
-        ):
+        mount = ex.mount_prefix
+        if mount and path.startswith(mount) and path[len(mount) : len(mount) + 1] == "/":
             inner = self._rule(path[len(mount) :])
             if inner is not None and inner is not rule:
                 return (inner,) if rule is None else (rule, inner)
         return () if rule is None else (rule,)
 
-    def _admit(self, ex: Exchange, principal: Principal, at: int) -> Rejection | None:
-        # getattr: a custom backend may return any Starlette BaseUser.
+    def _admit(self, ex: Exchange, principal: Principal, at: int, publish: Publish | None) -> Rejection | None:
+        # getattr: a custom backend may return any object with an ``identity`` (a
+        # Starlette BaseUser).
         scopes = getattr(principal, "scopes", ())
         ex.set_user(principal.identity, scopes, getattr(principal, "claims", None), principal)
         if self._rules:
             for rule in self._rules_for(ex):
                 if not rule.required <= ex.scopes:
                     return rule.forbidden[at]
+        if publish is not None:
+            publish(ex)
         return None
 
-    def _refuse(self, ex: Exchange, error_at: int) -> Rejection | None:
+    def _refuse(self, ex: Exchange, error_at: int, publish: Publish | None) -> Rejection | None:
         if error_at >= 0:
             return self._invalid[error_at]
         if self._optional and not self._rules_for(ex):
-            _anonymous(ex)
+            if publish is not None:
+                publish(ex)  # nobody
             return None
         return self._missing
 
@@ -234,9 +230,32 @@ class AuthPolicy(Policy):
         static keys, Basic and API keys are decided in ``enter`` (no coroutine per request)."""
         return self._io
 
+    def hooks(self, protocol: str, is_async: bool) -> Hooks:
+        """``enter`` (or ``aenter``) bound to ``protocol``'s way of telling the application
+        who the caller is: Starlette's ``scope["user"]``/``scope["auth"]`` (``auth._asgi``),
+        the WSGI environ keys (``auth._wsgi``); nothing elsewhere (the exchange only)."""
+        publish: Publish | None = None
+        if protocol == "asgi":
+            from ._asgi import publisher
+
+            publish = publisher()
+        elif protocol == "wsgi":
+            from ._wsgi import publish
+        if is_async and self.enter_awaits:
+            return Hooks(enter=partial(self._aenter_with, publish), enter_awaits=True)
+        return Hooks(enter=partial(self._enter_with, publish))
+
     def enter(self, ex: Exchange) -> Rejection | None:
+        """Decide for ``ex`` and record the caller on the exchange (nothing published)."""
+        return self._enter_with(None, ex)
+
+    async def aenter(self, ex: Exchange) -> Rejection | None:
+        return await self._aenter_with(None, ex)
+
+    def _enter_with(self, publish: Publish | None, ex: Exchange) -> Rejection | None:
         if self._skip(ex):
-            _anonymous(ex)
+            if publish is not None:
+                publish(ex)  # nobody
             return None
         single = self._single
         if single is not None:  # the loop below for one backend, unrolled
@@ -245,8 +264,8 @@ class AuthPolicy(Policy):
             except AuthError:
                 return self._invalid[0]
             if principal is not None:
-                return self._admit(ex, principal, 0)
-            return self._refuse(ex, -1)
+                return self._admit(ex, principal, 0, publish)
+            return self._refuse(ex, -1, publish)
         error_at = -1
         for i, backend in enumerate(self._backends):
             try:
@@ -256,14 +275,15 @@ class AuthPolicy(Policy):
                     error_at = i
                 continue
             if principal is not None:
-                return self._admit(ex, principal, i)
-        return self._refuse(ex, error_at)
+                return self._admit(ex, principal, i, publish)
+        return self._refuse(ex, error_at, publish)
 
-    async def aenter(self, ex: Exchange) -> Rejection | None:
+    async def _aenter_with(self, publish: Publish | None, ex: Exchange) -> Rejection | None:
         if not self._io:
-            return self.enter(ex)
+            return self._enter_with(publish, ex)
         if self._skip(ex):
-            _anonymous(ex)
+            if publish is not None:
+                publish(ex)  # nobody
             return None
         error_at = -1
         for i, backend in enumerate(self._backends):
@@ -277,13 +297,5 @@ class AuthPolicy(Policy):
                     error_at = i
                 continue
             if principal is not None:
-                return self._admit(ex, principal, i)
-        return self._refuse(ex, error_at)
-
-
-def _anonymous(ex: Exchange) -> None:
-    """Tell the application that this request has no caller, the protocol's way."""
-    mark = _ANONYMOUS.get(ex.protocol)
-    native = ex.native
-    if mark is not None and isinstance(native, dict):
-        mark(native)
+                return self._admit(ex, principal, i, publish)
+        return self._refuse(ex, error_at, publish)
