@@ -262,6 +262,7 @@ def _sync_wrapper(fn: Callable[..., Any], target: _Target, chain: Chain) -> Call
                 ex.end_ns = perf_counter_ns()
                 _failed(ex, exc)
                 finish(ex, exits, exc)
+                del ex  # the traceback keeps this frame: no cycle through ex.error
                 raise
             ex.end_ns = perf_counter_ns()
             ex.result = result
@@ -331,6 +332,7 @@ def _async_wrapper(fn: Callable[..., Any], target: _Target, chain: Chain) -> Cal
                     await _shielded(afinish(ex, exits, exc))
                 else:
                     finish(ex, exits, exc)
+                del ex  # the traceback keeps this frame: no cycle through ex.error
                 raise
             ex.end_ns = perf_counter_ns()
             ex.result = result

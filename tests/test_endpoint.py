@@ -1057,3 +1057,60 @@ async def test_the_example_of_the_issue_runs(spans: Any) -> None:
 
     assert await charge_card("c-1", 500) == {"customer_id": "c-1", "cents": 500}
     assert calls(registry, "charge_card") == {"ok": 1.0}
+
+
+# -- garbage ---------------------------------------------------------------------------------
+
+
+def _cyclic_garbage(run: Any) -> int:
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        run()
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_calls_leave_no_cyclic_garbage_ok_or_raising(is_async: bool) -> None:
+    """An exception's traceback keeps the wrapper's frame: the frame must not hold the
+    exchange, whose ``error`` is that exception (a cycle per failed call otherwise)."""
+    made = kitmw.endpoint("gc", metrics={"registry": CollectorRegistry()}, access_log=True)
+
+    def check(x: int) -> int:
+        if x < 0:
+            raise ValueError(x)
+        return x
+
+    async def acheck(x: int) -> int:
+        return check(x)
+
+    def run(x: int) -> None:
+        for _ in range(50):
+            try:
+                wrapped(x)
+            except ValueError:
+                pass
+
+    wrapped = made(acheck if is_async else check)
+    if is_async:  # in one event loop: asyncio.run() makes cycles of its own
+
+        async def many(x: int) -> None:
+            for _ in range(50):
+                try:
+                    await wrapped(x)
+                except ValueError:
+                    pass
+
+        loop = asyncio.new_event_loop()
+        try:
+            assert _cyclic_garbage(lambda: loop.run_until_complete(many(1))) == 0
+            assert _cyclic_garbage(lambda: loop.run_until_complete(many(-1))) == 0
+        finally:
+            loop.close()
+    else:
+        assert _cyclic_garbage(lambda: run(1)) == 0
+        assert _cyclic_garbage(lambda: run(-1)) == 0
