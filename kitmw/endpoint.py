@@ -125,7 +125,7 @@ class Endpoint:
     """The decorator :func:`kitmw.endpoint` returns: the endpoint's name and its policies.
 
     Applied to several functions, they share its policies (one breaker, one rate limit),
-    as calls of one endpoint should.
+    as calls of one endpoint should. Each wrapper has it as ``kitmw_endpoint``.
     """
 
     __slots__ = ("name", "policies")
