@@ -596,12 +596,12 @@ def test_a_sync_call_with_a_deadline_is_made_as_is() -> None:
 
 
 async def test_exits_that_await_are_awaited_even_when_the_caller_is_cancelled() -> None:
+    """Inside a cancelled anyio scope every await is cancelled again: the exits (a slot
+    or permit to release) are shielded."""
     awaiting = AwaitingExit()
-    started = asyncio.Event()
 
     @kitmw.endpoint("awaited", policies=[awaiting])
     async def wait_forever() -> None:
-        started.set()
         await asyncio.Event().wait()
 
     @kitmw.endpoint("awaited_ok", policies=[awaiting])
@@ -609,12 +609,18 @@ async def test_exits_that_await_are_awaited_even_when_the_caller_is_cancelled() 
         return 1
 
     assert await fine() == 1
-    task = asyncio.ensure_future(wait_forever())
-    await started.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    with anyio.move_on_after(0.01) as scope:
+        await wait_forever()
+    assert scope.cancelled_caught
     assert awaiting.done == ["awaited_ok", "awaited"]
+
+    @kitmw.endpoint("awaited_around", policies=[Deadline(10.0), awaiting])
+    async def wait_longer() -> None:
+        await asyncio.Event().wait()
+
+    with anyio.move_on_after(0.01):
+        await wait_longer()
+    assert awaiting.done[-1] == "awaited_around"
 
 
 async def test_a_cancelled_call_is_an_error() -> None:
