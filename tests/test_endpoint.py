@@ -940,10 +940,14 @@ def test_breaker_opens_and_raises_breaker_open() -> None:
 
 @needs("breaker")
 def test_breaker_failure_classifier_can_be_overridden() -> None:
-    def is_failure(ex: Exchange) -> bool:
-        return isinstance(ex.error, ConnectionError)
+    accepted = inspect.signature(concern("breaker").policy_class("endpoint")).parameters
+    option = "is_failure" if "is_failure" in accepted else "failure"
 
-    @kitmw.endpoint("classified", breaker={"fail_max": 1, "reset_timeout": 60, "is_failure": is_failure})
+    def classify(*args: Any) -> bool:  # (exchange) or (result, error), as the policy asks
+        error = args[0].error if len(args) == 1 else args[-1]
+        return isinstance(error, ConnectionError)
+
+    @kitmw.endpoint("classified", breaker={"fail_max": 1, "reset_timeout": 60, option: classify})
     def business(error: Exception) -> None:
         raise error
 
@@ -1034,7 +1038,7 @@ async def test_tracing_makes_an_internal_span_child_of_the_current_span(spans: A
 def test_retry_calls_again_after_a_connection_error() -> None:
     failures = [ConnectionError("reset")]
 
-    @kitmw.endpoint("retried", retry={"attempts": 3, "backoff_base": 0})
+    @kitmw.endpoint("retried", retry={"attempts": 3})
     def flaky() -> str:
         if failures:
             raise failures.pop()
