@@ -216,9 +216,12 @@ def _extra_policies(value: Any) -> list[Policy]:
 
 
 def _failed(ex: EndpointExchange, exc: BaseException) -> None:
-    """Record how a call ended that raised ``exc``: refused by a policy of this call,
-    or an error (the function's, or a policy's that is no refusal)."""
+    """Record how a call ended that raised ``exc``: refused by a policy of this call
+    (whatever an inner attempt raised before, such as the ``TimeoutError`` of a call
+    cancelled at its deadline), or an error (the function's, or a policy's that is no
+    refusal)."""
     if isinstance(exc, Rejected) and exc.rejection is ex.rejection:
+        ex.error = None
         return
     ex.rejection = None
     ex.error = exc

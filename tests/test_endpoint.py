@@ -587,6 +587,21 @@ async def test_an_async_call_past_its_deadline_is_cancelled_and_raises_deadline_
     assert calls(registry, "slow") == {"rejected": 1.0}
 
 
+async def test_outside_a_refusing_around_the_call_is_rejected_with_no_error() -> None:
+    """The around got the cancelled call's TimeoutError and refused: policies outside
+    it (tracing, the access log) see a refusal, not that error."""
+    outer = Seen()
+
+    @kitmw.endpoint("slow", policies=[outer, Deadline(0.01)])
+    async def slow() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(kitmw.DeadlineExceeded):
+        await slow()
+    ((ex, outcome),) = outer.exits
+    assert outcome == "rejected" and ex.error is None and ex.rejection is not None
+
+
 def test_a_sync_call_with_a_deadline_is_made_as_is() -> None:
     @kitmw.endpoint("sync_deadline", policies=[Deadline(0.0)])
     def quick() -> str:
