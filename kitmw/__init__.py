@@ -2,7 +2,8 @@
 
 ASGI middlewares (``kitmw.AccessLog``, ``Metrics``, ``Tracing``, ``RateLimit``,
 ``CircuitBreaker``, ``Auth``), their WSGI twins (``kitmw.wsgi``), one fused layer
-(``kitmw.stack``) and httpx transports (``kitmw.httpx``, ``kitmw.httpx2``).
+(``kitmw.stack``), httpx transports (``kitmw.httpx``, ``kitmw.httpx2``) and the same
+concerns around any function (``kitmw.endpoint``).
 Submodules and optional extras are imported on first use.
 """
 
@@ -12,7 +13,22 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .concerns import middleware_names
-from .errors import BreakerOpen, ConfigError, KitmwError, RateLimited, Rejection, StorageError
+
+# The submodule is loaded here, and the name bound to its function: the import system sets
+# this package's attribute ``endpoint`` to the submodule only when it first loads it, so
+# ``kitmw.endpoint`` stays the decorator after ``from kitmw.endpoint import ...`` too.
+from .endpoint import endpoint
+from .errors import (
+    BreakerOpen,
+    ConcurrencyLimited,
+    ConfigError,
+    DeadlineExceeded,
+    KitmwError,
+    RateLimited,
+    Rejected,
+    Rejection,
+    StorageError,
+)
 from .exchange import Exchange, Policy
 from .stack import stack
 
@@ -26,17 +42,21 @@ __all__ = [
     "Auth",
     "BreakerOpen",
     "CircuitBreaker",
+    "ConcurrencyLimited",
     "ConfigError",
+    "DeadlineExceeded",
     "Exchange",
     "KitmwError",
     "Metrics",
     "Policy",
     "RateLimit",
     "RateLimited",
+    "Rejected",
     "Rejection",
     "StorageError",
     "Tracing",
     "__version__",
+    "endpoint",
     "stack",
 ]
 

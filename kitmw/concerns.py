@@ -126,6 +126,7 @@ class Concern:
 _PKG = __name__.rpartition(".")[0] + "."
 _SERVER = ("method", "route", "status")
 _CLIENT = ("method", "host", "status")
+_ENDPOINT = ("endpoint", "outcome")
 
 #: Every concern, in the canonical order (outermost first), on every side.
 CONCERNS: tuple[Concern, ...] = (
@@ -139,14 +140,14 @@ CONCERNS: tuple[Concern, ...] = (
     Concern(
         "access_log",
         _PKG + "logging",
-        {"server": "AccessLogPolicy", "client": "ClientLogPolicy"},
+        {"server": "AccessLogPolicy", "client": "ClientLogPolicy", "endpoint": "EndpointLogPolicy"},
         middleware="AccessLog",
         why="every request is logged, the rejected ones too",
     ),
     Concern(
         "metrics",
         _PKG + "metrics",
-        {"server": "MetricsPolicy", "client": "ClientMetricsPolicy"},
+        {"server": "MetricsPolicy", "client": "ClientMetricsPolicy", "endpoint": "EndpointMetricsPolicy"},
         middleware="Metrics",
         why="rejections (429, 401, 503, 504) are counted",
         instruments=(
@@ -196,6 +197,20 @@ CONCERNS: tuple[Concern, ...] = (
                 "http_client_retries",
                 "HTTP requests sent again by the retry policy.",
                 ("method", "host"),
+            ),
+            Instrument(
+                "endpoint_calls",
+                "counter",
+                "kitmw_endpoint_calls",
+                "Calls of functions wrapped with kitmw.endpoint, by outcome (ok, error, rejected).",
+                _ENDPOINT,
+            ),
+            Instrument(
+                "endpoint_duration",
+                "histogram",
+                "kitmw_endpoint_duration_seconds",
+                "Time from the call of a kitmw.endpoint function to its return or exception.",
+                _ENDPOINT,
             ),
             Instrument(
                 "storage_errors",

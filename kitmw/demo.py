@@ -6,7 +6,8 @@ exporter, Prometheus registries), and a client built on ``kitmw.httpx.AsyncTrans
 balances over them. The tour: normal calls with their request ids and one trace id
 across client and server; a burst that meets 429s; a bad token that meets 401; one
 instance stopped so the client's breaker opens and the balancer routes around it; the
-``/metrics`` lines that changed. ``--serve`` keeps one instance up instead.
+``/metrics`` lines that changed; last, a plain function behind ``kitmw.endpoint`` (a
+call, a refusal, its metrics). ``--serve`` keeps one instance up instead.
 """
 
 import asyncio
@@ -83,6 +84,11 @@ class _Narrate(logging.Handler):
                 f"server log: {get('method')} {get('path')} route={get('route')} status={get('status')} "
                 f"request_id={_short(get('request_id'))} trace_id={_short(get('trace_id'))} "
                 f"principal={get('principal') or '-'}"
+            )
+        elif record.name == "kitmw.endpoint":
+            text = (
+                f"endpoint log: {get('endpoint')} outcome={get('outcome')} error={get('error') or '-'} "
+                f"request_id={_short(get('request_id'))}"
             )
         elif record.name == "kitmw.client":
             text = (
@@ -220,6 +226,51 @@ def _metric_lines(text: str) -> dict[str, str]:
     return lines
 
 
+def _endpoint_limit() -> dict[str, Any]:
+    """The quote endpoint's rate limit: the ratelimit concern's endpoint policy, or, while
+    the registry has none (issue 14), the server policy with one budget for the endpoint."""
+    from kitmw.endpoint import endpoint_options
+
+    if "ratelimit" in endpoint_options():
+        return {"ratelimit": "3/minute"}
+    from kitmw.ratelimit import RateLimitPolicy
+
+    return {"policies": [RateLimitPolicy(limit="3/minute", key="route", headers=False)]}
+
+
+def _endpoint_step(narrator: Narrator) -> None:
+    """A plain function behind ``kitmw.endpoint``: the same concerns around a call."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import kitmw
+
+    narrator.step("a plain function behind kitmw.endpoint: the same concerns around a call")
+    registry = CollectorRegistry()
+
+    @kitmw.endpoint(
+        "quote", metrics={"registry": registry}, access_log={"level": "INFO"}, **_endpoint_limit()
+    )
+    def quote(sku: str) -> int:
+        """The price of ``sku`` in cents (business code, no kitmw inside)."""
+        return 250 if sku.startswith("ab-") else 990
+
+    narrator.say("@kitmw.endpoint('quote', ratelimit='3/minute', metrics=True, access_log=True) on def quote(sku)")
+    for n, sku in enumerate(("ab-1", "cd-2", "ab-3", "ab-4"), 1):
+        # As inside a request handler: the record of the call carries the request id.
+        with kitmw.logging.bind_context(request_id=f"tour-{n + 10:04d}-{secrets.token_hex(4)}"):
+            try:
+                narrator.say(f"-> quote({sku!r}) = {quote(sku)}", "bold")
+            except kitmw.RateLimited as exc:
+                narrator.say(
+                    f"-> quote({sku!r}) raised {type(exc).__name__} ({exc.rejection.code}): "
+                    "the function was not called",
+                    "yellow",
+                )
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith("kitmw_endpoint_calls_total{"):
+            narrator.say(line)
+
+
 async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
     import httpx
     from opentelemetry.sdk.trace import TracerProvider
@@ -234,7 +285,7 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     secret = secrets.token_urlsafe(32)
     handler = _Narrate(narrator)
-    for name in ("kitmw.access", "kitmw.client", "kitmw.breaker"):
+    for name in ("kitmw.access", "kitmw.client", "kitmw.breaker", "kitmw.endpoint"):
         log = logging.getLogger(name)
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -381,6 +432,7 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
     for name, old, new in changed:
         narrator.say(f"{name} {old} -> {new}")
     await instances[0].stop()
+    _endpoint_step(narrator)
     narrator.step("done")
     narrator.say("each concern above is one option of kitmw.stack(); see docs/ and `kitmw demo --serve`")
     return 0

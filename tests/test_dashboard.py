@@ -5,7 +5,7 @@ variable queries) is taken apart by a small PromQL tokenizer; the metric names, 
 matchers and grouping labels it finds are checked against the exposition of a real
 app: ``kitmw.stack`` with all six concerns plus a ``kitmw.httpx`` client on one fresh
 registry, driven until every kitmw metric family exists (a 401, a 429, a 503 from an
-open breaker, a client retry, a rate-limit storage that is down).
+open breaker, a client retry, a rate-limit storage that is down, a kitmw.endpoint call).
 """
 
 from __future__ import annotations
@@ -295,6 +295,7 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
         statuses.append((await plain.get("/unstable", headers=key)).status_code)  # its breaker is open
         statuses.append((await plain.get("/items/2", headers=key)).status_code)  # 7th: limited
     assert len(sleeps) == 1  # the retry happened
+    kitmw.endpoint("charge_card", metrics={"registry": registry})(lambda: None)()  # kitmw_endpoint_*
     return statuses
 
 

@@ -8,6 +8,7 @@
   ``principal`` to every record, the application's own included.
 * :func:`configure`: JSON, logfmt or text output with that filter, in one call.
 * :class:`ClientLogPolicy`: one record per outgoing httpx call.
+* :class:`EndpointLogPolicy`: one record per call of a ``kitmw.endpoint`` function.
 * :func:`current_request_id`, :func:`current_trace_id`, :func:`bind_context`,
   :func:`structlog_processor` for the application and other libraries.
 """
@@ -25,6 +26,7 @@ from ._context import (
     current_trace_id,
     structlog_processor,
 )
+from ._endpoint import ENDPOINT_FIELDS, EndpointLogPolicy
 from .access import ACCESS_FIELDS, AccessLogPolicy, default_request_id, is_valid_request_id
 from .client import CLIENT_FIELDS, ClientLogPolicy
 from .formatters import FORMATS, JsonFormatter, LogfmtFormatter, TextFormatter, configure
@@ -34,10 +36,12 @@ __all__ = [
     "CLIENT_FIELDS",
     "CONTEXT_FIELDS",
     "DEFAULT_REDACT",
+    "ENDPOINT_FIELDS",
     "FORMATS",
     "AccessLogPolicy",
     "ClientLogPolicy",
     "ContextFilter",
+    "EndpointLogPolicy",
     "JsonFormatter",
     "LogfmtFormatter",
     "TextFormatter",

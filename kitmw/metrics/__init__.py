@@ -1,7 +1,7 @@
 """Prometheus RED metrics for servers and httpx clients, and the ``/metrics`` exposition.
 
-* :class:`MetricsPolicy` (what ``kitmw.Metrics`` runs) and :class:`ClientMetricsPolicy`
-  (what the httpx transports run);
+* :class:`MetricsPolicy` (what ``kitmw.Metrics`` runs), :class:`ClientMetricsPolicy`
+  (what the httpx transports run) and :class:`EndpointMetricsPolicy` (``kitmw.endpoint``);
 * :func:`instruments`: every kitmw metric of one registry, created once and shared by
   every policy (rate limit, breaker, httpx) that writes to that registry;
 * :func:`start_server`: the exposition on a separate port (``python -m kitmw.metrics``
@@ -15,6 +15,7 @@ Metric and label names are a public contract: see ``docs/metrics.md``.
 
 from __future__ import annotations
 
+from ._endpoint import EndpointMetricsPolicy
 from ._exposition import (
     MetricsServer,
     gunicorn_child_exit,
@@ -35,6 +36,7 @@ __all__ = [
     "OTHER_METHOD",
     "OTHER_STATUS",
     "ClientMetricsPolicy",
+    "EndpointMetricsPolicy",
     "Instruments",
     "MetricsPolicy",
     "MetricsServer",

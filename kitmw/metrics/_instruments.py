@@ -75,7 +75,7 @@ def _spec_table() -> dict[str, tuple[type[Any], str, str, tuple[str, ...], dict[
 
 _SPECS = _spec_table()
 
-_HISTOGRAMS_WITH_BUCKETS = ("server_duration", "client_duration")
+_HISTOGRAMS_WITH_BUCKETS = ("server_duration", "client_duration", "endpoint_duration")
 
 
 def _normalise_buckets(buckets: Iterable[float] | None, option: str = "buckets") -> tuple[float, ...]:
@@ -101,7 +101,8 @@ class Instruments:
     Attributes (prometheus-client metric objects; see ``docs/metrics.md``):
     ``server_requests``, ``server_duration``, ``server_in_progress``,
     ``server_request_size``, ``server_response_size``, ``client_requests``,
-    ``client_duration``, ``client_retries``, ``ratelimit_decisions``,
+    ``client_duration``, ``client_retries``, ``endpoint_calls``, ``endpoint_duration``,
+    ``ratelimit_decisions``,
     ``storage_errors``, ``breaker_state``, ``breaker_transitions``,
     ``breaker_rejections``.
     """
@@ -115,6 +116,8 @@ class Instruments:
     client_requests: Counter
     client_duration: Histogram
     client_retries: Counter
+    endpoint_calls: Counter
+    endpoint_duration: Histogram
     ratelimit_decisions: Counter
     storage_errors: Counter
     breaker_state: Gauge
@@ -127,7 +130,8 @@ class Instruments:
         self._buckets: dict[str, tuple[float, ...]] = {}
 
     def use_buckets(self, attr: str, buckets: Sequence[float] | None, option: str = "buckets") -> None:
-        """Fix the latency buckets of ``attr`` (``server_duration`` or ``client_duration``).
+        """Fix the latency buckets of ``attr`` (``server_duration``, ``client_duration`` or
+        ``endpoint_duration``).
 
         Two policies on one registry share one histogram, so they must agree on its
         buckets: a different request raises :class:`~kitmw.errors.ConfigError`.
