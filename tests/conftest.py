@@ -146,6 +146,12 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+@pytest.fixture(params=["asyncio"], scope="session")
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """``pytest.mark.anyio`` tests run on asyncio (anyio before 4.9 also tries trio, not installed)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     """A fresh Prometheus registry per test, so tests never collide."""

@@ -173,14 +173,29 @@ def _owner(module: str, candidates: Mapping[str, list[str]]) -> str | None:
     return None
 
 
+def _top_level_names() -> dict[str, list[str]]:
+    """Top-level import name -> distributions holding it, read from each one's file list.
+
+    (``packages_distributions()`` on Python 3.10 reads only ``top_level.txt``, which
+    wheels built by other backends than setuptools do not have.)
+    """
+    from importlib.metadata import distributions
+
+    out: dict[str, list[str]] = {}
+    for dist in distributions():
+        names = {str(file).split("/")[0].removesuffix(".py") for file in dist.files or ()}
+        for name in names:
+            if name.isidentifier():
+                out.setdefault(name, []).append(dist.metadata["Name"])
+    return out
+
+
 #: Extras that are not part of what kitmw's code needs at run time.
 _TOOLING_EXTRAS = {"test", "docs", "all"}
 
 
 def test_kitmw_declares_what_it_imports_and_imports_what_it_declares() -> None:
-    from importlib.metadata import packages_distributions
-
-    candidates = packages_distributions()
+    candidates = _top_level_names()
     declared = _declared()
     runtime = set().union(*(names for extra, names in declared.items() if extra not in _TOOLING_EXTRAS))
     used: set[str] = set()
