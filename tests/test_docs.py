@@ -909,3 +909,11 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, done.stderr[-5000:]
+    site = tmp_path / "site"
+    reference = (site / "reference" / "index.html").read_text()
+    assert "build_policies" not in reference  # the reference shows the public API only
+    assert 'id="kitmw.stack.stack"' in reference
+    # identifiers in table cells never break mid-word (docs/stylesheets/extra.css)
+    css = (site / "stylesheets" / "extra.css").read_text()
+    assert "word-break: normal" in css and "overflow-wrap: normal" in css
+    assert 'href="../stylesheets/extra.css"' in (site / "metrics" / "index.html").read_text()
