@@ -73,6 +73,13 @@ def redis_binary() -> tuple[str, str]:
     pytest.skip(wanted)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the Redis server is marked ``redis`` (``pytest -m redis``)."""
+    for item in items:
+        if {"redis_url", "redis_server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     try:
         binary, origin = redis_binary()

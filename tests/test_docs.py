@@ -308,7 +308,13 @@ def _execute(block: Block, ns: dict[str, Any], request: pytest.FixtureRequest) -
     asyncio.run(_exercise(ns, block.id))
 
 
-@pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b.id for b in ALL_BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(b, id=b.id, marks=[pytest.mark.redis] if "redis://redis:6379" in b.source else [])
+        for b in ALL_BLOCKS
+    ],
+)
 def test_doc_block_runs(block: Block, request: pytest.FixtureRequest, restore_logging: None) -> None:
     if block.mode == "skip":
         pytest.skip(f"{block.id}: {block.reason or 'no reason given'}")
