@@ -12,10 +12,8 @@ from typing import TextIO
 __all__ = ["main"]
 
 DESCRIPTION = """\
-Go kit's cross-cutting concerns for any Python web stack.
-
-  kitmw demo     a guided tour of every concern, in-process (exits by itself)
-  kitmw bench    per-request overhead of kitmw and its peers, on this machine
+Go kit's cross-cutting concerns for any Python web stack: the guided tour and the
+overhead benchmark. "kitmw COMMAND --help" lists the options of a command.
 """
 
 
