@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Redis server (see :func:`redis_binary`), real uvicorn / WSGI servers on loopback, OTel SDK."""
+"""Shared fixtures: a real Redis server (:func:`redis_binary`), real uvicorn and WSGI servers, OTel SDK."""
 
 from __future__ import annotations
 
@@ -155,7 +155,7 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture(params=["asyncio"], scope="session")
 def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """``pytest.mark.anyio`` tests run on asyncio (anyio before 4.9 also tries trio, not installed)."""
+    """``pytest.mark.anyio`` tests run on asyncio (older anyio releases also try trio, not installed)."""
     return str(request.param)
 
 
