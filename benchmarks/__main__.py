@@ -18,7 +18,8 @@ import sys
 import time
 from typing import Any
 
-from kitmw._bench import SUITES, format_table, run_suite
+from kitmw._bench import SUITES, format_table, missing_note, run_suite
+from kitmw.cli import Progress
 
 from . import throughput
 
@@ -82,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", action="store_true", help="write docs/performance.png")
     args = parser.parse_args(argv)
 
-    def progress(message: str) -> None:
-        print(f"  {message}", file=sys.stderr, flush=True)
+    progress = Progress(sys.stderr)
+    missing: set[str] = set()
 
     data: dict[str, Any] = {
         "machine": _machine(),
@@ -102,10 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     for suite in suites:
         print(f"{suite}: in-process overhead per request (median of interleaved rounds)", file=sys.stderr)
-        results = run_suite(suite, rounds=args.rounds, requests_per_round=args.requests, progress=progress)
+        try:
+            results = run_suite(suite, rounds=args.rounds, requests_per_round=args.requests, progress=progress)
+        finally:
+            progress.done()
         print(f"\n{suite}:\n")
         print(format_table(results))
+        missing.update(r.missing for r in results if r.missing)
         data["suites"][suite] = [r.as_dict() for r in results]
+    if missing:
+        print(f"\n{missing_note(missing)}")
     if not args.no_server:
         rows = throughput.run(rounds=args.server_rounds, duration=args.duration, connections=args.connections)
         print("\nthroughput:\n")

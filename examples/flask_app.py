@@ -61,7 +61,7 @@ app.wsgi_app = kitmw.stack(  # type: ignore[method-assign]
     access_log=True,
     metrics=True,
     ratelimit="20/second",
-    exclude_paths=["/health"],
+    exclude_paths=["/metrics", "/health", "/livez", "/readyz"],  # scrapes and probes
 )
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ read: on a shared machine the CPU figure does not count the time other processes
 the core. Overhead is the configuration's (wall) figure minus the bare app's from the
 same run.
 
-Peer packages are optional: a configuration whose package is missing is reported as
-skipped with the reason.
+Peer packages are optional (the ``bench`` extra): a configuration whose package is
+missing is left out of the table, and one note names the missing packages and the extra
+that installs them; a configuration that fails for another reason is listed as skipped
+with that reason.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "configurations",
     "format_table",
     "interleave",
+    "missing_note",
     "per_request",
     "run",
     "run_suite",
@@ -63,6 +66,16 @@ class Result:
     samples: list[float] = field(default_factory=list)
     cpu_samples: list[float] = field(default_factory=list)
     skipped: str | None = None
+    #: the top-level module a skipped configuration could not import (a peer package)
+    missing: str | None = None
+
+    def skip(self, exc: Exception) -> None:
+        """Record why this configuration cannot run (a missing peer package, or another failure)."""
+        if isinstance(exc, ImportError) and exc.name:
+            self.missing = exc.name.split(".")[0]
+            self.skipped = f"{self.missing} is not installed"
+        else:
+            self.skipped = f"{type(exc).__name__}: {exc}"
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -489,7 +502,7 @@ def run(
             scope = _scope(token if needs_token else None)
             asyncio.run(_drive(app, scope, 20))  # warm up, and check it answers 200
         except Exception as exc:  # a missing peer package or a broken configuration
-            result.skipped = f"{type(exc).__name__}: {exc}"
+            result.skip(exc)
             continue
         apps.append((result, app, scope))
 
@@ -599,6 +612,17 @@ def format_table(results: list[Result]) -> str:
         )
         tables.append(lines)
     tables[-1].extend(
-        f"| {r.name} | skipped: {(r.skipped or '')[:60]} | | | | | |" for r in results if r.skipped
+        f"| {r.name} | skipped: {r.skipped} | | | | | |" for r in results if r.skipped and not r.missing
     )
     return "\n\n".join("\n".join(t) for t in tables)
+
+
+def missing_note(modules: set[str]) -> str:
+    """One line naming the peer packages that were not installed, and the extra that brings them."""
+    if not modules:
+        return ""
+    names = ", ".join(sorted(modules))
+    return (
+        f"Not measured, not installed: {names}. "
+        "The peers come with the bench extra: python -m pip install 'kitmw[bench]'"
+    )

@@ -208,7 +208,7 @@ def run(
                 if asyncio.iscoroutine(value):
                     await value
             except Exception as exc:  # a missing peer package or a broken configuration
-                result.skipped = f"{type(exc).__name__}: {exc}"
+                result.skip(exc)
                 continue
             prepared.append((result, drive))
         await interleave(prepared, rounds, requests_per_round, progress)

@@ -238,7 +238,7 @@ def run(
             drive = _driver(app, base)
             drive(20)  # warm up
         except Exception as exc:  # a missing peer package or a broken configuration
-            result.skipped = f"{type(exc).__name__}: {exc}"
+            result.skip(exc)
             continue
         prepared.append((result, drive))
 

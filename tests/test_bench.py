@@ -7,8 +7,11 @@ answered anything but ``200 ok`` is reported as skipped (warm-up) or raises (rou
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,6 +76,99 @@ def test_format_table_lists_a_skipped_configuration_with_its_reason() -> None:
     summarize([bare], bare)
     table = format_table([bare, Result("peer", "peer", skipped="ImportError: no peer")])
     assert "| peer | skipped: ImportError: no peer |" in table
+
+
+def test_format_table_leaves_out_configurations_whose_peer_is_not_installed() -> None:
+    bare = Result("bare", "bare", samples=[10.0])
+    summarize([bare], bare)
+    peer = Result("peer", "peer")
+    peer.skip(ModuleNotFoundError("No module named 'slowapi'", name="slowapi.middleware"))
+    assert (peer.missing, peer.skipped) == ("slowapi", "slowapi is not installed")
+    assert "peer" not in format_table([bare, peer])
+
+
+#: A bench run on an install without the bench extra (its peers blocked from importing).
+WITHOUT_BENCH_EXTRA = """
+import sys
+PEERS = {"asgi_correlation_id", "starlette_exporter", "prometheus_fastapi_instrumentator", "slowapi",
+         "httpx_retries", "matplotlib", "opentelemetry.instrumentation.asgi",
+         "opentelemetry.instrumentation.httpx"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name in PEERS or name.split(".")[0] in PEERS:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+from kitmw.cli import main
+sys.exit(main(["bench", "--suite", "all", "--rounds", "1", "--requests", "2"]))
+"""
+
+
+def test_cli_bench_without_the_bench_extra_says_once_which_extra_to_install() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_BENCH_EXTRA], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "ModuleNotFoundError" not in out and "skipped" not in out, out
+    assert out.count("kitmw[bench]") == 1, out
+    assert "slowapi" in out and "asgi_correlation_id" in out
+    assert "| kitmw stack() of 6 |" in out  # kitmw's own configurations still ran
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_one_updating_line_on_a_terminal() -> None:
+    from kitmw.cli import Progress
+
+    screen = _Terminal()
+    progress = Progress(screen)
+    for n in range(1, 4):
+        progress(f"round {n}/3")
+    progress.done()
+    written = screen.getvalue()
+    assert "\n" not in written and written.count("\r") == 5  # three updates, then cleared
+    assert "[####################] round 3/3" in written
+    assert written.endswith("\r") and written.split("\r")[-2].strip() == ""  # cleared at the end
+
+
+def test_progress_is_plain_lines_when_not_a_terminal_and_nothing_when_quiet() -> None:
+    from kitmw.cli import Progress
+
+    log = io.StringIO()
+    progress = Progress(log)
+    for n in range(1, 4):
+        progress(f"round {n}/3")
+    progress.done()
+    assert log.getvalue() == "  round 1/3\n  round 2/3\n  round 3/3\n"
+    quiet = io.StringIO()
+    Progress(quiet, quiet=True)("round 1/3")
+    assert quiet.getvalue() == ""
+
+
+def _help(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "kitmw", *args], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_cli_help_is_plain_text_and_every_bench_option_is_explained() -> None:
+    top = _help("--help")
+    assert "``" not in top and "demo" in top and "bench" in top
+    bench = _help("bench", "--help")
+    for option in ("--rounds", "--requests", "--only", "--suite", "--json", "--quiet"):
+        after = bench.split(option, 1)[1].split("\n  -", 1)[0]
+        assert len(after.split()) > 2, f"{option} has no help text: {after!r}"
+
+
+def test_cli_version() -> None:
+    import kitmw
+
+    assert _help("--version").strip() == f"kitmw {kitmw.__version__}"
 
 
 def test_cli_bench_suite_writes_the_figures_as_json(

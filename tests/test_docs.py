@@ -5,7 +5,9 @@
   pages take for granted (:func:`_seed`: ``app``, ``flask_app``, ``my_app``). An ASGI or
   WSGI app a block leaves in ``app`` / ``application`` is then sent a request in process,
   which must not fail with a 5xx. ``redis://redis:6379`` in a block is pointed at the
-  test redis-server. Top-level ``await`` is allowed.
+  test Redis server. Top-level ``await`` is allowed.
+* When a block is skipped (no Redis server to point it at) or fails, the rest of its
+  page is skipped, naming that block: later blocks use what it defined.
 * An HTML comment on the line before a block changes how it runs:
   ``<!-- test: alternatives -->``: the block lists alternatives (``app = kitmw.Metrics(app)``
   / ``app.add_middleware(kitmw.Metrics)``); its imports run first, then each other
@@ -251,6 +253,7 @@ def _alternatives(source: str) -> tuple[str, list[str]]:
 class _PageRun:
     ns: dict[str, Any]
     done: int = 0  # blocks of the page already executed
+    broken: str = ""  # why the rest of the page cannot run (an earlier block skipped or failed)
 
 
 _runs: dict[str, _PageRun] = {}
@@ -305,7 +308,13 @@ def _execute(block: Block, ns: dict[str, Any], request: pytest.FixtureRequest) -
     asyncio.run(_exercise(ns, block.id))
 
 
-@pytest.mark.parametrize("block", ALL_BLOCKS, ids=[b.id for b in ALL_BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(b, id=b.id, marks=[pytest.mark.redis] if "redis://redis:6379" in b.source else [])
+        for b in ALL_BLOCKS
+    ],
+)
 def test_doc_block_runs(block: Block, request: pytest.FixtureRequest, restore_logging: None) -> None:
     if block.mode == "skip":
         pytest.skip(f"{block.id}: {block.reason or 'no reason given'}")
@@ -320,13 +329,44 @@ def test_doc_block_runs(block: Block, request: pytest.FixtureRequest, restore_lo
     index = page_blocks.index(block)
 
     # earlier blocks of the page first (when this one was selected alone)
-    while run.done < index:
+    while run.done < index and not run.broken:
         earlier = page_blocks[run.done]
         run.done += 1
         if earlier.mode in ("run", "alternatives"):
-            _execute(earlier, run.ns, request)
+            _execute_in_page(earlier, run, request)
+    if run.broken:
+        # later blocks use what earlier ones defined: they would fail with a NameError
+        pytest.skip(f"{block.id}: not run, {run.broken}")
     run.done = index + 1
-    _execute(block, run.ns, request)
+    _execute_in_page(block, run, request)
+
+
+def _execute_in_page(block: Block, run: _PageRun, request: pytest.FixtureRequest) -> None:
+    """Run a block in its page's namespace; if it skips or fails, the rest of the page is skipped."""
+    try:
+        _execute(block, run.ns, request)
+    except pytest.skip.Exception as exc:
+        run.broken = f"an earlier block of the page ({block.id}) was skipped: {exc.msg}"
+        raise
+    except BaseException:
+        run.broken = f"an earlier block of the page ({block.id}) failed"
+        raise
+
+
+def test_a_page_whose_redis_block_is_skipped_skips_the_rest_not_fails(tmp_path: Path) -> None:
+    """Without any Redis server, breaker.md's later blocks are skipped, naming the block."""
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    # only the interpreter's own directory on PATH: no redis-server; and not the pip one
+    env.update(PATH=os.path.dirname(sys.executable), KITMW_TEST_REDIS="system")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-rs", "-o", "addopts=",
+         f"{Path(__file__).name}::test_doc_block_runs", "-k", "breaker.md"],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert " failed" not in done.stdout, done.stdout[-3000:]
+    assert "redis-server is not on PATH" in done.stdout, done.stdout[-3000:]
+    assert "was skipped: redis-server is not on PATH" in done.stdout, done.stdout[-3000:]
 
 
 def test_every_page_is_in_the_nav() -> None:
@@ -458,8 +498,52 @@ def test_fastapi_snippet_serves_request_ids_metrics_and_exclusions() -> None:
         labels = {"method": "GET", "route": "/items/{item_id}", "status": "200"}
         assert _exposition_has(text, "http_server_requests_total", labels) >= 1
         assert _exposition_has(text, "http_server_requests_total", {"route": "/health"}) == 0
+        # a Prometheus scrape is neither counted nor logged
+        text = (await _get(module.app, "/metrics")).text
+        assert _exposition_has(text, "http_server_requests_total", {"route": "/metrics"}) == 0
 
-    asyncio.run(go())
+    access, logger = _Records(), logging.getLogger("kitmw.access")
+    level = logger.level
+    logger.addHandler(access)
+    logger.setLevel(logging.INFO)
+    try:
+        asyncio.run(go())
+    finally:
+        logger.removeHandler(access)
+        logger.setLevel(level)
+    paths = [record.path for record in access.records]  # type: ignore[attr-defined]
+    assert paths == ["/items/7"], paths
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+#: The framework pages and examples a reader copies into a deployment.
+DEPLOYMENT_EXAMPLES = [
+    "docs/django.md",
+    "docs/flask.md",
+    "docs/snippets/fastapi_app.py",
+    "docs/snippets/fastapi_add_middleware.py",
+    "examples/fastapi_app.py",
+    "examples/flask_app.py",
+    "examples/django_wsgi/kitmw_example/asgi.py",
+    "examples/django_wsgi/kitmw_example/wsgi.py",
+]
+
+
+@pytest.mark.parametrize("path", DEPLOYMENT_EXAMPLES)
+def test_deployment_examples_exclude_scrapes_and_probes(path: str) -> None:
+    """Every exclusion list a reader copies leaves out /metrics and the health probe."""
+    lists = re.findall(r"exclude_paths=\[([^\]]*)\]", (ROOT / path).read_text())
+    assert lists, f"{path} shows no exclude_paths"
+    for found in lists:
+        assert '"/metrics"' in found and '"/health"' in found, f"{path}: exclude_paths=[{found}]"
 
 
 @_tested("docs/snippets/fastapi_add_middleware.py")
@@ -634,9 +718,106 @@ def test_proxies_snippet_believes_only_trusted_forwarding_headers() -> None:
     asyncio.run(go())
 
 
+SERVER_LOG_APP = """
+import logging
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+import kitmw
+
+
+async def hello(request):
+    logging.getLogger("app").info("hello from the app")
+    return PlainTextResponse("hello")
+
+
+async def boom(request):
+    raise RuntimeError("kaput")
+
+
+app = kitmw.stack(Starlette(routes=[Route("/", hello), Route("/boom", boom)]), access_log=True)
+"""
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of a server's output, each of which must be one JSON object."""
+    import json
+
+    records = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"not a JSON line: {line!r}\n{text[-3000:]}") from None
+    return records
+
+
+def _wait_for(url: str, proc: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    import contextlib
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        assert proc.poll() is None, "the server exited"
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.get(url, timeout=1)
+            return
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+    return err.decode(errors="replace")
+
+
+@_tested("docs/snippets/uvicorn-logging.json")
+@pytest.mark.e2e
+def test_uvicorn_log_config_snippet_writes_uvicorns_own_lines_as_json(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "main.py").write_text(SERVER_LOG_APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "uvicorn", "main:app", "--port", str(port), "--host", "127.0.0.1"]
+    cmd += ["--log-config", str(SNIPPETS / "uvicorn-logging.json")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url + "/ready", proc)  # a 404 until it answers
+        hello = httpx.get(url + "/", headers={"X-Request-ID": "log-config-1"}, timeout=5)
+        assert hello.status_code == 200
+        assert httpx.get(url + "/boom", timeout=5).status_code == 500
+    finally:
+        err = _stop(proc)
+    records = _json_lines(err)
+    by_logger: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_logger.setdefault(record["logger"], []).append(record)
+    messages = [r["message"] for r in by_logger.get("uvicorn.error", [])]
+    assert any("Uvicorn running on" in m for m in messages), messages  # uvicorn's startup
+    (crash,) = [r for r in by_logger["uvicorn.error"] if "Exception in ASGI application" in r["message"]]
+    assert "RuntimeError: kaput" in crash["exc_info"]  # the traceback, inside the JSON line
+    (app_line,) = by_logger["app"]
+    assert app_line["request_id"] == "log-config-1"  # the context reaches the app's lines
+    assert [r["status"] for r in by_logger["kitmw.access"]] == [404, 200, 500]
+    assert "uvicorn.access" not in by_logger  # kitmw's access log replaces uvicorn's
+
+
 @_tested("docs/snippets/gunicorn.conf.py")
 @pytest.mark.e2e
-def test_gunicorn_conf_snippet_aggregates_worker_metrics(tmp_path: Path) -> None:
+def test_gunicorn_conf_snippet_aggregates_worker_metrics_and_logs_json(tmp_path: Path) -> None:
     import contextlib
     import signal
     import socket
@@ -656,15 +837,15 @@ def test_gunicorn_conf_snippet_aggregates_worker_metrics(tmp_path: Path) -> None
         "METRICS_PORT": str(metrics_port),
     }
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(SNIPPETS / "gunicorn.conf.py")]
-    cmd += ["--bind", f"127.0.0.1:{port}", "--chdir", str(SNIPPETS), "--log-level", "warning"]
-    proc = subprocess.Popen(
-        [*cmd, "fastapi_app:app"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    cmd += ["--bind", f"127.0.0.1:{port}", "--chdir", str(SNIPPETS)]
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([*cmd, "fastapi_app:app"], env=env, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "/health", timeout=1).status_code == 200:
                     break
@@ -688,8 +869,16 @@ def test_gunicorn_conf_snippet_aggregates_worker_metrics(tmp_path: Path) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    # logconfig_dict: gunicorn's and uvicorn's own lines are JSON lines like the app's
+    records = _json_lines(log.read_text(errors="replace"))
+    for logger, start in [
+        ("gunicorn.error", "Starting gunicorn"),
+        ("gunicorn.error", "Booting worker with pid"),
+        ("uvicorn.error", "Application startup complete"),
+    ]:
+        assert any(r["logger"] == logger and r["message"].startswith(start) for r in records), start
+    access = [r for r in records if r["logger"] == "kitmw.access"]
+    assert len([r for r in access if r["route"] == "/items/{item_id}"]) == 20
 
 
 def test_operations_cli_flags_exist() -> None:
@@ -737,3 +926,11 @@ def test_site_builds_strict(tmp_path: Path) -> None:
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert done.returncode == 0, done.stderr[-5000:]
+    site = tmp_path / "site"
+    reference = (site / "reference" / "index.html").read_text()
+    assert "build_policies" not in reference  # the reference shows the public API only
+    assert 'id="kitmw.stack.stack"' in reference
+    # identifiers in table cells never break mid-word (docs/stylesheets/extra.css)
+    css = (site / "stylesheets" / "extra.css").read_text()
+    assert "word-break: normal" in css and "overflow-wrap: normal" in css
+    assert 'href="../stylesheets/extra.css"' in (site / "metrics" / "index.html").read_text()

@@ -180,6 +180,8 @@ async def test_well_formed_request_id_is_kept(rid: str) -> None:
         pytest.param(b'quote"d', id="quote"),
         pytest.param(b"\xe9t\xe9\xff", id="non-utf8"),
         pytest.param(b"", id="empty"),
+        # the placeholder text and logfmt lines write for "no request id": JSON dropped it
+        pytest.param(b"-", id="lone-dash"),
     ],
 )
 async def test_malformed_request_id_is_replaced(raw: bytes, capture: Capture) -> None:

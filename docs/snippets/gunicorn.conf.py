@@ -1,4 +1,4 @@
-# gunicorn.conf.py: gunicorn -c gunicorn.conf.py app:app
+# gunicorn.conf.py: gunicorn -c gunicorn.conf.py app:app   (pip install "kitmw[gunicorn]")
 import os
 import shutil
 
@@ -10,8 +10,32 @@ from kitmw.metrics import start_server  # noqa: E402
 
 bind = "0.0.0.0:8000"
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = "uvicorn.workers.UvicornWorker"  # or "uvicorn_worker.UvicornWorker"; "gthread" for WSGI
+worker_class = "uvicorn_worker.UvicornWorker"  # the uvicorn-worker package; "gthread" for WSGI
 accesslog = None  # kitmw's access log replaces gunicorn's and uvicorn's
+
+# gunicorn's and uvicorn's own lines (startup, worker boots, tracebacks) as the same JSON
+# lines as the application's, with request and trace ids inside a request. gunicorn merges
+# this with its defaults key by key, so it names every logger it replaces.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "kitmw.logging.ContextFilter"}},
+    "formatters": {"json": {"()": "kitmw.logging.JsonFormatter"}},
+    "handlers": {
+        "json": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "json",
+            "filters": ["context"],
+        }
+    },
+    "root": {"level": "INFO", "handlers": ["json"]},
+    "loggers": {
+        # uvicorn's worker hands uvicorn.error the handlers of gunicorn.error
+        "gunicorn.error": {"level": "INFO", "handlers": ["json"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+}
 
 
 def on_starting(server: object) -> None:

@@ -43,15 +43,16 @@ __all__ = [
 _MAX_ID = 128
 # Lenient on purpose: UUIDs with or without dashes, nginx $request_id, ULIDs, W3C trace
 # ids, base64 ids all pass; CR/LF, spaces, quotes and non-ASCII can never reach a header
-# or a log line.
-_ID_CHECK = re.compile(r"[A-Za-z0-9._:+/=\-]{1,128}").fullmatch
+# or a log line. A lone "-" is what the log formats write for "no request id", so it
+# would vanish from a JSON line: it counts as missing.
+_ID_CHECK = re.compile(r"(?!-\Z)[A-Za-z0-9._:+/=\-]{1,128}").fullmatch
 _TOKEN_CHECK = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z\-]+").fullmatch
 _STATE = "kitmw.access_log.token"
 _MAX_UA = 512
 
 
 def is_valid_request_id(value: str) -> bool:
-    """True if ``value`` is an acceptable request id (1-128 of ``[A-Za-z0-9._:+/=-]``)."""
+    """True if ``value`` is an acceptable request id (1-128 of ``[A-Za-z0-9._:+/=-]``, not ``-``)."""
     return len(value) <= _MAX_ID and _ID_CHECK(value) is not None
 
 

@@ -205,7 +205,14 @@ def test_redis_killed_mid_traffic_fails_open_counted_logged_once_and_recovers(
         redis_server.stop()
         try:
             stopped_at = traffic.count()
-            wait_until(lambda: traffic.count() >= stopped_at + 80, 20, "traffic during the outage")
+            # The breaker asks Redis at most every refresh_interval: 80 fail-open requests
+            # can all fit in less, so also wait until the breaker has met the outage.
+            wait_until(
+                lambda: traffic.count() >= stopped_at + 80
+                and value(registry, "kitmw_storage_errors_total", component="breaker") >= 1,
+                20,
+                "traffic during the outage, met by the breaker too",
+            )
         finally:
             redis_server.start()
         restarted_at = traffic.count()

@@ -18,5 +18,5 @@ application = kitmw.stack(
     access_log=True,
     metrics=True,
     ratelimit=os.environ.get("KITMW_RATELIMIT", "100/second"),
-    exclude_paths=["/health"],
+    exclude_paths=["/metrics", "/health", "/livez", "/readyz"],  # scrapes and probes
 )

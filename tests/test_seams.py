@@ -1,0 +1,165 @@
+"""The private parts of other packages that kitmw relies on, each checked in one place.
+
+kitmw declares no upper bounds (pyproject.toml says why); instead, every foreign private
+attribute it touches has a test here that fails loudly, naming the kitmw module to
+update, on a release that changes its shape. Each seam also has a fallback or a
+behaviour test elsewhere; these tests exist so that a changed shape never degrades
+silently into the fallback.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import httpx
+import pybreaker
+import pytest
+from fastapi import APIRouter, FastAPI, Request  # module level: FastAPI resolves annotations here
+
+# -- pybreaker: the lock, the memory storage's fields, the state objects' handlers ----------
+# (kitmw/breaker/_machine.py and _core.py run pybreaker's own state machine as
+# acquire/release, under pybreaker's lock, against a storage they read directly)
+
+PYBREAKER = "pybreaker changed a private part kitmw/breaker/_core.py and _machine.py use"
+
+
+def test_pybreaker_lock_is_a_reentrant_context_manager() -> None:
+    cb = pybreaker.CircuitBreaker()
+    lock = getattr(cb, "_lock", None)
+    assert lock is not None and hasattr(lock, "__enter__"), PYBREAKER
+    with lock, lock:  # kitmw's open() takes it inside pybreaker's own use
+        pass
+
+
+def test_pybreaker_memory_storage_fields_are_the_state() -> None:
+    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    for name in ("_state", "_fail_counter", "_success_counter"):
+        assert hasattr(storage, name), f"{PYBREAKER}: CircuitMemoryStorage.{name}"
+    storage._state = pybreaker.STATE_OPEN
+    storage._fail_counter = 3
+    storage._success_counter = 1
+    assert (storage.state, storage.counter, storage.success_counter) == ("open", 3, 1), PYBREAKER
+
+
+def test_pybreaker_state_objects_take_verdicts_and_follow_the_storage() -> None:
+    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    cb = pybreaker.CircuitBreaker(fail_max=2, success_threshold=1, state_storage=storage)
+    state = cb.state
+    assert "reraise" in inspect.signature(state._handle_error).parameters, PYBREAKER
+    state._handle_error(RuntimeError("one"), reraise=False)
+    assert storage._fail_counter == 1, PYBREAKER
+    with pytest.raises(pybreaker.CircuitBreakerError):  # the trip is announced by raising
+        cb.state._handle_error(RuntimeError("two"), reraise=False)
+    assert storage._state == pybreaker.STATE_OPEN, PYBREAKER
+    # another process changed the shared state: reading ``state`` adopts it
+    storage._state = pybreaker.STATE_HALF_OPEN
+    assert cb.state.name == pybreaker.STATE_HALF_OPEN, PYBREAKER
+    cb.state._handle_success()
+    assert storage._state == pybreaker.STATE_CLOSED, PYBREAKER
+
+
+# -- prometheus-client: a labelled child's value objects ----------------------------------
+# (kitmw/metrics/_instruments.py writes them directly and falls back to the public
+# methods when the shape differs; tests/test_metrics.py compares both expositions)
+
+
+def test_prometheus_client_children_have_the_value_objects_kitmw_writes() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from kitmw.metrics._instruments import add_writer, histogram_writer
+
+    registry = CollectorRegistry()
+    counter = Counter("seam_requests", "d", ["route"], registry=registry).labels("/")
+    histogram = Histogram("seam_seconds", "d", ["route"], registry=registry).labels("/")
+    message = "prometheus-client changed a labelled child's value objects: kitmw/metrics/_instruments.py"
+    assert add_writer(counter) != counter.inc, message  # the fast writer, not the fallback
+    assert histogram_writer(histogram) != histogram.observe, message
+
+
+# -- FastAPI: include_router()'s route contexts ---------------------------------------------
+# (kitmw/routes.py reads the prefixed template of a route reached through include_router();
+# without them an included route is labelled by its unprefixed template)
+
+FASTAPI = "FastAPI changed include_router()'s route contexts that kitmw/routes.py reads"
+
+
+@pytest.mark.anyio
+async def test_fastapi_included_routes_expose_their_prefixed_templates() -> None:
+    import kitmw
+    from kitmw.routes import starlette_route
+
+    seen: dict[str, Any] = {}
+    router = APIRouter()
+
+    @router.get("/items/{item_id}")
+    async def item(item_id: int, request: Request) -> dict[str, Any]:
+        seen.update(request.scope)
+        return {"item_id": item_id}
+
+    app = FastAPI()
+    app.include_router(router, prefix="/v1")
+    for route in app.router.routes:
+        if not isinstance(getattr(route, "path", None), str):  # an included router, not its routes
+            assert callable(getattr(route, "effective_route_contexts", None)), FASTAPI
+    wrapped = kitmw.AccessLog(app)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://t") as c:
+        assert (await c.get("/v1/items/3")).status_code == 200
+    fastapi_scope = seen.get("fastapi")
+    if isinstance(fastapi_scope, dict) and "effective_route_context" in fastapi_scope:
+        ctx = fastapi_scope["effective_route_context"]
+        assert getattr(ctx, "original_route", None) is not None, FASTAPI
+        path = getattr(getattr(ctx, "starlette_route", None), "path_format", None) or getattr(
+            ctx, "path_format", None
+        )
+        assert path == "/v1/items/{item_id}", FASTAPI
+    assert starlette_route(seen, None) == "/v1/items/{item_id}", FASTAPI
+
+
+# -- opentelemetry-instrumentation: the semconv helpers contrib's middlewares use ------------
+# (kitmw/tracing.py binds them so its attributes match opentelemetry-instrumentation-asgi's;
+# tests/test_tracing.py compares both attribute sets request by request)
+
+SEMCONV = "opentelemetry-instrumentation changed _semconv, which kitmw/tracing.py uses"
+
+
+def test_opentelemetry_semconv_helpers_are_there_and_kitmw_binds_them() -> None:
+    from opentelemetry.instrumentation import _semconv
+
+    from kitmw.tracing import _Semconv
+
+    for name in ("DEFAULT", "HTTP", "HTTP_DUP"):
+        assert hasattr(_semconv._StabilityMode, name), SEMCONV
+    stability = _semconv._OpenTelemetrySemanticConventionStability
+    assert callable(stability._initialize), SEMCONV
+    assert callable(stability._get_opentelemetry_stability_opt_in_mode), SEMCONV
+    assert hasattr(_semconv._OpenTelemetryStabilitySignalType, "HTTP"), SEMCONV
+    for name in ("_report_old", "_report_new", "_get_schema_url"):
+        assert callable(getattr(_semconv, name, None)), SEMCONV
+    for option in (None, "default", "http", "http/dup"):
+        bound = _Semconv(option)
+        assert isinstance(bound.mode, _semconv._StabilityMode), f"{SEMCONV}: fell back for {option!r}"
+        assert bound.schema_url, f"{SEMCONV}: no schema URL for {option!r}"
+
+
+def test_prometheus_client_metrics_keep_their_label_names() -> None:
+    """kitmw/_client.py reads ``_labelnames`` of a user's counter to fill its labels."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    counter = Counter("seam_calls", "d", ["method", "host"], registry=CollectorRegistry())
+    assert tuple(counter._labelnames) == ("method", "host"), (
+        "prometheus-client renamed _labelnames, which kitmw/_client.py reads"
+    )
+
+
+def test_opentelemetry_composite_propagator_lists_its_parts() -> None:
+    """kitmw/tracing.py reads a CompositePropagator's parts to skip extraction cheaply."""
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    parts = [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
+    composite = CompositePropagator(parts)
+    assert list(getattr(composite, "_propagators", ())) == parts, (
+        "opentelemetry-api renamed CompositePropagator._propagators, which kitmw/tracing.py reads"
+    )
