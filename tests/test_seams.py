@@ -117,16 +117,16 @@ async def test_fastapi_included_routes_expose_their_prefixed_templates() -> None
 
 
 # -- opentelemetry-instrumentation: the semconv helpers contrib's middlewares use ------------
-# (kitmw/tracing.py binds them so its attributes match opentelemetry-instrumentation-asgi's;
+# (kitmw/tracing/_semconv.py binds them so its attributes match opentelemetry-instrumentation-asgi's;
 # tests/test_tracing.py compares both attribute sets request by request)
 
-SEMCONV = "opentelemetry-instrumentation changed _semconv, which kitmw/tracing.py uses"
+SEMCONV = "opentelemetry-instrumentation changed _semconv, which kitmw/tracing/_semconv.py uses"
 
 
 def test_opentelemetry_semconv_helpers_are_there_and_kitmw_binds_them() -> None:
     from opentelemetry.instrumentation import _semconv
 
-    from kitmw.tracing import _Semconv
+    from kitmw.tracing._semconv import Semconv
 
     for name in ("DEFAULT", "HTTP", "HTTP_DUP"):
         assert hasattr(_semconv._StabilityMode, name), SEMCONV
@@ -137,7 +137,7 @@ def test_opentelemetry_semconv_helpers_are_there_and_kitmw_binds_them() -> None:
     for name in ("_report_old", "_report_new", "_get_schema_url"):
         assert callable(getattr(_semconv, name, None)), SEMCONV
     for option in (None, "default", "http", "http/dup"):
-        bound = _Semconv(option)
+        bound = Semconv(option)
         assert isinstance(bound.mode, _semconv._StabilityMode), f"{SEMCONV}: fell back for {option!r}"
         assert bound.schema_url, f"{SEMCONV}: no schema URL for {option!r}"
 
@@ -153,7 +153,7 @@ def test_prometheus_client_metrics_keep_their_label_names() -> None:
 
 
 def test_opentelemetry_composite_propagator_lists_its_parts() -> None:
-    """kitmw/tracing.py reads a CompositePropagator's parts to skip extraction cheaply."""
+    """kitmw/tracing/_semconv.py reads a CompositePropagator's parts to skip extraction cheaply."""
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
     from opentelemetry.propagators.composite import CompositePropagator
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
