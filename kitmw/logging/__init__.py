@@ -26,7 +26,7 @@ from ._context import (
     structlog_processor,
 )
 from .access import ACCESS_FIELDS, AccessLogPolicy, default_request_id, is_valid_request_id
-from .client import CLIENT_FIELDS, ClientLogPolicy
+from .client import CLIENT_FIELDS, ClientLogPolicy, ClientRequestIdPolicy
 from .formatters import FORMATS, JsonFormatter, LogfmtFormatter, TextFormatter, configure
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "FORMATS",
     "AccessLogPolicy",
     "ClientLogPolicy",
+    "ClientRequestIdPolicy",
     "ContextFilter",
     "JsonFormatter",
     "LogfmtFormatter",
