@@ -28,9 +28,10 @@ from time import monotonic, perf_counter_ns
 from types import ModuleType
 from typing import Any, ClassVar
 
-from .balance import STRATEGIES, origin_key
+from .balance import STRATEGIES
 from .chain import Pending, afinish, compile_chain, finish
-from .concerns import CONCERNS, build_all, check_options, concern
+from . import concerns as _concerns
+from .concerns import build_all, check_options, concern
 from .errors import BreakerOpen, ConfigError, Rejected
 from .exchange import Exchange, Policy, current_deadline
 
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 _TIMEOUTS = ("connect", "read", "write", "pool")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class ClientExchange(Exchange):
@@ -99,9 +101,13 @@ class ClientExchange(Exchange):
     @property
     def host(self) -> str:
         host = self._host
-        if host is None:
+        if host is None:  # origin_key()'s host:port, computed once per origin
             url = self.request.url
-            host = self._host = origin_key(url.scheme, url.host, url.port).partition("://")[2]
+            name = url.host
+            port = url.port
+            if port is None:
+                port = _DEFAULT_PORTS.get(url.scheme, 0)
+            host = self._host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
         return host
 
     @property
@@ -284,24 +290,24 @@ async def _shielded(awaitable: Any) -> Any:
 # -- one options object for every transport ------------------------------------------------------
 
 #: Options of the transports that are not concerns.
-_OWN = ("balance", "request_id_header", "transport")
+_OWN = ("balance", "policies", "request_id_header", "transport")
 
 
 def client_options() -> list[str]:
     """The options the transports accept: every concern of the registry that has a
-    client policy, plus ``transport``, ``balance`` and ``request_id_header``."""
-    return sorted([c.name for c in CONCERNS if "client" in c.policies] + list(_OWN))
+    client policy, plus ``transport``, ``policies``, ``balance`` and ``request_id_header``."""
+    return sorted([c.name for c in _concerns.CONCERNS if "client" in c.policies] + list(_OWN))
 
 
-@lru_cache(maxsize=1)
-def _signature_target() -> Callable[..., None]:
-    """A function whose signature is the transports' options (for ``check_options``)."""
+@lru_cache(maxsize=8)
+def _signature_target(names: tuple[str, ...]) -> Callable[..., None]:
+    """A function whose signature is the options ``names`` (for ``check_options``)."""
 
     def transport_options(**options: Any) -> None:
         """The options of ``kitmw.httpx.Transport``."""
 
     transport_options.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in client_options()]
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names]
     )
     return transport_options
 
@@ -311,14 +317,15 @@ class ClientOptions:
     both bindings: an unknown name raises :class:`~kitmw.errors.ConfigError` with the
     closest valid one, a bad value one that names the concern and its option.
 
-    ``policies`` are the client policies, outermost first; ``owned`` those built here
-    (closed with the transport; a policy object given as an option is the caller's).
+    ``policies`` are the client policies, outermost first (the ``policies`` option's
+    own policy objects last, closest to the wrapped transport); ``owned`` those built
+    here (closed with the transport; a policy object given as an option is the caller's).
     """
 
     __slots__ = ("owned", "policies", "transport")
 
     def __init__(self, options: Mapping[str, Any], *, what: str = "Transport") -> None:
-        check_options(what, _signature_target(), options)
+        check_options(what, _signature_target(tuple(client_options())), options)
         self.transport = options.get("transport")
         values = {k: v for k, v in options.items() if k not in _OWN}
         if "balance" in options:
@@ -333,8 +340,23 @@ class ClientOptions:
         for name, value in values.items():
             values[name] = _bare(name, value)
         given = {id(v) for v in values.values() if isinstance(v, Policy)}
-        self.policies: tuple[Policy, ...] = tuple(build_all("client", values))
-        self.owned = tuple(p for p in self.policies if id(p) not in given)
+        built = build_all("client", values)
+        self.owned = tuple(p for p in built if id(p) not in given)
+        self.policies: tuple[Policy, ...] = (*built, *_own_policies(options.get("policies")))
+
+
+def _own_policies(value: Any) -> list[Policy]:
+    if value is None:
+        return []
+    if isinstance(value, Policy):
+        value = [value]
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(f"policies: expected a list of kitmw.Policy objects, got {value!r}")
+    found = list(value)
+    for policy in found:
+        if not isinstance(policy, Policy):
+            raise ConfigError(f"policies: expected kitmw.Policy objects, got {policy!r}")
+    return found
 
 
 def _with_balance(balance: Any, instances: Any) -> Any:
@@ -370,7 +392,7 @@ def _options_doc() -> str:
         "    :param transport: the wrapped transport (default the library's standard one); a",
         "        ``MockTransport`` works too, for users' tests.",
     ]
-    for entry in CONCERNS:
+    for entry in _concerns.CONCERNS:
         policy = entry.policies.get("client")
         if policy is None:
             continue
@@ -378,6 +400,8 @@ def _options_doc() -> str:
         default = " On by default." if "client" in entry.on_by_default else ""
         lines.append(f"    :param {entry.name}: :class:`{entry.package}.{policy}`{bare}.{default}")
     lines += [
+        "    :param policies: your own policy objects, run inside the concerns (closest to the",
+        "        wrapped transport), outermost first.",
         "    :param balance: ``\"round_robin\"`` (default) or ``\"random\"``, for ``instances``.",
         "    :param request_id_header: header carrying the current request id (``None``: off).",
         "",
