@@ -28,9 +28,9 @@ from time import monotonic, perf_counter_ns
 from types import ModuleType
 from typing import Any, ClassVar
 
+from . import concerns as _concerns
 from .balance import STRATEGIES
 from .chain import Pending, afinish, compile_chain, finish
-from . import concerns as _concerns
 from .concerns import build_all, check_options, concern
 from .errors import BreakerOpen, ConfigError, Rejected
 from .exchange import Exchange, Policy, current_deadline
