@@ -199,7 +199,6 @@ class ClientRateLimitPolicy(_LimitPolicy):
     ``RateLimited`` (also ``kitmw.RateLimited`` and a ``TransportError``), without
     touching the network. A retry does not take a second slot.
 
-    :param limit: a ``limits`` string (``"50/second"``, several with ``;``).
     :param mode: ``"delay"`` or ``"error"``.
     :param max_wait: longest total wait in seconds (default 10).
     :param key: callable on the exchange giving the key (default the origin,
@@ -209,8 +208,9 @@ class ClientRateLimitPolicy(_LimitPolicy):
         the storage options.
     :param registry: prometheus-client registry for the decision counters.
 
-    The other options are :class:`~kitmw.ratelimit.Limiter`'s (``storage``,
-    ``strategy``, ``fail_open``, ``namespace``, …).
+    The other options are :class:`~kitmw.ratelimit.Limiter`'s: ``limit`` (required
+    without ``limiter``: a ``limits`` string, ``"50/second"``, several with ``;``),
+    ``storage``, ``strategy``, ``fail_open``, ``namespace``, ….
     """
 
     __slots__ = ()
@@ -253,7 +253,6 @@ class EndpointRateLimitPolicy(_LimitPolicy):
     call waits for its slot, up to ``max_wait`` seconds and never beyond the deadline
     of the code that calls (a request being served), then raises.
 
-    :param limit: a ``limits`` string (``"50/second"``, several with ``;``).
     :param wait: wait for the slot instead of refusing at once.
     :param max_wait: longest total wait in seconds (default 10).
     :param key: callable on the exchange giving the key (default the endpoint name;
@@ -262,8 +261,9 @@ class EndpointRateLimitPolicy(_LimitPolicy):
     :param limiter: a ready :class:`~kitmw.ratelimit.Limiter`.
     :param registry: prometheus-client registry for the decision counters.
 
-    The other options are :class:`~kitmw.ratelimit.Limiter`'s; ``storage="redis://..."``
-    shares the budget across processes.
+    The other options are :class:`~kitmw.ratelimit.Limiter`'s: ``limit`` (required
+    without ``limiter``: a ``limits`` string), ``storage`` (``"redis://..."`` shares the
+    budget across processes), ``strategy``, ``fail_open``, ``namespace``, ….
     """
 
     __slots__ = ()
