@@ -778,6 +778,20 @@ def test_client_policies_run_in_the_canonical_order(lib: str) -> None:
 
 
 @needs_breaker
+async def test_a_refusal_further_in_never_counts_against_the_breaker(h: Harness, key: str) -> None:
+    refuse = Refuse(Rejection(503, "concurrency_limited"))
+    transport = h.transport(
+        transport=h.counting(), retry=h.retry(attempts=2), breaker={"fail_max": 1, "name": key}, policies=[refuse]
+    )
+    c = h.client(transport)
+    for _ in range(3):
+        with pytest.raises(h.kit.ConcurrencyLimited):
+            await c.get("http://svc.test/")
+    (breaker,) = (p for p in transport.policies if p.name == "breaker")
+    assert [b.state for b in breaker.breakers.values()] == ["closed"]
+
+
+@needs_breaker
 async def test_a_redis_breaker_opened_by_this_calls_5xx_returns_that_answer(
     h: Harness, redis_url: str, key: str
 ) -> None:

@@ -171,15 +171,25 @@ class _KeyedBreakerPolicy(Policy):
     def _failed(self, ex: Exchange) -> bool | None:
         """The verdict: True (a failure), False (a success), None (says nothing)."""
         error = ex.error
-        if error is not None and not isinstance(error, Exception):
+        if error is None:
+            if ex.rejection is not None:
+                return None  # refused by a policy further in: nothing was called
+        elif not isinstance(error, Exception):
             return None  # cancelled or interrupted: says nothing about the other side
         failure = self._failure
         if failure is None:
             return self._default_failed(ex, error)
         return failure(getattr(ex, "result", None), error)
 
+    def _breaker(self, ex: Exchange) -> Breaker:
+        breaker = self._single
+        if breaker is None:
+            key = self._key(ex)
+            breaker = self._breakers.get(key) or self.breaker_for(key)
+        return breaker
+
     def enter(self, ex: Exchange) -> Rejection | None:
-        breaker = self._single or self.breaker_for(self._key(ex))
+        breaker = self._breaker(ex)
         try:
             permit = breaker.acquire()
         except BreakerOpen as exc:
@@ -205,7 +215,7 @@ class _KeyedBreakerPolicy(Policy):
         return bool(self._shared)
 
     async def aenter(self, ex: Exchange) -> Rejection | None:
-        breaker = self._single or self.breaker_for(self._key(ex))
+        breaker = self._breaker(ex)
         try:
             permit = await breaker.aacquire()
         except BreakerOpen as exc:
