@@ -168,6 +168,10 @@ class _KeyedBreakerPolicy(Policy):
     def _default_failed(self, ex: Exchange, error: BaseException | None) -> bool | None:
         raise NotImplementedError
 
+    def _answer_failed(self, ex: Exchange) -> bool:
+        """The default verdict of a call that ended without an error."""
+        raise NotImplementedError
+
     def _failed(self, ex: Exchange) -> bool | None:
         """The verdict: True (a failure), False (a success), None (says nothing)."""
         error = ex.error
@@ -203,7 +207,12 @@ class _KeyedBreakerPolicy(Policy):
         held: tuple[Breaker, Permit] | None = ex.state.pop(self._held, None)
         if held is not None:
             breaker, permit = held
-            breaker.release(permit, failed=self._failed(ex), error=ex.error)
+            error = ex.error
+            if error is None and self._failure is None and ex.rejection is None:
+                failed: bool | None = self._answer_failed(ex)  # the common case, no detour
+            else:
+                failed = self._failed(ex)
+            breaker.release(permit, failed=failed, error=error)
 
     @property
     def enter_awaits(self) -> bool:
@@ -316,6 +325,9 @@ class ClientBreakerPolicy(_KeyedBreakerPolicy):
     def _key(self, ex: Exchange) -> str:
         return ex.scheme + "://" + ex.host
 
+    def _answer_failed(self, ex: Exchange) -> bool:
+        return ex.status >= 500
+
     def _default_failed(self, ex: Exchange, error: BaseException | None) -> bool | None:
         if error is None:
             return ex.status >= 500
@@ -369,6 +381,9 @@ class EndpointBreakerPolicy(_KeyedBreakerPolicy):
 
     def _key(self, ex: Exchange) -> str:
         return ex.route_label()
+
+    def _answer_failed(self, ex: Exchange) -> bool:
+        return False
 
     def _default_failed(self, ex: Exchange, error: BaseException | None) -> bool | None:
         if error is None:
