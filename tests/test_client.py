@@ -668,6 +668,18 @@ async def test_refusals_are_raised_as_the_librarys_errors(
     assert counting.urls == []  # no request was sent
 
 
+@pytest.mark.parametrize(
+    ("rejection", "label"),
+    [(Rejection(503, "concurrency_limited"), "ConcurrencyLimited"), (Rejection(504, "timeout"), "DeadlineExceeded")],
+    ids=["concurrency", "timeout"],
+)
+async def test_refusals_are_counted_by_class(h: Harness, registry: Any, rejection: Rejection, label: str) -> None:
+    c = h.kitmw_client(transport=h.counting(), metrics={"registry": registry}, policies=[Refuse(rejection)])
+    with pytest.raises(h.lib.TransportError):
+        await c.get("http://svc.test/")
+    assert sample(registry, "http_client_requests_total", host="svc.test:80", status=label) == 1
+
+
 async def test_a_deadline_caps_the_timeouts_of_every_attempt(h: Harness) -> None:
     seen: list[dict[str, float]] = []
 
