@@ -63,7 +63,7 @@ class ClientExchange(Exchange):
     attempts made (also ``state["attempts"]`` from the second one on).
     """
 
-    __slots__ = ("_host", "attempts", "request", "response")
+    __slots__ = ("_host", "_scheme", "attempts", "request", "response")
     protocol = "httpx"
     side = "client"
 
@@ -79,6 +79,7 @@ class ClientExchange(Exchange):
         self.request = request
         self.response: Any = None
         self.attempts = 0
+        self._scheme: str | None = None
         self._host: str | None = None
 
     def header(self, name: str) -> str | None:
@@ -96,19 +97,26 @@ class ClientExchange(Exchange):
 
     @property
     def scheme(self) -> str:
-        return self.request.url.scheme  # type: ignore[no-any-return]
+        scheme = self._scheme
+        return scheme if scheme is not None else self._locate()[0]
 
     @property
     def host(self) -> str:
         host = self._host
-        if host is None:  # origin_key()'s host:port, computed once per origin
-            url = self.request.url
-            name = url.host
-            port = url.port
-            if port is None:
-                port = _DEFAULT_PORTS.get(url.scheme, 0)
-            host = self._host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-        return host
+        return host if host is not None else self._locate()[1]
+
+    def _locate(self) -> tuple[str, str]:
+        """Scheme and ``host:port`` (default port filled in: origin_key's), read once per
+        origin: the breaker and the rate limit key by them, metrics label by ``host``."""
+        url = self.request.url
+        scheme = url.scheme
+        name = url.host
+        port = url.port
+        if port is None:
+            port = _DEFAULT_PORTS.get(scheme, 0)
+        self._scheme = scheme
+        host = self._host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+        return scheme, host
 
     @property
     def url(self) -> str:
@@ -130,7 +138,7 @@ class ClientExchange(Exchange):
         request.url = url.copy_with(scheme=scheme, host=host, port=port)
         if follows:
             request.headers["Host"] = request.url.netloc.decode("ascii")
-        self._host = None
+        self._scheme = self._host = None
 
     @property
     def native(self) -> Any:
@@ -472,8 +480,9 @@ class _Driver:
 
     def responded(self, ex: ClientExchange, response: Any) -> bool:
         """Record the response the caller gets; True if its body is already read."""
-        ex.response = response
-        ex.status = response.status_code
+        if ex.response is not response:  # an around returned another attempt's response
+            ex.response = response
+            ex.status = response.status_code
         if not response.is_closed:
             return False
         ex.bytes_out = len(response.content)  # already read (a MockTransport's content)

@@ -193,7 +193,10 @@ class _KeyedBreakerPolicy(Policy):
         return breaker
 
     def enter(self, ex: Exchange) -> Rejection | None:
-        breaker = self._breaker(ex)
+        breaker = self._single
+        if breaker is None:
+            key = self._key(ex)
+            breaker = self._breakers.get(key) or self.breaker_for(key)
         try:
             permit = breaker.acquire()
         except BreakerOpen as exc:
