@@ -392,3 +392,72 @@ async def test_redis_limits_are_shared(redis_url: str) -> None:
     assert await acall([one], works) == "ok"
     with pytest.raises(RateLimited):
         await acall([other], works)
+
+
+# -- through kitmw.endpoint (the driver of another branch of issue 14) ------------------------------
+
+needs_endpoint = pytest.mark.skipif(
+    not callable(getattr(__import__("kitmw"), "endpoint", None)), reason="kitmw.endpoint has not landed here"
+)
+
+
+@needs_endpoint
+def test_endpoint_retry_ends_with_its_own_error_when_its_breaker_opens(sleeps: list[float]) -> None:
+    import kitmw
+
+    calls: list[int] = []
+
+    @kitmw.endpoint(
+        f"pay-{uuid.uuid4().hex[:6]}",
+        retry={"attempts": 5, "sleep": sleeps.append},
+        breaker={"fail_max": 2, "reset_timeout": 60, "registry": CollectorRegistry()},
+    )
+    def pay() -> str:
+        calls.append(1)
+        raise ConnectionError("gateway down")
+
+    with pytest.raises(ConnectionError):
+        pay()
+    assert len(calls) == 2 and len(sleeps) == 1  # the second failure opened it: no wait to be refused
+    with pytest.raises(BreakerOpen):
+        pay()
+
+
+@needs_endpoint
+async def test_endpoint_breakers_share_a_redis_state_by_name(redis_url: str) -> None:
+    import kitmw
+
+    name = f"pay-{uuid.uuid4().hex[:6]}"
+    options = {"fail_max": 1, "reset_timeout": 60, "storage": redis_url}
+
+    @kitmw.endpoint(name, breaker={**options, "registry": CollectorRegistry()})
+    async def here() -> str:
+        raise ConnectionError("down")
+
+    @kitmw.endpoint(name, breaker={**options, "registry": CollectorRegistry()})
+    async def elsewhere() -> str:  # the same endpoint in another process
+        return "ok"
+
+    with pytest.raises(ConnectionError):
+        await here()
+    with pytest.raises(BreakerOpen):
+        await elsewhere()
+
+
+@needs_endpoint
+async def test_endpoint_waiting_rate_limit_gives_up_at_max_wait() -> None:
+    import kitmw
+
+    waits: list[float] = []
+
+    @kitmw.endpoint(
+        f"limited-{uuid.uuid4().hex[:6]}",
+        ratelimit={"limit": "1/minute", "wait": True, "max_wait": 5, "sleep": waits.append},
+    )
+    async def limited() -> str:
+        return "ok"
+
+    assert await limited() == "ok"
+    with pytest.raises(RateLimited):
+        await limited()
+    assert waits == []  # the slot is ~60 s away: more than max_wait, so no wait at all
