@@ -28,8 +28,6 @@ import httpx; importing this module does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from . import errors
@@ -80,18 +78,30 @@ class RateLimited(errors.RateLimited, httpx.TransportError):
 class ConcurrencyLimited(errors.ConcurrencyLimited, httpx.TransportError):
     """Every slot of a client concurrency limit was taken; no request was sent."""
 
-    def __init__(self, message: str = "concurrency limit reached", **kw: Any) -> None:
-        request = kw.pop("request", None)
-        errors.ConcurrencyLimited.__init__(self, message, **kw)
+    def __init__(
+        self,
+        message: str = "concurrency limit reached",
+        *,
+        retry_after: float = 0.0,
+        rejection: errors.Rejection | None = None,
+        request: httpx.Request | None = None,
+    ) -> None:
+        errors.ConcurrencyLimited.__init__(self, message, retry_after=retry_after, rejection=rejection)
         self._request = request
 
 
 class DeadlineExceeded(errors.DeadlineExceeded, httpx.TimeoutException):
     """The call's deadline passed (an ``httpx.TimeoutException`` and a ``TimeoutError``)."""
 
-    def __init__(self, message: str = "deadline exceeded", **kw: Any) -> None:
-        request = kw.pop("request", None)
-        errors.DeadlineExceeded.__init__(self, message, **kw)
+    def __init__(
+        self,
+        message: str = "deadline exceeded",
+        *,
+        retry_after: float = 0.0,
+        rejection: errors.Rejection | None = None,
+        request: httpx.Request | None = None,
+    ) -> None:
+        errors.DeadlineExceeded.__init__(self, message, retry_after=retry_after, rejection=rejection)
         self._request = request
 
 

@@ -18,8 +18,6 @@ own classes and exception tree. These transports are the same driver as
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx2
 
 from . import errors
@@ -70,18 +68,30 @@ class RateLimited(errors.RateLimited, httpx2.TransportError):
 class ConcurrencyLimited(errors.ConcurrencyLimited, httpx2.TransportError):
     """Every slot of a client concurrency limit was taken; no request was sent."""
 
-    def __init__(self, message: str = "concurrency limit reached", **kw: Any) -> None:
-        request = kw.pop("request", None)
-        errors.ConcurrencyLimited.__init__(self, message, **kw)
+    def __init__(
+        self,
+        message: str = "concurrency limit reached",
+        *,
+        retry_after: float = 0.0,
+        rejection: errors.Rejection | None = None,
+        request: httpx2.Request | None = None,
+    ) -> None:
+        errors.ConcurrencyLimited.__init__(self, message, retry_after=retry_after, rejection=rejection)
         self._request = request
 
 
 class DeadlineExceeded(errors.DeadlineExceeded, httpx2.TimeoutException):
     """The call's deadline passed (an ``httpx2.TimeoutException`` and a ``TimeoutError``)."""
 
-    def __init__(self, message: str = "deadline exceeded", **kw: Any) -> None:
-        request = kw.pop("request", None)
-        errors.DeadlineExceeded.__init__(self, message, **kw)
+    def __init__(
+        self,
+        message: str = "deadline exceeded",
+        *,
+        retry_after: float = 0.0,
+        rejection: errors.Rejection | None = None,
+        request: httpx2.Request | None = None,
+    ) -> None:
+        errors.DeadlineExceeded.__init__(self, message, retry_after=retry_after, rejection=rejection)
         self._request = request
 
 
