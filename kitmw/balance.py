@@ -1,22 +1,29 @@
 """Client load balancing over a static list of instances of one service (Go kit ``sd/lb``).
 
-Decision logic only: :class:`Balancer` says in which order to try the instances; the
-httpx drivers try them in that order and skip those whose breaker refuses the call,
-which gives the health-aware balancing Go kit never built (PR #67): an instance that
-is down opens its own breaker and stops receiving traffic until it probes healthy.
+:class:`Balancer` says in which order to try the instances (decision logic only).
+:class:`InstancesPolicy` is the ``instances`` concern of the httpx transports: an
+``around`` that points each attempt at an instance and, when the breaker inside it
+refuses that instance (a :class:`~kitmw.errors.BreakerOpen` thrown back), tries the
+next one. That is the health-aware balancing Go kit never built (PR #67): an instance
+that is down opens its own breaker and stops receiving traffic until it probes
+healthy. Inside a retry, each attempt is balanced again and goes to another instance
+first.
 """
 
 from __future__ import annotations
 
 import itertools
 import random as _random
-from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Generator, Iterable
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
-from .errors import ConfigError
+from .chain import CALL, Call, Sleep
+from .errors import ConfigError, Rejected
+from .exchange import Exchange, Policy
+from .retry import GATE
 
-__all__ = ["STRATEGIES", "Balancer", "Instance", "origin_key"]
+__all__ = ["STRATEGIES", "Balancer", "Instance", "InstancesPolicy", "origin_key", "parse_instance"]
 
 STRATEGIES = ("round_robin", "random")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -115,3 +122,73 @@ class Balancer:
             order.remove(avoid)
             order.append(avoid)
         return order
+
+
+#: ``ex.state`` key: index of the instance the last attempt went to (a retry avoids it).
+_LAST = "kitmw.instances.last"
+
+
+class InstancesPolicy(Policy):
+    """Balances calls over the instances of one service (the transports' ``instances``).
+
+    A request whose URL has the origin of a listed instance is sent to the instance the
+    balancer picks: the origin is replaced, path and query kept, and the ``Host``
+    header follows unless it was set to something else. Other origins pass through.
+    An instance whose breaker refuses the call is skipped; when every one refuses, the
+    last refusal is raised. Inside a retry, a retry goes to another instance first.
+
+    :param instances: base URLs (origins) of the instances.
+    :param balance: ``"round_robin"`` (default) or ``"random"``.
+    :param random: ``() -> float`` in [0, 1), injectable for tests.
+    """
+
+    __slots__ = ("_origins", "balancer")
+
+    name: ClassVar[str] = "instances"
+
+    def __init__(
+        self,
+        *,
+        instances: Iterable[str],
+        balance: str = "round_robin",
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.balancer = Balancer(instances, balance, random=random)
+        self._origins = tuple(inst.key for inst in self.balancer.instances)
+
+    def around(self, ex: Exchange) -> Generator[Call | Sleep, Any, Any]:
+        balancer = self.balancer
+        if balancer.index_of(ex.scheme + "://" + ex.host) is None:
+            return (yield CALL)  # another origin: not balanced
+        state = ex.state
+        point = ex.set_origin  # type: ignore[attr-defined]
+        refused: Rejected | None = None
+        try:
+            for i in balancer.order(state.get(_LAST)):
+                inst = balancer.instances[i]
+                point(inst.scheme, inst.host, inst.port)
+                state[_LAST] = i
+                try:
+                    return (yield CALL)
+                except Rejected as exc:
+                    refused = exc  # this instance's breaker is open: try the next one
+            assert refused is not None
+            raise refused
+        finally:
+            gate = state.get(GATE)
+            if gate is not None and type(gate) is not _EveryInstance:
+                # The retry asks whether its next attempt would be refused: by every instance.
+                state[GATE] = _EveryInstance(gate, self._origins)
+
+
+class _EveryInstance:
+    """The retry's gate over balancing: the next attempt may go to any instance."""
+
+    __slots__ = ("gate", "origins")
+
+    def __init__(self, gate: Any, origins: tuple[str, ...]) -> None:
+        self.gate = gate
+        self.origins = origins
+
+    def refuses_retry(self, ex: Exchange, delay: float, origins: Any = None) -> str | None:
+        return self.gate.refuses_retry(ex, delay, self.origins)  # type: ignore[no-any-return]

@@ -145,6 +145,15 @@ CONCERNS: tuple[Concern, ...] = (
         why="every request is logged, the rejected ones too",
     ),
     Concern(
+        "request_id",
+        _PKG + "logging",
+        {"client": "ClientRequestIdPolicy"},
+        shorthand="header",
+        shorthand_types=(str,),
+        on_by_default=frozenset({"client"}),
+        why="every call carries the request id of the request being served",
+    ),
+    Concern(
         "metrics",
         _PKG + "metrics",
         {"server": "MetricsPolicy", "client": "ClientMetricsPolicy", "endpoint": "EndpointMetricsPolicy"},
@@ -192,13 +201,6 @@ CONCERNS: tuple[Concern, ...] = (
                 _CLIENT,
             ),
             Instrument(
-                "client_retries",
-                "counter",
-                "http_client_retries",
-                "HTTP requests sent again by the retry policy.",
-                ("method", "host"),
-            ),
-            Instrument(
                 "endpoint_calls",
                 "counter",
                 "kitmw_endpoint_calls",
@@ -224,7 +226,7 @@ CONCERNS: tuple[Concern, ...] = (
     Concern(
         "ratelimit",
         _PKG + "ratelimit",
-        {"server": "RateLimitPolicy"},
+        {"server": "RateLimitPolicy", "client": "ClientRateLimitPolicy", "endpoint": "EndpointRateLimitPolicy"},
         middleware="RateLimit",
         shorthand="limit",
         shorthand_types=(str,),
@@ -253,9 +255,37 @@ CONCERNS: tuple[Concern, ...] = (
         ),
     ),
     Concern(
+        "retry",
+        _PKG + "retry",
+        {"client": "ClientRetryPolicy", "endpoint": "EndpointRetryPolicy"},
+        shorthand="attempts",
+        shorthand_types=(int,),
+        why=(
+            "inside the limits (a retry takes no second slot); around balancing and the breaker,"
+            " so each attempt asks its own instance's breaker and a retry can move to another"
+        ),
+        instruments=(
+            Instrument(
+                "client_retries",
+                "counter",
+                "http_client_retries",
+                "HTTP requests sent again by the retry policy.",
+                ("method", "host"),
+            ),
+        ),
+    ),
+    Concern(
+        "instances",
+        _PKG + "balance",
+        {"client": "InstancesPolicy"},
+        shorthand="instances",
+        why="picks the instance of each attempt, skipping those whose breaker refuses",
+        hint="the base URLs of the instances: instances=['http://orders-1:8000', 'http://orders-2:8000']",
+    ),
+    Concern(
         "breaker",
         _PKG + "breaker",
-        {"server": "BreakerPolicy"},
+        {"server": "BreakerPolicy", "client": "ClientBreakerPolicy", "endpoint": "EndpointBreakerPolicy"},
         middleware="CircuitBreaker",
         why="closest to the application, it judges the application's health only",
         instruments=(

@@ -30,9 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from kitmw import Policy, Rejection
 from kitmw.errors import BreakerOpen as KitmwBreakerOpen
-from kitmw.errors import ConfigError
+from kitmw.errors import ConcurrencyLimited, ConfigError, DeadlineExceeded
 from kitmw.errors import RateLimited as KitmwRateLimited
+from kitmw.exchange import reset_deadline, set_deadline
 from kitmw.retry import Retry, RetryBudget, parse_retry_after
 
 pytestmark = pytest.mark.anyio
@@ -622,6 +624,205 @@ async def test_connection_errors_are_counted_by_class(h: Harness, registry: Any)
     assert (
         sample(registry, "http_client_requests_total", host=f"127.0.0.1:{port}", status="ConnectError") == 1
     )
+
+
+# -- the driver runs the registry's client policies (issue 14) ------------------------------------
+
+
+class Refuse(Policy):
+    """A client policy of a user's: refuses every call with ``rejection``."""
+
+    name = "refuse"
+
+    def __init__(self, rejection: Rejection) -> None:
+        self.rejection = rejection
+
+    def enter(self, ex: Any) -> Rejection:
+        return self.rejection
+
+
+@pytest.mark.parametrize(
+    ("rejection", "cls", "kitmw_cls", "lib_base"),
+    [
+        pytest.param(Rejection(503, "circuit_open"), "BreakerOpen", KitmwBreakerOpen, "TransportError", id="breaker"),
+        pytest.param(Rejection(429, "rate_limited"), "RateLimited", KitmwRateLimited, "TransportError", id="ratelimit"),
+        pytest.param(
+            Rejection(503, "concurrency_limited"),
+            "ConcurrencyLimited",
+            ConcurrencyLimited,
+            "TransportError",
+            id="concurrency",
+        ),
+        pytest.param(Rejection(504, "timeout"), "DeadlineExceeded", DeadlineExceeded, "TimeoutException", id="timeout"),
+    ],
+)
+async def test_refusals_are_raised_as_the_librarys_errors(
+    h: Harness, rejection: Rejection, cls: str, kitmw_cls: type, lib_base: str
+) -> None:
+    counting = h.counting()
+    c = h.kitmw_client(transport=counting, policies=[Refuse(rejection)])
+    with pytest.raises(getattr(h.kit, cls)) as info:
+        await c.get("http://svc.test/")
+    assert isinstance(info.value, kitmw_cls) and isinstance(info.value, getattr(h.lib, lib_base))
+    assert info.value.rejection is rejection
+    assert counting.urls == []  # no request was sent
+
+
+@pytest.mark.parametrize(
+    ("rejection", "label"),
+    [(Rejection(503, "concurrency_limited"), "ConcurrencyLimited"), (Rejection(504, "timeout"), "DeadlineExceeded")],
+    ids=["concurrency", "timeout"],
+)
+async def test_refusals_are_counted_by_class(h: Harness, registry: Any, rejection: Rejection, label: str) -> None:
+    c = h.kitmw_client(transport=h.counting(), metrics={"registry": registry}, policies=[Refuse(rejection)])
+    with pytest.raises(h.lib.TransportError):
+        await c.get("http://svc.test/")
+    assert sample(registry, "http_client_requests_total", host="svc.test:80", status=label) == 1
+
+
+async def test_a_deadline_caps_the_timeouts_of_every_attempt(h: Harness) -> None:
+    seen: list[dict[str, float]] = []
+
+    def handler(request: Any) -> Any:
+        seen.append(dict(request.extensions["timeout"]))
+        return h.lib.Response(503 if len(seen) == 1 else 200)
+
+    c = h.kitmw_client(transport=h.lib.MockTransport(handler), retry=h.retry(attempts=2))
+    token = set_deadline(time.monotonic() + 2.0)  # a request being served, with 2 s left
+    try:
+        assert (await c.get("http://svc.test/")).status_code == 200
+    finally:
+        reset_deadline(token)
+    assert len(seen) == 2
+    for timeouts in seen:
+        assert set(timeouts) == {"connect", "read", "write", "pool"}
+        assert all(0 < t <= 2.0 for t in timeouts.values()), timeouts
+    await c.get("http://svc.test/")  # outside the deadline: the client's own timeouts
+    assert seen[-1] == dict.fromkeys(("connect", "read", "write", "pool"), TIMEOUT)
+
+
+async def test_a_call_made_inside_a_deadline_ends_with_it(h: Harness, up: Upstream, key: str) -> None:
+    c = h.kitmw_client()
+    token = set_deadline(time.monotonic() + 0.3)
+    try:
+        with pytest.raises(h.lib.TimeoutException):
+            await c.get(f"{up.url}/sleep?s=1&key={key}")
+    finally:
+        reset_deadline(token)
+    assert up.hits[key] == 1
+
+
+async def test_an_unknown_option_names_the_closest(h: Harness) -> None:
+    with pytest.raises(ConfigError, match=r"unknown option 'retyr'; did you mean 'retry'\?"):
+        h.transport(retyr=True)
+    with pytest.raises(ConfigError, match=r"breaker: unknown option 'fail_maxx'; did you mean 'fail_max'\?"):
+        h.transport(breaker={"fail_maxx": 3})
+
+
+@pytest.mark.parametrize("off", [{"request_id_header": None}, {"request_id": False}], ids=["header-none", "off"])
+async def test_request_id_forwarding_can_be_turned_off(h: Harness, up: Upstream, off: dict[str, Any]) -> None:
+    from kitmw.logging import bind_context
+
+    c = h.kitmw_client(**off)
+    with bind_context(request_id="req-42"):
+        headers = (await c.get(f"{up.url}/headers")).json()
+    assert "x-request-id" not in headers
+
+
+async def test_request_id_header_can_be_renamed(h: Harness, up: Upstream) -> None:
+    from kitmw.logging import bind_context
+
+    c = h.kitmw_client(request_id="X-Correlation-ID")
+    with bind_context(request_id="req-42"):
+        headers = (await c.get(f"{up.url}/headers")).json()
+    assert headers["x-correlation-id"] == "req-42" and "x-request-id" not in headers
+
+
+class Stamp(Policy):
+    """The client policy of a concern added to the registry by a test."""
+
+    name = "stamp"
+
+    def __init__(self, *, value: str = "on") -> None:
+        self.value = value
+
+    def enter(self, ex: Any) -> None:
+        ex.set_request_header("X-Stamp", self.value)
+
+
+async def test_a_new_client_concern_is_a_transport_option_without_a_driver_edit(
+    h: Harness, up: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kitmw import concerns
+
+    entry = concerns.Concern("stamp", __name__, {"client": "Stamp"}, shorthand="value", shorthand_types=(str,))
+    monkeypatch.setattr(concerns, "CONCERNS", (*concerns.CONCERNS, entry))
+    monkeypatch.setitem(concerns._BY_NAME, "stamp", entry)
+    for value, expected in ((True, "on"), ({"value": "dict"}, "dict"), ("bare", "bare")):
+        c = h.kitmw_client(stamp=value)
+        assert (await c.get(f"{up.url}/headers")).json()["x-stamp"] == expected
+    with pytest.raises(ConfigError, match="did you mean 'stamp'"):
+        h.transport(stamq=True)
+
+
+def test_client_policies_run_in_the_canonical_order(lib: str) -> None:
+    kit = importlib.import_module(f"kitmw.{lib}")
+    transport = kit.Transport(
+        breaker=True,
+        instances=["http://a:1", "http://b:1"],
+        retry=True,
+        ratelimit="5/second",
+        metrics=True,
+        access_log=True,
+        tracing=True,
+    )
+    names = [p.name for p in transport.policies]
+    assert names == [
+        "tracing",
+        "access_log",
+        "request_id",
+        "metrics",
+        "ratelimit",
+        "retry",
+        "instances",
+        "breaker",
+    ]
+
+
+@needs_breaker
+async def test_a_refusal_further_in_never_counts_against_the_breaker(h: Harness, key: str) -> None:
+    refuse = Refuse(Rejection(503, "concurrency_limited"))
+    transport = h.transport(
+        transport=h.counting(), retry=h.retry(attempts=2), breaker={"fail_max": 1, "name": key}, policies=[refuse]
+    )
+    c = h.client(transport)
+    for _ in range(3):
+        with pytest.raises(h.kit.ConcurrencyLimited):
+            await c.get("http://svc.test/")
+    (breaker,) = (p for p in transport.policies if p.name == "breaker")
+    assert [b.state for b in breaker.breakers.values()] == ["closed"]
+
+
+@needs_breaker
+async def test_a_redis_breaker_opened_by_this_calls_5xx_returns_that_answer(
+    h: Harness, redis_url: str, key: str
+) -> None:
+    calls: list[int] = []
+
+    def handler(request: Any) -> Any:
+        calls.append(1)
+        return h.lib.Response(503, text="overloaded")
+
+    c = h.kitmw_client(
+        transport=h.lib.MockTransport(handler),
+        retry=h.retry(attempts=3),
+        breaker={"fail_max": 2, "storage": redis_url, "name": key},
+    )
+    r = await c.get("http://svc.test/")
+    assert (r.status_code, r.text) == (503, "overloaded")
+    assert len(calls) == 2 and len(h.sleeps) == 1  # attempt 2 opened it: no wait to be refused
+    with pytest.raises(h.kit.BreakerOpen):
+        await c.get("http://svc.test/")
 
 
 # -- wrapped transports ---------------------------------------------------------------------------

@@ -161,5 +161,5 @@ def test_opentelemetry_composite_propagator_lists_its_parts() -> None:
     parts = [TraceContextTextMapPropagator(), W3CBaggagePropagator()]
     composite = CompositePropagator(parts)
     assert list(getattr(composite, "_propagators", ())) == parts, (
-        "opentelemetry-api renamed CompositePropagator._propagators, which kitmw/tracing.py reads"
+        "opentelemetry-api renamed CompositePropagator._propagators, which kitmw/tracing/_semconv.py reads"
     )

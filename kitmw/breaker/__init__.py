@@ -4,12 +4,16 @@
   (or :class:`~kitmw.errors.BreakerOpen`), make the call, ``release(permit, failed=...)``;
   ``aacquire``/``arelease`` on asyncio. Server policies and httpx transports both use it.
 * :class:`BreakerPolicy` answers 503 ``circuit_open`` with ``Retry-After`` on the server.
+* :class:`ClientBreakerPolicy` (httpx transports, one breaker per upstream origin) and
+  :class:`EndpointBreakerPolicy` (``kitmw.endpoint``, one per endpoint) refuse calls
+  while open, raised as :class:`~kitmw.errors.BreakerOpen`.
 * :func:`get_breaker` / :class:`BreakerRegistry` share one breaker by name in a process;
   ``storage="redis://..."`` shares one state by name across processes.
 """
 
 from __future__ import annotations
 
+from ._client import ClientBreakerPolicy, EndpointBreakerPolicy
 from ._core import Breaker
 from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, ReportedFailure, guarded_call
 from ._policy import OTHER_ROUTES, BreakerPolicy, default_is_failure, default_name
@@ -23,6 +27,8 @@ __all__ = [
     "Breaker",
     "BreakerPolicy",
     "BreakerRegistry",
+    "ClientBreakerPolicy",
+    "EndpointBreakerPolicy",
     "Permit",
     "ReportedFailure",
     "default_is_failure",

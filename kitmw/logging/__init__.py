@@ -28,7 +28,7 @@ from ._context import (
 )
 from ._endpoint import ENDPOINT_FIELDS, EndpointLogPolicy
 from .access import ACCESS_FIELDS, AccessLogPolicy, default_request_id, is_valid_request_id
-from .client import CLIENT_FIELDS, ClientLogPolicy
+from .client import CLIENT_FIELDS, ClientLogPolicy, ClientRequestIdPolicy
 from .formatters import FORMATS, JsonFormatter, LogfmtFormatter, TextFormatter, configure
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "FORMATS",
     "AccessLogPolicy",
     "ClientLogPolicy",
+    "ClientRequestIdPolicy",
     "ContextFilter",
     "EndpointLogPolicy",
     "JsonFormatter",

@@ -1,4 +1,4 @@
-"""The client-side log policy: one record per outgoing call, tagged with the request id."""
+"""The client-side policies of logging: one record per outgoing call, and the request id it carries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from ..errors import ConfigError
 from ..exchange import Exchange, Policy
 from ._common import (
     DEFAULT_REDACT,
@@ -21,7 +22,44 @@ from ._common import (
 )
 from ._context import CLIENT_FIELDS, _current, _safe
 
-__all__ = ["CLIENT_FIELDS", "ClientLogPolicy"]
+__all__ = ["CLIENT_FIELDS", "ClientLogPolicy", "ClientRequestIdPolicy"]
+
+
+class ClientRequestIdPolicy(Policy):
+    """Forwards the request id of the request being served on every outgoing call.
+
+    The transports' ``request_id`` concern, on by default: inside a request handled by
+    kitmw's server middleware (or a :func:`~kitmw.logging.bind_context` block) the call
+    carries the request id in ``header``, unless the request already sets that header;
+    the exchange's ``request_id`` is set for the client log record. Outside a request
+    it does nothing.
+
+    :param header: the header name (default ``"X-Request-ID"``).
+    """
+
+    __slots__ = ("_header", "_lower")
+
+    name: ClassVar[str] = "request_id"
+
+    def __init__(self, *, header: str = "X-Request-ID") -> None:
+        if not isinstance(header, str) or not header or not header.isascii() or ":" in header:
+            raise ConfigError(f"header: expected a header name, got {header!r}")
+        self._header = header
+        self._lower = header.lower()
+
+    @property
+    def header(self) -> str:
+        return self._header
+
+    def enter(self, ex: Exchange) -> None:
+        ctx = _current.get()
+        if ctx is None:
+            return
+        rid = ctx.request_id
+        if rid:
+            ex.request_id = rid
+            if ex.header(self._lower) is None:
+                ex.set_request_header(self._header, rid)
 
 
 class ClientLogPolicy(Policy):

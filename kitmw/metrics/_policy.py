@@ -74,8 +74,10 @@ CLIENT_ERROR_LABELS = frozenset(
     (
         "BreakerOpen",
         "CloseError",
+        "ConcurrencyLimited",
         "ConnectError",
         "ConnectTimeout",
+        "DeadlineExceeded",
         "LocalProtocolError",
         "PoolTimeout",
         "ProtocolError",

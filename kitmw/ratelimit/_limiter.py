@@ -141,7 +141,7 @@ class Limiter:
     :param storage_timeout: seconds a storage call may take (socket timeouts for
         Redis; ``asyncio.wait_for`` on the async path).
     :param registry: Prometheus registry for the decision and storage-error counters.
-    :param side: ``"server"`` or ``"client"`` (metric label and key namespace).
+    :param side: ``"server"``, ``"client"`` or ``"endpoint"`` (metric label and key namespace).
     :param storage_options: extra keyword arguments for the storage constructor.
     :param namespace: prefix of every storage key; identically configured limiters
         with the same namespace share budgets (replicas of one app on one Redis).

@@ -96,8 +96,8 @@ class Backend:
             check_storage_uri(storage, "ratelimit")
         except ConfigError as exc:  # the caller puts the concern in front
             raise ConfigError(str(exc).removeprefix("ratelimit: ")) from None
-        if side not in ("server", "client"):
-            raise ConfigError(f"side: expected 'server' or 'client', got {side!r}")
+        if side not in ("server", "client", "endpoint"):
+            raise ConfigError(f"side: expected 'server', 'client' or 'endpoint', got {side!r}")
         if (
             isinstance(storage_timeout, bool)
             or not isinstance(storage_timeout, (int, float))

@@ -1,15 +1,7 @@
-"""Client retry policy: which attempts are retried, how long to wait, and a retry budget.
+"""When to retry, how long to wait, and a retry budget: decision logic, free of I/O.
 
-Decision logic only, free of I/O: the httpx drivers (:mod:`kitmw.httpx`,
-:mod:`kitmw.httpx2`) ask :class:`Retry` whether and how long to wait, and sleep
-themselves (``time.sleep`` or ``anyio.sleep``, or the injected ``sleep``).
-
-Go kit's ``lb.Retry`` retries any error until a count or a timeout runs out, with no
-backoff, no idempotency check and no budget (go-kit #341, #1015). This one retries
-idempotent methods only, on connection errors, timeouts and 429/502/503/504, waits
-with exponential backoff and full jitter or as long as ``Retry-After`` asks, stops at
-an overall ``deadline``, and draws every retry from a :class:`RetryBudget` so retries
-cannot multiply an outage (the Finagle / gRPC retry budget).
+The retry policies (:mod:`kitmw.retry`) ask :class:`Retry` whether and how long to
+wait; the drivers sleep (``time.sleep`` or ``anyio.sleep``) unless ``sleep`` is given.
 """
 
 from __future__ import annotations
@@ -21,8 +13,8 @@ from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from ._types import Clock
-from .errors import ConfigError
+from .._types import Clock
+from ..errors import ConfigError
 
 __all__ = ["IDEMPOTENT_METHODS", "RETRY_STATUSES", "Retry", "RetryBudget", "parse_retry_after"]
 
@@ -117,6 +109,28 @@ class RetryBudget:
             return True
 
 
+def _predicate(
+    retry_on: Any,
+) -> Callable[[BaseException], bool] | None:
+    """``retry_on`` as a predicate: exception classes become an ``isinstance`` test."""
+    if retry_on is None:
+        return None
+    if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+        retry_on = (retry_on,)
+    if isinstance(retry_on, tuple):
+        if not retry_on or not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_on):
+            raise ConfigError(f"retry_on: expected exception classes or a predicate, got {retry_on!r}")
+        types = retry_on
+
+        def isinstance_of(exc: BaseException) -> bool:
+            return isinstance(exc, types)
+
+        return isinstance_of
+    if not callable(retry_on):
+        raise ConfigError(f"retry_on: expected a predicate, an exception class or a tuple of them, got {retry_on!r}")
+    return retry_on  # type: ignore[no-any-return]
+
+
 class Retry:
     """When to retry a client request, and how long to wait before it.
 
@@ -132,9 +146,12 @@ class Retry:
         overall limit); each attempt's httpx timeouts are cut to what remains.
     :param budget: a :class:`RetryBudget`, or ``None`` for none; by default one is built
         from ``budget_ratio``, ``budget_min_per_second`` and ``budget_window``.
-    :param retry_on: optional predicate ``(exception) -> bool`` deciding which
-        transport errors are retried (default: connection errors and timeouts).
-    :param sleep: injectable for tests.
+    :param retry_on: which errors are retried: a predicate ``(exception) -> bool``, an
+        exception class or a tuple of them (default: on the client, connection errors,
+        timeouts and connections closed without a response; on ``kitmw.endpoint``, any
+        exception). A refusal by kitmw's own policies (``BreakerOpen``…) never is.
+    :param sleep: called with the seconds instead of waiting (tests record the waits);
+        on an async driver, an awaitable it returns is not awaited: the driver waits.
     :param random: injectable for tests.
     :param clock: injectable for tests.
     """
@@ -168,7 +185,10 @@ class Retry:
         budget_ratio: float = 0.2,
         budget_min_per_second: float = 1.0,
         budget_window: float = 10.0,
-        retry_on: Callable[[BaseException], bool] | None = None,
+        retry_on: Callable[[BaseException], bool]
+        | type[BaseException]
+        | tuple[type[BaseException], ...]
+        | None = None,
         sleep: Callable[[float], Any] | None = None,
         random: Callable[[], float] = _random.random,
         clock: Clock = time.monotonic,
@@ -191,8 +211,7 @@ class Retry:
                 raise ConfigError(f"{name}: expected seconds >= 0, got {value!r}")
         if deadline is not None and (not isinstance(deadline, (int, float)) or deadline <= 0):
             raise ConfigError(f"deadline: expected seconds > 0 or None, got {deadline!r}")
-        if retry_on is not None and not callable(retry_on):
-            raise ConfigError(f"retry_on: expected a callable, got {retry_on!r}")
+        retry_on = _predicate(retry_on)
         if sleep is not None and not callable(sleep):
             raise ConfigError(f"sleep: expected a callable, got {sleep!r}")
         if budget is True:
