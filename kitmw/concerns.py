@@ -207,6 +207,24 @@ CONCERNS: tuple[Concern, ...] = (
         ),
     ),
     Concern(
+        "timeout",
+        _PKG + "timeout",
+        {"server": "TimeoutPolicy", "client": "ClientTimeoutPolicy", "endpoint": "EndpointTimeoutPolicy"},
+        middleware="Timeout",
+        shorthand="seconds",
+        shorthand_types=(int, float),
+        why="the deadline bounds everything below it: waits for a rate limit or a slot, auth, the application",
+        instruments=(
+            Instrument(
+                "timeouts",
+                "counter",
+                "kitmw_timeouts",
+                "Exchanges whose deadline passed before they were over.",
+                ("side", "scope"),
+            ),
+        ),
+    ),
+    Concern(
         "ratelimit",
         _PKG + "ratelimit",
         {"server": "RateLimitPolicy"},
