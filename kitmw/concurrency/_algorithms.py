@@ -359,8 +359,9 @@ class WindowedLimit(LimitAlgorithm):
 
 def algorithm(adaptive: Any, limit: int | None, option: str = "adaptive") -> LimitAlgorithm:
     """The algorithm an ``adaptive`` option names: None/False (static ``limit``),
-    ``"aimd"``, ``"gradient"`` (windowed; ``limit`` is the initial limit of both), or
-    an algorithm object (used as its configuration; ``limit`` must then be left out)."""
+    ``"aimd"``, ``"gradient"`` or True (Gradient2, windowed; ``limit`` is the initial
+    limit of both), or an algorithm object (used as its configuration; ``limit`` must
+    then be left out)."""
     if adaptive is None or adaptive is False:
         if limit is None:
             raise ConfigError("limit: the number of exchanges allowed in flight is required, such as 64")
@@ -373,9 +374,9 @@ def algorithm(adaptive: Any, limit: int | None, option: str = "adaptive") -> Lim
         return adaptive
     initial = 20 if limit is None else _int(limit, "limit")
     bounds = {"initial_limit": initial, "max_limit": max(1000, initial)}
-    if adaptive == "aimd" or adaptive is True:
+    if adaptive == "aimd":
         return AIMDLimit(**bounds)
-    if adaptive == "gradient":
+    if adaptive == "gradient" or adaptive is True:
         return WindowedLimit(GradientLimit(**bounds))
     raise ConfigError(
         f"{option}: expected None, 'aimd', 'gradient' or a kitmw.concurrency algorithm"
