@@ -392,13 +392,26 @@ def test_the_limit_moves_down_under_rising_latency_and_back_up(registry) -> None
     assert gauge == history[-1]
 
 
-def test_aimd_backs_off_on_timeouts_through_the_policy(registry) -> None:
+def test_aimd_backs_off_once_per_window_of_timeouts_and_climbs_back(registry) -> None:
+    """adaptive="aimd": one decision per window of about a round trip (as TCP backs off
+    once per round trip), never once per slow answer of a burst."""
     clock = FakeClock()
     policy = ConcurrencyPolicy(adaptive="aimd", limit=10, clock=clock, registry=registry)
     limiter = policy.limiters["<all>"]
-    for _ in range(3):
-        run(policy, NeutralExchange(), 504, TimeoutError())
-    assert limiter.limit == 7  # 10 -> 9 -> 8 -> 7 (x0.9, rounded down)
+
+    def window(status: int, error: BaseException | None) -> int:
+        held = [ex for ex in (NeutralExchange() for _ in range(limiter.limit)) if policy.enter(ex) is None]
+        clock.advance(0.2)
+        for ex in held:
+            ex.status, ex.error = status, error
+            policy.exit(ex)
+        clock.advance(1.0)
+        return limiter.limit
+
+    # x0.9 (rounded down) once per window, though each window held up to 10 timeouts
+    assert [window(504, TimeoutError()) for _ in range(4)] == [9, 8, 7, 6]
+    # one more per window in use and on time (the first window to close still held timeouts)
+    assert [window(200, None) for _ in range(4)] == [5, 6, 7, 8]
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,7 @@ class GradientLimit(LimitAlgorithm):
         (an int, or ``callable(limit) -> int``).
     :param long_window: samples of the long-term average (the first 10 are averaged plainly).
     :param rtt_tolerance: how much the round trip may grow before the limit lowers (>= 1).
+        Netflix's default is 1.5; kitmw's 1.25 admits less queueing (see ``docs/concurrency.md``).
     """
 
     __slots__ = (
@@ -210,7 +211,7 @@ class GradientLimit(LimitAlgorithm):
         smoothing: float = 0.2,
         queue_size: int | Callable[[int], int] = 4,
         long_window: int = 600,
-        rtt_tolerance: float = 1.5,
+        rtt_tolerance: float = 1.25,
     ) -> None:
         initial_limit, self.min_limit, self.max_limit = _bounds(initial_limit, min_limit, max_limit)
         super().__init__(initial_limit)
@@ -359,9 +360,9 @@ class WindowedLimit(LimitAlgorithm):
 
 def algorithm(adaptive: Any, limit: int | None, option: str = "adaptive") -> LimitAlgorithm:
     """The algorithm an ``adaptive`` option names: None/False (static ``limit``),
-    ``"aimd"``, ``"gradient"`` or True (Gradient2, windowed; ``limit`` is the initial
-    limit of both), or an algorithm object (used as its configuration; ``limit`` must
-    then be left out)."""
+    ``"aimd"`` (windows of about a round trip), ``"gradient"`` or True (Gradient2, 1 s
+    windows; ``limit`` is the initial limit of both), or an algorithm object (used as
+    its configuration; ``limit`` must then be left out)."""
     if adaptive is None or adaptive is False:
         if limit is None:
             raise ConfigError("limit: the number of exchanges allowed in flight is required, such as 64")
@@ -375,7 +376,10 @@ def algorithm(adaptive: Any, limit: int | None, option: str = "adaptive") -> Lim
     initial = 20 if limit is None else _int(limit, "limit")
     bounds = {"initial_limit": initial, "max_limit": max(1000, initial)}
     if adaptive == "aimd":
-        return AIMDLimit(**bounds)
+        # One decision per window of about a round trip, as TCP backs off once per round
+        # trip: per sample, a burst of slow answers would cut the limit 0.9**n times.
+        # A drop is a drop however few samples its window holds: min_samples=1.
+        return WindowedLimit(AIMDLimit(**bounds), min_window=0.1, max_window=1.0, min_samples=1)
     if adaptive == "gradient" or adaptive is True:
         return WindowedLimit(GradientLimit(**bounds))
     raise ConfigError(
