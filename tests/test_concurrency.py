@@ -712,6 +712,32 @@ def test_flask_requests_wait_in_their_threads(serve_wsgi: Any, registry) -> None
     assert sorted(results) == [200, 200]
 
 
+@pytest.mark.e2e
+def test_a_wsgi_wait_for_a_slot_never_outlasts_the_deadline(serve_wsgi: Any, registry) -> None:
+    """WSGI cannot cut a wait: it must not start one longer than the request's budget
+    (this waited for the slot, 30 s, before the wait was bounded by the deadline)."""
+    release, inside = threading.Event(), threading.Event()
+    app = kitmw.stack(
+        flask_app(release, inside),
+        timeout={"seconds": 0.05, "routes": {"/hold": 30.0}, "registry": registry},
+        concurrency={"limit": 1, "max_wait": 30, "registry": registry},
+    )
+    with serve_wsgi(app) as server:
+        holder = threading.Thread(target=lambda: httpx.get(server.url + "/hold", timeout=30))
+        holder.start()
+        assert inside.wait(10)
+        answers: list[httpx.Response] = []
+        waiter = threading.Thread(target=lambda: answers.append(httpx.get(server.url + "/fast", timeout=30)))
+        waiter.start()
+        waiter.join(10)
+        alive = waiter.is_alive()
+        release.set()  # only now is the slot free
+        holder.join(10)
+        waiter.join(10)
+    assert not alive  # it was answered while /hold still held the slot
+    assert answers[0].status_code == 503 and answers[0].json() == {"error": "concurrency_limited"}
+
+
 # -- under real uvicorn: a client that goes away frees its slot ------------------------------------
 
 

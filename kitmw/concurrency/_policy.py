@@ -166,11 +166,20 @@ class _Bulkhead(Policy):
         decides at once and no coroutine is made."""
         return self.max_wait > 0
 
+    def _wait(self, ex: Exchange) -> float:
+        """``max_wait``, never past the exchange's deadline (a sync driver cannot cut a
+        wait: it must not start one that outlasts the request)."""
+        wait = self.max_wait
+        if wait and ex.deadline is not None:
+            wait = min(wait, ex.remaining or 0.0)
+        return wait
+
     def enter(self, ex: Exchange) -> Rejection | None:
         limiter = self._select(ex)
         if limiter is None:
             return None
-        slot = limiter.try_acquire() if self.max_wait == 0 else limiter.acquire(self.max_wait)
+        wait = self._wait(ex)
+        slot = limiter.try_acquire() if wait == 0 else limiter.acquire(wait)
         if slot is None:
             return self._rejection
         ex.state[self._key] = slot
@@ -180,7 +189,7 @@ class _Bulkhead(Policy):
         limiter = self._select(ex)
         if limiter is None:
             return None
-        slot = await limiter.aacquire(self.max_wait)
+        slot = await limiter.aacquire(self._wait(ex))
         if slot is None:
             return self._rejection
         ex.state[self._key] = slot
