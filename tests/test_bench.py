@@ -185,3 +185,11 @@ def test_overload_runs_a_real_server_with_and_without_a_limit(tmp_path: Path) ->
     assert data["runs"]["none"]["overload"]["refused_share"] == 0
     assert data["runs"]["static"]["overload"]["refused_share"] > 0  # a limit of 20 before a 2-slot backend
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeout_concurrency_cost_measures_every_configuration() -> None:
+    from benchmarks.timeout_concurrency import measure
+
+    found = measure(rounds=2, requests=5)
+    assert "kitmw Timeout (seconds=5)" in found and "bare Starlette app" in found
+    assert all(median > 0 for median, _ in found.values())
