@@ -362,6 +362,15 @@ def test_per_route_limits_routes_table_exclusions_and_the_bound(registry) -> Non
     assert all(excluded.enter(NeutralExchange("GET", "/health")) is None for _ in range(3))
 
 
+def test_with_routes_and_no_limit_other_routes_are_not_limited(registry) -> None:
+    """``adaptive`` without ``limit`` made a service-wide limit of 20 for every other route."""
+    policy = ConcurrencyPolicy(adaptive="aimd", routes={"/reports/{id}": 1}, registry=registry)
+    assert policy.enter(NeutralExchange("GET", "/reports/1", route="/reports/{id}")) is None
+    assert policy.enter(NeutralExchange("GET", "/reports/2", route="/reports/{id}")) is not None
+    assert all(policy.enter(NeutralExchange("GET", "/items/1", route="/items/{id}")) is None for _ in range(30))
+    assert set(policy.limiters) == {"/reports/{id}"}
+
+
 def test_the_limit_moves_down_under_rising_latency_and_back_up(registry) -> None:
     """The default adaptive limit (Gradient2 over 1 s windows), driven through the policy
     with a fake clock: every round fills the limit, the round trip is what the test says."""

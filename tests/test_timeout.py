@@ -148,6 +148,24 @@ def test_no_deadline_for_a_route_means_a_plain_call(registry) -> None:
     assert finished(gen, 1) == 1
 
 
+def test_an_excluded_route_is_left_alone_even_under_an_outer_deadline(registry) -> None:
+    """An outer layer's deadline is that layer's to enforce (this one enforced and counted
+    it again for a path it excludes)."""
+    clock = FakeClock()
+    policy = TimeoutPolicy(seconds=2.0, exclude_paths=["/events"], clock=clock, registry=registry)
+    token = set_deadline(clock.now + 1.0)
+    try:
+        ex = NeutralExchange("GET", "/events")
+        gen = around(policy, ex)
+        assert next(gen) is CALL and ex.deadline is None
+        clock.advance(5)
+        with pytest.raises(TimeoutError):
+            gen.throw(TimeoutError())
+    finally:
+        reset_deadline(token)
+    assert timeouts(registry) == {}
+
+
 def test_an_earlier_deadline_already_current_wins(registry) -> None:
     clock = FakeClock()
     policy = TimeoutPolicy(seconds=10.0, clock=clock, registry=registry)

@@ -167,8 +167,9 @@ class _Bulkhead(Policy):
         return self.max_wait > 0
 
     def _wait(self, ex: Exchange) -> float:
-        """``max_wait``, never past the exchange's deadline (a sync driver cannot cut a
-        wait: it must not start one that outlasts the request)."""
+        """``max_wait``, never past the exchange's deadline: a sync driver cannot cut a
+        wait, so it must not start one that outlasts the request. (Async drivers wait
+        ``max_wait``: a deadline cancels the wait, and the answer is the timeout's.)"""
         wait = self.max_wait
         if wait and ex.deadline is not None:
             wait = min(wait, ex.remaining or 0.0)
@@ -189,7 +190,7 @@ class _Bulkhead(Policy):
         limiter = self._select(ex)
         if limiter is None:
             return None
-        slot = await limiter.aacquire(self._wait(ex))
+        slot = await limiter.aacquire(self.max_wait)
         if slot is None:
             return self._rejection
         ex.state[self._key] = slot
@@ -290,10 +291,12 @@ class ConcurrencyPolicy(_Bulkhead):
         )
         matcher = PathMatcher(exclude_paths)
         self._excluded = matcher if matcher else None
-        self._per_route = per_route and self._algorithm is not None
+        # Routes not in `routes` are limited only by `limit` (or, without routes, always).
+        others = self._algorithm is not None and (limit is not None or not routes)
+        self._per_route = per_route and others
         self._table = _Routes(routes or {}, self)
         self._routes = bool(self._table)
-        self._service = None if self._algorithm is None or per_route else self._make(ALL)
+        self._service = self._make(ALL) if others and not per_route else None
         if self._service is not None:
             self._named[ALL] = self._service
 

@@ -208,9 +208,11 @@ class TimeoutPolicy(_Deadline):
         return Hooks(enter=self._enter, exit=self._exit)
 
     def _around(self, ex: Exchange) -> Around:
-        deadline = self._arm(ex, self.budget(ex))
-        if deadline is None:
-            return (yield CALL)
+        seconds = self.budget(ex)
+        if seconds is None:
+            return (yield CALL)  # excluded, or a route without a deadline: left alone
+        deadline = self._arm(ex, seconds)
+        assert deadline is not None
         return (yield from self._guard(ex, deadline, True, True))
 
     def _expired(self, ex: Exchange) -> Rejection:
