@@ -23,6 +23,7 @@ protocol's answer.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Hashable, Sequence
@@ -50,7 +51,9 @@ class Call:
     The rest's exception is thrown into the generator instead. Yielding a ``Call`` again
     retries: the previous result is given up (closed) and the inner policies' exits run
     for it first. ``timeout``: async drivers cancel the rest after that many seconds and
-    throw :class:`TimeoutError`; sync drivers cannot pre-empt and make the call as is.
+    throw :class:`TimeoutError`, unless the exchange's response is complete by then
+    (``ex.end_ns`` set: the application's work after its last body byte is not cut);
+    sync drivers cannot pre-empt and make the call as is.
     """
 
     __slots__ = ("timeout",)
@@ -326,7 +329,7 @@ class Chain:
                     if op.timeout is None:
                         result = await self._from_async(at, ex, call, inner)
                     else:
-                        result = await _within(op.timeout, self._from_async(at, ex, call, inner))
+                        result = await _within(op.timeout, self._from_async(at, ex, call, inner), ex)
                 except BaseException as exc:
                     _attempt_failed(ex, exc)
                     await _shielded(afinish(ex, inner, exc))
@@ -422,16 +425,36 @@ async def _sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-async def _within(seconds: float, awaitable: Awaitable[Any]) -> Any:
+async def _within(seconds: float, awaitable: Awaitable[Any], ex: Exchange) -> Any:
+    """``await awaitable``, cancelled after ``seconds`` unless the exchange's response is
+    complete by then (``ex.end_ns`` set): what an application does after its last body
+    byte (Starlette's background tasks) is not the answer a deadline bounds."""
     import anyio
 
     try:
-        with anyio.fail_after(seconds):
-            return await awaitable
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - another event loop (trio): anyio's deadline
+        loop = None
+    try:
+        if loop is None:  # pragma: no cover
+            with anyio.fail_after(seconds):
+                return await awaitable
+        with anyio.CancelScope() as scope:
+            timer = loop.call_later(seconds, _expire, ex, scope)
+            try:
+                return await awaitable
+            finally:
+                timer.cancel()
     except BaseException:
         if hasattr(awaitable, "close"):
             awaitable.close()  # never awaited if the deadline had already passed
         raise
+    raise TimeoutError  # the scope was cancelled and the call cut short
+
+
+def _expire(ex: Exchange, scope: Any) -> None:
+    if not ex.end_ns:
+        scope.cancel()
 
 
 async def _shielded(awaitable: Awaitable[Any]) -> Any:

@@ -224,6 +224,24 @@ CONCERNS: tuple[Concern, ...] = (
         ),
     ),
     Concern(
+        "timeout",
+        _PKG + "timeout",
+        {"server": "TimeoutPolicy", "client": "ClientTimeoutPolicy", "endpoint": "EndpointTimeoutPolicy"},
+        middleware="Timeout",
+        shorthand="seconds",
+        shorthand_types=(int, float),
+        why="the deadline bounds everything below it: waits for a rate limit or a slot, auth, the application",
+        instruments=(
+            Instrument(
+                "timeouts",
+                "counter",
+                "kitmw_timeouts",
+                "Exchanges whose deadline passed before they were over.",
+                ("side", "scope"),
+            ),
+        ),
+    ),
+    Concern(
         "ratelimit",
         _PKG + "ratelimit",
         {"server": "RateLimitPolicy", "client": "ClientRateLimitPolicy", "endpoint": "EndpointRateLimitPolicy"},
@@ -252,6 +270,51 @@ CONCERNS: tuple[Concern, ...] = (
         hint=(
             "a kitmw.auth.JWT(...), kitmw.auth.Basic(...) or kitmw.auth.APIKey(...) backend, or a"
             " list of them: stack(app, auth=kitmw.auth.JWT(...)) or kitmw.Auth(app, backend=...)"
+        ),
+    ),
+    Concern(
+        "concurrency",
+        _PKG + "concurrency",
+        {
+            "server": "ConcurrencyPolicy",
+            "client": "ClientConcurrencyPolicy",
+            "endpoint": "EndpointConcurrencyPolicy",
+        },
+        middleware="ConcurrencyLimit",
+        shorthand="limit",
+        shorthand_types=(int,),
+        why="holds a slot only for a caller that passed the rate limit and auth; the slot covers the call",
+        instruments=(
+            Instrument(
+                "concurrency_limit",
+                "gauge",
+                "kitmw_concurrency_limit",
+                "The current concurrency limit (static, or where the adaptive algorithm put it).",
+                ("side", "scope"),
+                (("multiprocess_mode", "livesum"),),
+            ),
+            Instrument(
+                "concurrency_in_flight",
+                "gauge",
+                "kitmw_concurrency_in_flight",
+                "Exchanges holding a slot of a concurrency limit.",
+                ("side", "scope"),
+                (("multiprocess_mode", "livesum"),),
+            ),
+            Instrument(
+                "concurrency_rejections",
+                "counter",
+                "kitmw_concurrency_rejections",
+                "Exchanges refused by a full concurrency limit (after waiting, if a wait is configured).",
+                ("side", "scope"),
+            ),
+            Instrument(
+                "concurrency_queue_wait",
+                "histogram",
+                "kitmw_concurrency_queue_wait_seconds",
+                "Time an exchange waited for a slot (only exchanges that had to wait).",
+                ("side", "scope"),
+            ),
         ),
     ),
     Concern(

@@ -5,9 +5,10 @@ Two instances of a FastAPI service wrapped with ``kitmw.stack()`` run on loopbac
 exporter, Prometheus registries), and a client built on ``kitmw.httpx.AsyncTransport``
 balances over them. The tour: normal calls with their request ids and one trace id
 across client and server; a burst that meets 429s; a bad token that meets 401; one
-instance stopped so the client's breaker opens and the balancer routes around it; the
-``/metrics`` lines that changed; last, a plain function behind ``kitmw.endpoint`` (a
-call, a refusal, its metrics). ``--serve`` keeps one instance up instead.
+instance stopped so the client's breaker opens and the balancer routes around it; a slow
+route that meets its deadline (504) and its concurrency limit (503); the ``/metrics``
+lines that changed; last, a plain function behind ``kitmw.endpoint`` (a call, a
+refusal, its metrics). ``--serve`` keeps one instance up instead.
 """
 
 import asyncio
@@ -128,9 +129,20 @@ def _listen(port: int) -> socket.socket:
 
 
 def build_service(
-    *, instance: str, secret: str, tracer_provider: Any, registry: Any, redis: str | None = None
+    *,
+    instance: str,
+    secret: str,
+    tracer_provider: Any,
+    registry: Any,
+    redis: str | None = None,
+    cancelled: list[str] | None = None,
 ) -> Any:
-    """addsvc as a FastAPI app, wrapped with all six kitmw concerns."""
+    """addsvc as a FastAPI app, wrapped with every kitmw concern.
+
+    Beside Sum and Concat, ``GET /report?seconds=`` stands for a slow dependency: it has a
+    0.5 s deadline and at most 2 calls in flight; a call cancelled at its deadline is
+    appended to ``cancelled``.
+    """
     from fastapi import FastAPI, HTTPException, Request
     from pydantic import BaseModel
 
@@ -163,6 +175,16 @@ def build_service(
     async def health() -> dict[str, str]:
         return {"status": "ok", "instance": instance}
 
+    @api.get("/report")
+    async def report(seconds: float = 0.1) -> dict[str, Any]:
+        try:
+            await asyncio.sleep(min(seconds, 30.0))  # a slow dependency
+        except asyncio.CancelledError:
+            if cancelled is not None:
+                cancelled.append(f"/report?seconds={seconds:g}")
+            raise
+        return {"report": "ready", "instance": instance}
+
     storage = {"storage": redis} if redis else {}
     return kitmw.stack(
         api,
@@ -172,6 +194,8 @@ def build_service(
         ratelimit={"limit": "10/second", "key": "principal", **storage},
         auth=JWT(key=secret, algorithms=["HS256"]),
         breaker={"fail_max": 5, "reset_timeout": 10, "name": f"addsvc-{instance}", **storage},
+        timeout={"seconds": 5.0, "routes": {"/report": 0.5}},
+        concurrency={"routes": {"/report": 2}},
         exclude_paths=["/health", "/metrics"],
     )
 
@@ -217,6 +241,8 @@ def _metric_lines(text: str) -> dict[str, str]:
         "kitmw_breaker_state",
         "kitmw_breaker_transitions_total",
         "http_client_retries_total",
+        "kitmw_timeouts_total",
+        "kitmw_concurrency_rejections_total",
     )
     lines = {}
     for line in text.splitlines():
@@ -294,6 +320,7 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
     narrator.step("two instances of addsvc (Sum, Concat) behind kitmw.stack()")
     sockets = [_listen(port), _listen(port + 1 if port else 0)]
     registries = (REGISTRY, CollectorRegistry())
+    cancelled: list[str] = []
     instances = [
         _Instance(
             build_service(
@@ -302,6 +329,7 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
                 tracer_provider=provider,
                 registry=registries[n],
                 redis=redis,
+                cancelled=cancelled,
             ),
             sockets[n],
         )
@@ -312,7 +340,8 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
     token = _token(secret, "demo-user")
     narrator.say(f"instance i1 on {instances[0].url}, instance i2 on {instances[1].url}")
     narrator.say(
-        "concerns: tracing, access log, metrics, rate limit (10/second per principal), JWT auth, breaker"
+        "concerns: tracing, access log, metrics, rate limit (10/second per principal), JWT auth, breaker,"
+        " timeout, concurrency limit"
     )
     narrator.say(f"demo JWT (HS256, secret generated for this run): {token[:40]}…")
     narrator.say(
@@ -420,6 +449,8 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
             "and i2 is skipped without a connection attempt"
         )
 
+    await _deadline_and_limit(narrator, handler, instances[0].url, _token(secret, "report-user"), cancelled)
+
     narrator.step("the /metrics lines that changed")
     handler.enabled = False
     async with httpx.AsyncClient(base_url=instances[0].url, timeout=5) as plain:
@@ -436,6 +467,34 @@ async def _tour(narrator: Narrator, redis: str | None, port: int) -> int:
     narrator.step("done")
     narrator.say("each concern above is one option of kitmw.stack(); see docs/ and `kitmw demo --serve`")
     return 0
+
+
+async def _deadline_and_limit(
+    narrator: Narrator, handler: _Narrate, url: str, token: str, cancelled: list[str]
+) -> None:
+    """The slow /report route: a call past its 0.5 s deadline (504, the handler cancelled),
+    and a burst past its limit of 2 calls in flight (503)."""
+    import httpx
+
+    narrator.step("a slow route meets its deadline (504) and its concurrency limit (503)")
+    narrator.say("/report has a 0.5 s deadline and at most 2 calls in flight (stack(timeout=..., concurrency=...))")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=5) as plain:
+        quick = await plain.get("/report", params={"seconds": 0.1})
+        narrator.say(f"-> /report?seconds=0.1: {quick.status_code} {quick.json()}", "bold")
+        late = await plain.get("/report", params={"seconds": 3})
+        narrator.say(f"-> /report?seconds=3: {late.status_code} {late.json()} at its deadline", "yellow")
+        if cancelled:
+            narrator.say(f"the handler of {cancelled[-1]} was cancelled at the deadline, not left running")
+        handler.enabled = False
+        burst = await asyncio.gather(*(plain.get("/report", params={"seconds": 0.4}) for _ in range(6)))
+        handler.enabled = True
+    served = sum(1 for r in burst if r.status_code == 200)
+    refused = [r for r in burst if r.status_code == 503]
+    narrator.say(f"6 concurrent calls: {served} answered 200, {len(refused)} answered 503")
+    if refused:
+        r = refused[0]
+        narrator.say(f"503 body {r.json()}  Retry-After: {r.headers.get('retry-after')}", "yellow")
 
 
 async def _serve(narrator: Narrator, redis: str | None, port: int) -> int:

@@ -263,3 +263,29 @@ def test_report_prints_the_machine_a_table_per_suite_and_throughput() -> None:
     assert "2 CPUs (AMD EPYC)" in text
     assert "| kitmw stack() of 6 | 315.0 | 15.0 | 0.0 | 0.0 | +210.0 | 3.00 |" in text
     assert "| bare Starlette app | uvicorn | 5000 | 100 | 1.00 |  | 98 % |  | 20 % |  |" in text
+
+
+@pytest.mark.e2e
+def test_overload_runs_a_real_server_with_and_without_a_limit(tmp_path: Path) -> None:
+    """A tiny overload run: no limit and a static one, each on its own uvicorn (no figures judged:
+    only that the runs happened, the limit refused the excess and the plot was drawn)."""
+    pytest.importorskip("matplotlib")
+    from benchmarks import overload
+
+    out, png = tmp_path / "overload.json", tmp_path / "overload.png"
+    argv = ["--configs", "none", "static", "--workers", "2", "--service", "0.05", "--warm", "1.5"]
+    argv += ["--overload", "2", "--steady", "1", "--client-timeout", "2", "--json", str(out), "--plot", str(png)]
+    assert overload.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert set(data["runs"]) == {"none", "static"}
+    assert data["runs"]["none"]["overload"]["refused_share"] == 0
+    assert data["runs"]["static"]["overload"]["refused_share"] > 0  # a limit of 20 before a 2-slot backend
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeout_concurrency_cost_measures_every_configuration() -> None:
+    from benchmarks.timeout_concurrency import measure
+
+    found = measure(rounds=2, requests=5)
+    assert "kitmw Timeout (seconds=5)" in found and "bare Starlette app" in found
+    assert all(median > 0 for median, _ in found.values())

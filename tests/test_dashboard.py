@@ -3,13 +3,15 @@
 Every PromQL expression of the dashboard (panel targets, rows included, and template
 variable queries) is taken apart by a small PromQL tokenizer; the metric names, label
 matchers and grouping labels it finds are checked against the exposition of a real
-app: ``kitmw.stack`` with all six concerns plus a ``kitmw.httpx`` client on one fresh
+app: ``kitmw.stack`` with every concern plus a ``kitmw.httpx`` client on one fresh
 registry, driven until every kitmw metric family exists (a 401, a 429, a 503 from an
-open breaker, a client retry, a rate-limit storage that is down, a kitmw.endpoint call).
+open breaker, a 504 past a deadline, a client retry, a rate-limit storage that is down,
+a kitmw.endpoint call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -261,6 +263,11 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
     async def unstable() -> Response:
         return Response(status_code=503)
 
+    @api.get("/slow")
+    async def slow() -> Response:
+        await asyncio.sleep(30)
+        return Response(status_code=200)
+
     unique = uuid.uuid4().hex[:8]
     app = kitmw.stack(
         api,
@@ -270,6 +277,8 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
         ratelimit={"limit": "6/minute", "namespace": f"dash-{unique}"},
         auth=kitmw.auth.APIKey(keys={"secret": "alice"}),
         breaker={"name": f"dash-{unique}", "fail_max": 2, "reset_timeout": 60},
+        timeout={"seconds": 5.0, "routes": {"/slow": 0.05}},
+        concurrency={"limit": 8, "max_wait": 1.0},
     )
     key = {"X-API-Key": "secret"}
     sleeps: list[float] = []
@@ -294,6 +303,9 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
         statuses.append((await client.get("/unstable", headers=key)).status_code)
         statuses.append((await plain.get("/unstable", headers=key)).status_code)  # its breaker is open
         statuses.append((await plain.get("/items/2", headers=key)).status_code)  # 7th: limited
+    other = httpx.ASGITransport(app=app, client=("10.0.0.7", 40000))  # a budget of its own
+    async with httpx.AsyncClient(transport=other, base_url="http://svc.test") as elsewhere:
+        statuses.append((await elsewhere.get("/slow", headers=key)).status_code)  # past its deadline
     assert len(sleeps) == 1  # the retry happened
     kitmw.endpoint("charge_card", metrics={"registry": registry})(lambda: None)()  # kitmw_endpoint_*
     return statuses
@@ -308,7 +320,7 @@ def exposed() -> Exposed:
     provider = TracerProvider()
     statuses = anyio.run(drive, registry, provider)
     provider.shutdown()
-    assert statuses == [401, 200, 200, 503, 503, 429]
+    assert statuses == [401, 200, 200, 503, 503, 429, 504]
     return exposition(registry)
 
 

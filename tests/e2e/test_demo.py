@@ -26,8 +26,14 @@ def test_demo_tour_shows_every_concern() -> None:
     # the stopped instance: its breaker opens and every call is still answered by i1
     assert re.search(r"client:http://127\.0\.0\.1:\d+: closed -> open", out)
     assert "served by: i1 i1 i1 i1 i1 i1 i1 i1" in out
+    # the slow route: 504 at its deadline (the handler cancelled), 503 past its concurrency limit
+    assert "-> /report?seconds=3: 504 {'error': 'timeout'} at its deadline" in out
+    assert "the handler of /report?seconds=3 was cancelled at the deadline" in out
+    assert "6 concurrent calls: 2 answered 200, 4 answered 503" in out
+    assert "503 body {'error': 'concurrency_limited'}  Retry-After: 1" in out
     # the metrics lines that changed
     assert re.search(
         r'http_server_requests_total\{method="POST",route="/sum",status="429"\} 0\.0 -> [1-9]', out
     )
     assert re.search(r'kitmw_breaker_state\{breaker="client:[^"]+",state="open"\} 0\.0 -> 1\.0', out)
+    assert 'kitmw_timeouts_total{scope="/report",side="server"} 0.0 -> 1.0' in out
