@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .concerns import middleware_names
+from .concerns import CONCERNS, middleware_names
 
 # The submodule is loaded here, and the name bound to its function: the import system sets
 # this package's attribute ``endpoint`` to the submodule only when it first loads it, so
@@ -33,7 +33,7 @@ from .exchange import Exchange, Policy
 from .stack import stack
 
 if TYPE_CHECKING:
-    from .asgi import AccessLog, Auth, CircuitBreaker, Metrics, RateLimit, Tracing
+    from .asgi import AccessLog, Auth, CircuitBreaker, ConcurrencyLimit, Metrics, RateLimit, Timeout, Tracing
 
 __version__ = "0.1.0"
 
@@ -42,6 +42,7 @@ __all__ = [
     "Auth",
     "BreakerOpen",
     "CircuitBreaker",
+    "ConcurrencyLimit",
     "ConcurrencyLimited",
     "ConfigError",
     "DeadlineExceeded",
@@ -54,38 +55,33 @@ __all__ = [
     "Rejected",
     "Rejection",
     "StorageError",
+    "Timeout",
     "Tracing",
     "__version__",
     "endpoint",
     "stack",
 ]
 
-_MIDDLEWARES = {"AccessLog", "Auth", "CircuitBreaker", "Metrics", "RateLimit", "Tracing"}
+#: Per-concern ASGI classes (``kitmw.RateLimit``), named by the registry.
+_MIDDLEWARES = frozenset(middleware_names())
 _SUBMODULES = {
     "asgi",
     "chain",
-    "concerns",
-    "auth",
-    "balance",
-    "breaker",
     "cli",
+    "concerns",
     "errors",
     "exchange",
     "httpx",
     "httpx2",
-    "logging",
-    "metrics",
-    "ratelimit",
-    "retry",
     "routes",
     "testing",
-    "tracing",
     "wsgi",
+    *(c.package.rpartition(".")[2] for c in CONCERNS),
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name in _MIDDLEWARES or name in middleware_names():
+    if name in _MIDDLEWARES:
         value = getattr(importlib.import_module(".asgi", __name__), name)
     elif name in _SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)

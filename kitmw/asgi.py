@@ -408,17 +408,16 @@ def _record(ex: AsgiExchange, exc: BaseException) -> None:
 
 
 async def _answer(answer: Rejection, ex: AsgiExchange, send: Send) -> None:
-    """A refusal: the JSON answer, or, once the response has started (a deadline that
-    passed mid-stream), the end of the body there: nothing else can be said then."""
+    """A refusal: the JSON answer; once the response has started (a deadline that passed
+    mid-stream), nothing can be said any more: the body is left incomplete, so the server
+    closes the connection without its end and the client sees a truncated response,
+    never a short one that looks complete."""
     if not ex.response_started:
         await _send_answer(answer, ex, send)
         return
     if ex.error is None:
         ex.error = answer.error()
-    try:
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except Exception:
-        pass  # the server refused to end a body it counted short: it closes the connection
+    ex.status = answer.status
 
 
 def _settle(ex: AsgiExchange) -> None:
@@ -552,6 +551,8 @@ if TYPE_CHECKING:
     AccessLog = ConcernMiddleware
     Auth = ConcernMiddleware
     CircuitBreaker = ConcernMiddleware
+    ConcurrencyLimit = ConcernMiddleware
     Metrics = ConcernMiddleware
     RateLimit = ConcernMiddleware
+    Timeout = ConcernMiddleware
     Tracing = ConcernMiddleware

@@ -252,18 +252,6 @@ def _metric_lines(text: str) -> dict[str, str]:
     return lines
 
 
-def _endpoint_limit() -> dict[str, Any]:
-    """The quote endpoint's rate limit: the ratelimit concern's endpoint policy, or, while
-    the registry has none (issue 14), the server policy with one budget for the endpoint."""
-    from kitmw.endpoint import endpoint_options
-
-    if "ratelimit" in endpoint_options():
-        return {"ratelimit": "3/minute"}
-    from kitmw.ratelimit import RateLimitPolicy
-
-    return {"policies": [RateLimitPolicy(limit="3/minute", key="route", headers=False)]}
-
-
 def _endpoint_step(narrator: Narrator) -> None:
     """A plain function behind ``kitmw.endpoint``: the same concerns around a call."""
     from prometheus_client import CollectorRegistry, generate_latest
@@ -273,9 +261,7 @@ def _endpoint_step(narrator: Narrator) -> None:
     narrator.step("a plain function behind kitmw.endpoint: the same concerns around a call")
     registry = CollectorRegistry()
 
-    @kitmw.endpoint(
-        "quote", metrics={"registry": registry}, access_log={"level": "INFO"}, **_endpoint_limit()
-    )
+    @kitmw.endpoint("quote", ratelimit="3/minute", metrics={"registry": registry}, access_log={"level": "INFO"})
     def quote(sku: str) -> int:
         """The price of ``sku`` in cents (business code, no kitmw inside)."""
         return 250 if sku.startswith("ab-") else 990

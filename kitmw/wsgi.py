@@ -632,6 +632,8 @@ if TYPE_CHECKING:
     AccessLog = ConcernMiddleware
     Auth = ConcernMiddleware
     CircuitBreaker = ConcernMiddleware
+    ConcurrencyLimit = ConcernMiddleware
     Metrics = ConcernMiddleware
     RateLimit = ConcernMiddleware
+    Timeout = ConcernMiddleware
     Tracing = ConcernMiddleware

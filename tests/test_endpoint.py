@@ -3,9 +3,8 @@
 Wrapping (sync, async, methods, what the wrapper keeps), options read from the registry,
 outcomes and errors, around policies (retry, cancelling deadline), the metrics and the
 access log of calls, and the caller's context (a real Starlette request under
-``kitmw.stack``). Concerns whose endpoint policy comes from another branch of issue 14
-(breaker, ratelimit, tracing, timeout, concurrency, retry) are tested at the end, each
-skipped, naming the concern, until the registry has its endpoint policy.
+``kitmw.stack``), and every concern with an endpoint policy (breaker, rate limit,
+tracing, timeout, concurrency, retry) at the end.
 """
 
 from __future__ import annotations
@@ -913,25 +912,9 @@ async def test_the_trace_id_of_the_request_reaches_the_endpoint_record(spans: An
     assert records[0].trace_id == f"{server.context.trace_id:032x}"
 
 
-# -- concerns whose endpoint policy comes from another branch of issue 14 ---------------------
+# -- every concern with an endpoint policy ---------------------------------------------------
 
 
-def needs(*names: str) -> pytest.MarkDecorator:
-    """Skip until the registry has the endpoint policy of every concern in ``names``."""
-    missing = [n for n in names if _missing(n)]
-    return pytest.mark.skipif(
-        bool(missing), reason=f"no endpoint policy for {', '.join(missing)} in kitmw.concerns yet (issue 14)"
-    )
-
-
-def _missing(name: str) -> bool:
-    try:
-        return "endpoint" not in concern(name).policies
-    except kitmw.ConfigError:
-        return True
-
-
-@needs("breaker")
 def test_breaker_opens_and_raises_breaker_open() -> None:
     registry = CollectorRegistry()
     made = kitmw.endpoint(
@@ -953,7 +936,6 @@ def test_breaker_opens_and_raises_breaker_open() -> None:
     assert calls(registry, "fragile") == {"error": 2.0, "rejected": 1.0}
 
 
-@needs("breaker")
 def test_breaker_failure_classifier_can_be_overridden() -> None:
     accepted = inspect.signature(concern("breaker").policy_class("endpoint")).parameters
     option = "is_failure" if "is_failure" in accepted else "failure"
@@ -975,7 +957,6 @@ def test_breaker_failure_classifier_can_be_overridden() -> None:
         business(ValueError("declined"))
 
 
-@needs("ratelimit")
 def test_an_erroring_rate_limit_raises_rate_limited() -> None:
     made = kitmw.endpoint("limited_calls", ratelimit="2/minute")(lambda: "ok")
     assert [made(), made()] == ["ok", "ok"]
@@ -984,7 +965,6 @@ def test_an_erroring_rate_limit_raises_rate_limited() -> None:
     assert caught.value.retry_after > 0
 
 
-@needs("ratelimit", "timeout")
 async def test_a_waiting_rate_limit_is_bounded_by_the_timeout() -> None:
     @kitmw.endpoint("waits", ratelimit={"limit": "1/minute", "wait": True}, timeout=0.05)
     async def waits() -> str:
@@ -995,7 +975,6 @@ async def test_a_waiting_rate_limit_is_bounded_by_the_timeout() -> None:
         await waits()
 
 
-@needs("timeout")
 async def test_timeout_cancels_the_async_call_and_raises_a_timeout_error() -> None:
     cancelled: list[bool] = []
 
@@ -1012,7 +991,6 @@ async def test_timeout_cancels_the_async_call_and_raises_a_timeout_error() -> No
     assert isinstance(caught.value, kitmw.DeadlineExceeded) and cancelled == [True]
 
 
-@needs("concurrency")
 async def test_a_full_concurrency_limit_raises_concurrency_limited() -> None:
     release = asyncio.Event()
     started = asyncio.Event()
@@ -1033,7 +1011,6 @@ async def test_a_full_concurrency_limit_raises_concurrency_limited() -> None:
     assert await hold() == "done"  # the slot was freed
 
 
-@needs("tracing")
 async def test_tracing_makes_an_internal_span_child_of_the_current_span(spans: Any) -> None:
     provider, exporter = spans
     tracer = provider.get_tracer("test")
@@ -1049,7 +1026,6 @@ async def test_tracing_makes_an_internal_span_child_of_the_current_span(spans: A
     assert span.parent is not None and span.parent.span_id == parent.get_span_context().span_id
 
 
-@needs("retry")
 def test_retry_calls_again_after_a_connection_error() -> None:
     failures = [ConnectionError("reset")]
 
@@ -1062,7 +1038,6 @@ def test_retry_calls_again_after_a_connection_error() -> None:
     assert flaky() == "ok"
 
 
-@needs("breaker", "ratelimit", "tracing", "timeout", "concurrency", "retry")
 async def test_the_example_of_the_issue_runs(spans: Any) -> None:
     registry = CollectorRegistry()
 

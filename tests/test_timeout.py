@@ -466,18 +466,40 @@ async def test_the_remaining_budget_is_visible_to_async_and_sync_handlers(regist
 
 
 @pytest.mark.anyio
-async def test_a_started_response_is_ended_and_recorded_as_a_timeout(registry) -> None:
+async def test_a_started_response_is_cut_and_recorded_as_a_timeout(registry) -> None:
+    """Past the deadline mid-stream the body is left without its end (the server then closes
+    the connection: see the uvicorn test below), and the exchange is recorded as a 504."""
     app = kitmw.stack(starlette_app(), access_log=True, metrics={"registry": registry}, timeout=0.05)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/stream", "headers": [], "query_string": b""}
     with capture_logs() as records:
-        async with client(app) as c:
-            r = await c.get("/stream")
-    assert r.status_code == 200 and r.text == "first chunk\n"  # what was sent, then the end
+        await app(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert [m.get("body") for m in bodies] == [b"first chunk\n"]
+    assert all(m.get("more_body") for m in bodies)  # never a final chunk: no complete-looking body
     assert timeouts(registry) == {("server", "/stream"): 1.0}
     requests = samples(registry, "http_server_requests_total")
     assert requests == {(("method", "GET"), ("route", "/stream"), ("status", "504")): 1.0}
     (record,) = records
     assert record.__dict__["status"] == 504
     assert "DeadlineExceeded" in str(record.__dict__["error"])
+
+
+def test_a_client_of_a_stream_cut_at_its_deadline_sees_it_incomplete(serve_asgi: Any) -> None:
+    """Under a real server the cut stream ends without its last chunk: the client gets an
+    incomplete read, never a short body that looks whole."""
+    app = kitmw.stack(starlette_app(), timeout=0.2)
+    with serve_asgi(app) as server, pytest.raises(httpx.RemoteProtocolError, match="incomplete"):
+        httpx.get(server.url + "/stream", timeout=5)
 
 
 @pytest.mark.anyio
@@ -633,5 +655,9 @@ def test_uvicorn_cancels_the_app_and_answers_504(serve_asgi: Any, registry: Coll
         assert took < 5  # answered at the deadline, not after the app's 30 s
         with httpx.stream("GET", server.url + "/stream", timeout=10) as streamed:
             assert streamed.status_code == 200
-            assert streamed.read() == b"x" * 10  # ended where it stood (chunked: a clean end)
+            received = b""
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete"):  # cut, not ended
+                for chunk in streamed.iter_raw():
+                    received += chunk
+            assert received == b"x" * 10
     assert timeouts(registry) == {("server", "/slow"): 1.0, ("server", "/stream"): 1.0}

@@ -147,8 +147,8 @@ class TimeoutPolicy(_Deadline):
     answered by then (Go kit's ``context`` deadline on a server).
 
     On ASGI the application is cancelled at the deadline; a response that had started
-    is ended where it stands and the exchange is recorded as a timeout (status 504,
-    error ``DeadlineExceeded``). Work the application does after its last body byte
+    is cut there (no end of body: the client sees it incomplete) and the exchange is
+    recorded as a timeout (status 504, error ``DeadlineExceeded``). Work the application does after its last body byte
     (Starlette's background tasks) is never cut. The deadline is the context deadline
     of the code the request runs (:func:`kitmw.timeout.remaining`) and caps the
     timeouts of the ``kitmw.httpx`` transports it calls. WSGI cannot pre-empt a
