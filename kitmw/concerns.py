@@ -350,7 +350,7 @@ CONCERNS: tuple[Concern, ...] = (
         _PKG + "breaker",
         {"server": "BreakerPolicy", "client": "ClientBreakerPolicy", "endpoint": "EndpointBreakerPolicy"},
         middleware="CircuitBreaker",
-        why="closest to the application, it judges the application's health only",
+        why="closest to the application (or the upstream), it judges that one's health only",
         instruments=(
             Instrument(
                 "breaker_state",
