@@ -54,6 +54,7 @@ from kitmw.errors import ConcurrencyLimited, DeadlineExceeded, Rejected
 from kitmw.logging import bind_context, current_request_id
 from kitmw.stack import build_policies
 from kitmw.testing import FakeClock
+from kitmw.timeout import remaining
 
 APP_LOGGER = "tests.behaviour.app"
 app_log = logging.getLogger(APP_LOGGER)
@@ -103,15 +104,17 @@ class Service:
         self.released: list[bool] = []
         self.raised: list[BaseException] = []
         self.cancelled: list[str] = []
-        #: (request id, span id) as the callee saw them, per ``item`` call.
+        #: (request id, span id) as the callee saw them, and its time budget, per ``item`` call.
         self.seen: list[tuple[str | None, str | None]] = []
+        self.budgets: list[float | None] = []
 
     # Each returns (status, text): a server answers it, the upstream responds with it, a
     # function returns the text or raises Unavailable for a status >= 500.
 
-    def item(self, request_id: str | None, span_id: str | None) -> tuple[int, str]:
+    def item(self, request_id: str | None, span_id: str | None, budget: float | None) -> tuple[int, str]:
         self.calls["item"] += 1
         self.seen.append((request_id, span_id))
+        self.budgets.append(budget)
         app_log.info("handling item")
         return 200, "item 1"
 
@@ -178,7 +181,7 @@ def starlette_app(service: Service) -> Any:
         return PlainTextResponse(reply[1], status_code=reply[0])
 
     async def item(request: Request) -> PlainTextResponse:
-        return answer(service.item(current_request_id(), current_span_id()))
+        return answer(service.item(current_request_id(), current_span_id(), remaining()))
 
     async def admin(request: Request) -> PlainTextResponse:
         return PlainTextResponse("admin")
@@ -228,7 +231,7 @@ def flask_app(service: Service) -> Any:
 
     @app.get("/items/<int:item_id>")
     def item(item_id: int) -> tuple[str, int]:
-        status, text = service.item(current_request_id(), current_span_id())
+        status, text = service.item(current_request_id(), current_span_id(), remaining())
         return text, status
 
     @app.get("/admin")
@@ -282,7 +285,10 @@ def upstream_handler(service: Service) -> Callable[[httpx.Request], httpx.Respon
     def handle(request: httpx.Request) -> httpx.Response:
         op = request.url.path.strip("/").split("/")[0]
         if op == "items":
-            reply = service.item(request.headers.get("x-request-id"), _traceparent_span(request))
+            # the upstream sees the request id and traceparent sent, and the timeouts the
+            # transport capped to the call's deadline
+            budget = request.extensions.get("timeout", {}).get("read")
+            reply = service.item(request.headers.get("x-request-id"), _traceparent_span(request), budget)
         elif op == "boom":
             service.boom(httpx.ConnectError("connection refused", request=request))
             raise AssertionError("unreachable")
@@ -320,7 +326,7 @@ def functions(service: Service) -> dict[str, Callable[[], Any]]:
     """The service as plain sync functions (what ``kitmw.endpoint`` wraps)."""
 
     def item() -> str:
-        return _returned(service.item(current_request_id(), current_span_id()))
+        return _returned(service.item(current_request_id(), current_span_id(), remaining()))
 
     def fail() -> str:
         return _returned(service.fail())
@@ -345,7 +351,7 @@ def async_functions(service: Service) -> dict[str, Callable[[], Any]]:
     """The service as async functions."""
 
     async def item() -> str:
-        return _returned(service.item(current_request_id(), current_span_id()))
+        return _returned(service.item(current_request_id(), current_span_id(), remaining()))
 
     async def fail() -> str:
         return _returned(service.fail())
@@ -613,7 +619,7 @@ class SyncClientHarness(ClientHarness):
     def build(self, **concerns: Any) -> Harness:
         upstream = httpx.MockTransport(upstream_handler(self.service))
         transport = kitmw.httpx.Transport(transport=upstream, **self.adapt(concerns))
-        self.client = httpx.Client(transport=transport)
+        self.client = httpx.Client(transport=transport, timeout=None)  # no timeout of its own
         return self
 
     def close(self) -> None:
@@ -636,7 +642,7 @@ class AsyncClientHarness(ClientHarness):
     def build(self, **concerns: Any) -> Harness:
         upstream = httpx.MockTransport(async_upstream_handler(self.service))
         transport = kitmw.httpx.AsyncTransport(transport=upstream, **self.adapt(concerns))
-        self.client = httpx.AsyncClient(transport=transport)
+        self.client = httpx.AsyncClient(transport=transport, timeout=None)
         return self
 
     def close(self) -> None:
@@ -974,6 +980,22 @@ def test_breaker_opens_after_fail_max_failures_refuses_and_recovers(
     assert [h.call("fail").ok for _ in range(2)] == [True, True]
 
 
+def test_a_half_open_breaker_lets_one_trial_through_at_a_time(h: Harness, registry: CollectorRegistry) -> None:
+    clock = FakeClock()
+    breaker = {"fail_max": 1, "reset_timeout": 30, "name": unique("beh"), "clock": clock, "registry": registry}
+    if h.side == "server":
+        breaker["per_route"] = False  # the trial (``hold``) and the others share one breaker
+    h.build(breaker=breaker)
+    assert not h.call("fail").ok
+    clock.advance(30)
+    trial = h.start("hold")
+    assert h.service.entered.wait(10)
+    assert_refused(h, h.call("item"), "circuit_open")  # the trial is still in flight
+    h.service.gate.set()
+    assert trial.result(10).value == "held"
+    assert [h.call("item").ok for _ in range(2)] == [True, True]  # closed by the trial
+
+
 # -- timeout -------------------------------------------------------------------------------
 
 
@@ -1010,6 +1032,15 @@ def test_the_breaker_counts_a_call_cut_at_its_deadline(h: Harness, registry: Col
         assert_refused(h, after, "circuit_open")
     else:
         assert after.ok
+
+
+def test_the_callee_sees_what_remains_of_its_deadline(h: Harness) -> None:
+    """``kitmw.timeout.remaining()`` inside (servers, functions), httpx's timeouts capped
+    to it on the upstream's request (clients)."""
+    h.build(timeout=60.0)
+    h.call("item")
+    (budget,) = h.service.budgets
+    assert budget is not None and 50 < budget <= 60
 
 
 # -- concurrency limit ---------------------------------------------------------------------
@@ -1088,6 +1119,14 @@ def test_retry_calls_again_and_the_exchange_is_counted_once(
     assert len(waits) == 1
     assert caller.counts(registry) == {caller.ok_label: 1}
     assert len(records.named(caller.log_name)) == 1
+
+
+def test_after_the_last_attempt_the_caller_gets_its_own_error_unchanged(caller: Harness) -> None:
+    waits: list[float] = []
+    caller.build(retry={"attempts": 2, "sleep": waits.append})
+    outcome = caller.call("boom")
+    assert caller.service.calls["boom"] == 2 and len(waits) == 1
+    assert outcome.error is caller.service.raised[-1]  # the second attempt's, the same object
 
 
 def test_a_refusal_of_the_breaker_is_never_retried(caller: Harness, registry: CollectorRegistry) -> None:
