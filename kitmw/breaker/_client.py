@@ -281,9 +281,10 @@ def _stays_open(breaker: Breaker, delay: float, failing: bool) -> bool:
 class ClientBreakerPolicy(_KeyedBreakerPolicy):
     """One breaker per upstream origin (per instance when balancing), for httpx transports.
 
-    Counts connection errors, timeouts and 5xx answers; not 4xx, not kitmw's own
-    refusals, not cancellations. The verdict is taken when the response body is
-    closed. While open, the call is refused without touching the network.
+    Counts connection errors, timeouts (httpx's, and an async call cut at its
+    deadline) and 5xx answers; not 4xx, not kitmw's own refusals, not cancellations.
+    The verdict is taken when the response body is closed. While open, the call is
+    refused without touching the network.
 
     :param name: prefix of the breaker names (``"client:http://host:port"``).
     :param failure: ``(response, error) -> True | False | None`` replacing the default
@@ -336,6 +337,8 @@ class ClientBreakerPolicy(_KeyedBreakerPolicy):
             return ex.status >= 500
         if isinstance(error, Rejected):
             return None  # a refusal by kitmw (another transport inside): not the upstream's
+        if isinstance(error, TimeoutError):
+            return True  # the call cut at its deadline (async): as httpx's own timeouts count
         errors = getattr(ex, "transport_errors", None)
         return True if errors is None or isinstance(error, errors) else None
 
