@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
-from time import monotonic, perf_counter_ns
+from time import perf_counter_ns
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -33,7 +33,7 @@ from .balance import STRATEGIES
 from .chain import Pending, afinish, compile_chain, finish
 from .concerns import build_all, check_options, concern
 from .errors import BreakerOpen, ConfigError, Rejected
-from .exchange import Exchange, Policy, current_deadline
+from .exchange import Exchange, Policy, current_remaining, inherit_deadline
 
 __all__ = [
     "OPTIONS_DOC",
@@ -423,9 +423,8 @@ OPTIONS_DOC = _options_doc()
 # -- the driver --------------------------------------------------------------------------------
 
 
-def _cap_timeouts(request: Any, deadline: float) -> None:
-    """Fit this attempt's httpx timeouts in what remains of the exchange's deadline."""
-    remaining = deadline - monotonic()
+def _cap_timeouts(request: Any, remaining: float) -> None:
+    """Fit this attempt's httpx timeouts in the ``remaining`` seconds of its deadline."""
     if remaining < 0.001:
         remaining = 0.001
     timeout = request.extensions.get("timeout") or {}
@@ -442,9 +441,9 @@ def _prepare(ex: ClientExchange) -> Any:
     if n > 1:
         ex.state["attempts"] = n
     request = ex.request
-    deadline = ex.deadline
-    if deadline is not None:
-        _cap_timeouts(request, deadline)
+    remaining = ex.remaining
+    if remaining is not None:
+        _cap_timeouts(request, remaining)
     return request
 
 
@@ -465,7 +464,7 @@ class _Driver:
     def begin(self, request: Any) -> ClientExchange:
         ex = self.new(request)
         ex.start_ns = perf_counter_ns()
-        ex.deadline = current_deadline()
+        inherit_deadline(ex)
         return ex
 
     def failed(self, ex: ClientExchange, exc: BaseException) -> BaseException:
@@ -501,9 +500,9 @@ class _SyncDriver(_Driver):
 
     def send(self, request: Any) -> Any:
         if not self.chain:  # no policy: only the deadline
-            deadline = current_deadline()
-            if deadline is not None:
-                _cap_timeouts(request, deadline)
+            remaining = current_remaining()
+            if remaining is not None:
+                _cap_timeouts(request, remaining)
             return self.inner.handle_request(request)
         ex = self.begin(request)
         exits: list[Pending] = []
@@ -538,9 +537,9 @@ class _AsyncDriver(_Driver):
 
     async def send(self, request: Any) -> Any:
         if not self.chain:
-            deadline = current_deadline()
-            if deadline is not None:
-                _cap_timeouts(request, deadline)
+            remaining = current_remaining()
+            if remaining is not None:
+                _cap_timeouts(request, remaining)
             return await self.inner.handle_async_request(request)
         ex = self.begin(request)
         exits: list[Pending] = []

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from .chain import Chain, Pending, afinish, compile_chain, finish
 from .concerns import CONCERNS, build_all
 from .errors import ConfigError, Rejected
-from .exchange import Exchange, Policy, current_deadline
+from .exchange import Exchange, Policy, inherit_deadline
 
 __all__ = ["METHOD", "OUTCOMES", "Endpoint", "EndpointExchange", "endpoint", "endpoint_options"]
 
@@ -84,7 +84,7 @@ class EndpointExchange(Exchange):
         self.args = args
         self.kwargs = kwargs
         self.result: Any = None
-        self.deadline = current_deadline()
+        inherit_deadline(self)
 
     @property
     def endpoint(self) -> str:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 import kitmw
+import kitmw.httpx
 import kitmw.timeout
 import kitmw.wsgi
 from kitmw.chain import CALL, Call, compile_chain
@@ -654,3 +655,26 @@ def test_uvicorn_cancels_the_app_and_answers_504(serve_asgi: Any, registry: Coll
                     received += chunk
             assert received == b"x" * 10
     assert timeouts(registry) == {("server", "/slow"): 1.0, ("server", "/stream"): 1.0}
+
+
+def test_the_deadline_is_read_on_the_clock_that_set_it() -> None:
+    """A policy given a fake clock sets a deadline on that clock: ``remaining()`` inside the
+    request and an httpx call's caps read it there too (before, they read time.monotonic,
+    so a WSGI view under Timeout(seconds=60, clock=FakeClock()) saw 0.0 seconds left)."""
+    clock = FakeClock()
+    seen: dict[str, Any] = {}
+
+    def view(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen["remaining"] = kitmw.timeout.remaining()
+        request = httpx.Request("GET", "http://upstream.test/")
+        transport = kitmw.httpx.Transport(transport=httpx.MockTransport(lambda r: httpx.Response(204)))
+        transport.handle_request(request)
+        seen["read"] = request.extensions["timeout"]["read"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    app = kitmw.wsgi.Timeout(view, seconds=60, clock=clock)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://svc.test") as c:
+        assert c.get("/").status_code == 200
+    assert seen["remaining"] == 60.0
+    assert seen["read"] == 60.0
