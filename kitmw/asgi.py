@@ -534,37 +534,28 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     # The per-concern classes as type checkers and editors see them: ConcernMiddleware
     # with the options of their concern (kitmw.concerns declares the constructors).
-    from .concerns import (
-        AccessLogInit,
-        AuthInit,
-        CircuitBreakerInit,
-        ConcurrencyLimitInit,
-        MetricsInit,
-        RateLimitInit,
-        TimeoutInit,
-        TracingInit,
-    )
+    from . import concerns
 
-    class AccessLog(AccessLogInit[ASGIApp], ConcernMiddleware):
+    class AccessLog(concerns.AccessLogInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.logging.AccessLogPolicy`; options: :class:`~kitmw.logging.AccessLogOptions`."""
 
-    class Auth(AuthInit[ASGIApp], ConcernMiddleware):
+    class Auth(concerns.AuthInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.auth.AuthPolicy`; options: :class:`~kitmw.auth.AuthOptions`."""
 
-    class CircuitBreaker(CircuitBreakerInit[ASGIApp], ConcernMiddleware):
+    class CircuitBreaker(concerns.CircuitBreakerInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.breaker.BreakerPolicy`; options: :class:`~kitmw.breaker.BreakerOptions`."""
 
-    class ConcurrencyLimit(ConcurrencyLimitInit[ASGIApp], ConcernMiddleware):
+    class ConcurrencyLimit(concerns.ConcurrencyLimitInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.concurrency.ConcurrencyPolicy`; options: :class:`~kitmw.concurrency.ConcurrencyOptions`."""
 
-    class Metrics(MetricsInit[ASGIApp], ConcernMiddleware):
+    class Metrics(concerns.MetricsInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.metrics.MetricsPolicy`; options: :class:`~kitmw.metrics.MetricsOptions`."""
 
-    class RateLimit(RateLimitInit[ASGIApp], ConcernMiddleware):
+    class RateLimit(concerns.RateLimitInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.ratelimit.RateLimitPolicy`; options: :class:`~kitmw.ratelimit.RateLimitOptions`."""
 
-    class Timeout(TimeoutInit[ASGIApp], ConcernMiddleware):
+    class Timeout(concerns.TimeoutInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.timeout.TimeoutPolicy`; options: :class:`~kitmw.timeout.TimeoutOptions`."""
 
-    class Tracing(TracingInit[ASGIApp], ConcernMiddleware):
+    class Tracing(concerns.TracingInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""

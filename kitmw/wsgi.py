@@ -616,37 +616,28 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     # The per-concern classes as type checkers and editors see them: ConcernMiddleware
     # with the options of their concern (kitmw.concerns declares the constructors).
-    from .concerns import (
-        AccessLogInit,
-        AuthInit,
-        CircuitBreakerInit,
-        ConcurrencyLimitInit,
-        MetricsInit,
-        RateLimitInit,
-        TimeoutInit,
-        TracingInit,
-    )
+    from . import concerns
 
-    class AccessLog(AccessLogInit[WSGIApp], ConcernMiddleware):
+    class AccessLog(concerns.AccessLogInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.logging.AccessLogPolicy`; options: :class:`~kitmw.logging.AccessLogOptions`."""
 
-    class Auth(AuthInit[WSGIApp], ConcernMiddleware):
+    class Auth(concerns.AuthInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.auth.AuthPolicy`; options: :class:`~kitmw.auth.AuthOptions`."""
 
-    class CircuitBreaker(CircuitBreakerInit[WSGIApp], ConcernMiddleware):
+    class CircuitBreaker(concerns.CircuitBreakerInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.breaker.BreakerPolicy`; options: :class:`~kitmw.breaker.BreakerOptions`."""
 
-    class ConcurrencyLimit(ConcurrencyLimitInit[WSGIApp], ConcernMiddleware):
+    class ConcurrencyLimit(concerns.ConcurrencyLimitInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.concurrency.ConcurrencyPolicy`; options: :class:`~kitmw.concurrency.ConcurrencyOptions`."""
 
-    class Metrics(MetricsInit[WSGIApp], ConcernMiddleware):
+    class Metrics(concerns.MetricsInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.metrics.MetricsPolicy`; options: :class:`~kitmw.metrics.MetricsOptions`."""
 
-    class RateLimit(RateLimitInit[WSGIApp], ConcernMiddleware):
+    class RateLimit(concerns.RateLimitInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.ratelimit.RateLimitPolicy`; options: :class:`~kitmw.ratelimit.RateLimitOptions`."""
 
-    class Timeout(TimeoutInit[WSGIApp], ConcernMiddleware):
+    class Timeout(concerns.TimeoutInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.timeout.TimeoutPolicy`; options: :class:`~kitmw.timeout.TimeoutOptions`."""
 
-    class Tracing(TracingInit[WSGIApp], ConcernMiddleware):
+    class Tracing(concerns.TracingInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""

@@ -212,9 +212,11 @@ from starlette.applications import Starlette
 import kitmw
 import kitmw.httpx
 import kitmw.wsgi
-from kitmw.breaker import BreakerOptions
+from kitmw.auth import APIKey
+from kitmw.breaker import Breaker, BreakerOptions
 from kitmw.metrics import MetricsOptions
 from kitmw.ratelimit import RateLimitOptions
+from kitmw.retry import Retry
 from kitmw.stack import StackOptions
 
 app = Starlette()
@@ -233,6 +235,10 @@ app.add_middleware(kitmw.RateLimit, limit="5/second")
 app.add_middleware(kitmw.Metrics, buckets=[0.1])
 kitmw.httpx.Transport(retry=3, breaker={"fail_max": 2}, ratelimit={"limit": "1/second", "mode": "error"})
 kitmw.httpx.AsyncTransport(transport=httpx.AsyncHTTPTransport(), timeout=2.0, instances=["http://a:80"])
+kitmw.httpx.Transport(retry=Retry(attempts=2), breaker=Breaker(name="orders"), concurrency={"adaptive": "gradient"})
+keys = APIKey(keys={"key-1": "alice"})
+kitmw.stack(app, auth=keys, ratelimit={"limit": "5/second", "key": "principal"})
+kitmw.Auth(app, backend=[keys], scopes={"/admin": ["admin"]}, exclude_paths=["/health"])
 
 
 @kitmw.endpoint("charge", breaker=True, ratelimit={"limit": "50/second", "wait": True}, timeout=2.0)
