@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 
 from ._types import ASGIApp, Message, Receive, Scope, Send, is_asgi
 from .chain import Chain, Pending, afinish, compile_chain, finish
-from .concerns import build, middleware_names
+from .concerns import build, concern_class
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
 from .routes import django_route, starlette_route, url_map_route
@@ -27,9 +27,11 @@ __all__ = [
     "Auth",
     "CircuitBreaker",
     "ConcernMiddleware",
+    "ConcurrencyLimit",
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Timeout",
     "Tracing",
     "is_asgi",
 ]
@@ -523,36 +525,37 @@ class ConcernMiddleware(Middleware):
         super().__init__(app, policy, handle_errors=handle_errors)
 
 
-_CLASSES: dict[str, type[ConcernMiddleware]] = {}
-
-
-def concern_class(name: str) -> type[ConcernMiddleware]:
-    """The per-concern ASGI class called ``name`` (``"RateLimit"``), made once."""
-    found = _CLASSES.get(name)
-    if found is None:
-        entry = middleware_names().get(name)
-        if entry is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        policy = entry.policies["server"]
-        doc = f"The ASGI driver with :class:`{entry.package}.{policy}` (its options, keyword-only)."
-        found = _CLASSES[name] = type(
-            name, (ConcernMiddleware,), {"concern": entry.name, "__doc__": doc, "__module__": __name__}
-        )
-    return found
-
-
 def __getattr__(name: str) -> Any:
-    cls = concern_class(name)
+    cls = concern_class(ConcernMiddleware, name)  # the registry's per-concern classes, made on first use
     globals()[name] = cls
     return cls
 
 
 if TYPE_CHECKING:
-    AccessLog = ConcernMiddleware
-    Auth = ConcernMiddleware
-    CircuitBreaker = ConcernMiddleware
-    ConcurrencyLimit = ConcernMiddleware
-    Metrics = ConcernMiddleware
-    RateLimit = ConcernMiddleware
-    Timeout = ConcernMiddleware
-    Tracing = ConcernMiddleware
+    # The per-concern classes as type checkers and editors see them: ConcernMiddleware
+    # with the options of their concern (kitmw.concerns declares the constructors).
+    from . import concerns
+
+    class AccessLog(concerns.AccessLogInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.logging.AccessLogPolicy`; options: :class:`~kitmw.logging.AccessLogOptions`."""
+
+    class Auth(concerns.AuthInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.auth.AuthPolicy`; options: :class:`~kitmw.auth.AuthOptions`."""
+
+    class CircuitBreaker(concerns.CircuitBreakerInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.breaker.BreakerPolicy`; options: :class:`~kitmw.breaker.BreakerOptions`."""
+
+    class ConcurrencyLimit(concerns.ConcurrencyLimitInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.concurrency.ConcurrencyPolicy`; options: :class:`~kitmw.concurrency.ConcurrencyOptions`."""
+
+    class Metrics(concerns.MetricsInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.metrics.MetricsPolicy`; options: :class:`~kitmw.metrics.MetricsOptions`."""
+
+    class RateLimit(concerns.RateLimitInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.ratelimit.RateLimitPolicy`; options: :class:`~kitmw.ratelimit.RateLimitOptions`."""
+
+    class Timeout(concerns.TimeoutInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.timeout.TimeoutPolicy`; options: :class:`~kitmw.timeout.TimeoutOptions`."""
+
+    class Tracing(concerns.TracingInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""

@@ -142,11 +142,30 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+#: What type checkers bring themselves (typeshed): imported for typing only, never at run time.
+_TYPING_ONLY = {"typing_extensions"}
+
+
+def _typing_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes inside ``if TYPE_CHECKING:`` blocks of ``tree``."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for statement in node.body:
+                inside.update(id(child) for child in ast.walk(statement))
+    return inside
+
+
 def _imports() -> dict[str, set[str]]:
-    """Every module kitmw's own code imports (top-level or inside functions) -> importing files."""
+    """Every module kitmw's own code imports (top-level or inside functions) -> importing files;
+    ``typing_extensions`` under ``TYPE_CHECKING`` aside (typing only, see ``_TYPING_ONLY``)."""
     out: dict[str, set[str]] = {}
     for path in (ROOT / "kitmw").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = _typing_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in typing_only and isinstance(node, ast.ImportFrom) and node.module in _TYPING_ONLY:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from ._client import ClientBreakerPolicy, EndpointBreakerPolicy
 from ._core import Breaker
 from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, ReportedFailure, guarded_call
+from ._options import BreakerOptions, ClientBreakerOptions, EndpointBreakerOptions
 from ._policy import OTHER_ROUTES, BreakerPolicy, default_is_failure, default_name
 from ._registry import BreakerRegistry, default_registry, get_breaker
 
@@ -25,9 +26,12 @@ __all__ = [
     "OPEN",
     "OTHER_ROUTES",
     "Breaker",
+    "BreakerOptions",
     "BreakerPolicy",
     "BreakerRegistry",
+    "ClientBreakerOptions",
     "ClientBreakerPolicy",
+    "EndpointBreakerOptions",
     "EndpointBreakerPolicy",
     "Permit",
     "ReportedFailure",
