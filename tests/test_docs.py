@@ -930,6 +930,9 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     reference = (site / "reference" / "index.html").read_text()
     assert "build_policies" not in reference  # the reference shows the public API only
     assert 'id="kitmw.stack.stack"' in reference
+    assert ":class:<code>" not in reference and ":meth:<code>" not in reference  # roles read as code
+    architecture = (site / "architecture" / "index.html").read_text()
+    assert "kitmw.ConcurrencyLimit" in architecture  # the order table, rendered from the registry
     # identifiers in table cells never break mid-word (docs/stylesheets/extra.css)
     css = (site / "stylesheets" / "extra.css").read_text()
     assert "word-break: normal" in css and "overflow-wrap: normal" in css
