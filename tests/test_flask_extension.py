@@ -395,7 +395,7 @@ def test_a_view_sees_its_deadline() -> None:
 def test_the_request_id_is_on_the_views_log_records() -> None:
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
+    handler.emit = records.append  # type: ignore[method-assign,assignment]
     handler.addFilter(kitmw.logging.ContextFilter())
     log = logging.getLogger("shop.flask")
     log.addHandler(handler)
