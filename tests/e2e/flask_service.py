@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from flask import Flask
+from flask import Blueprint, Flask
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
@@ -116,6 +116,17 @@ def call_upstream() -> dict[str, Any]:
     except (httpx.TimeoutException, TimeoutError) as exc:
         return {"budget": budget, "upstream": type(exc).__name__}
     return {"budget": budget, "upstream": answer.text}
+
+
+orders = Blueprint("orders", __name__, url_prefix="/api")
+
+
+@orders.get("/orders/<int:order_id>")
+def order(order_id: int) -> dict[str, Any]:
+    return {"order": order_id}
+
+
+app.register_blueprint(orders)
 
 
 @app.get("/health")

@@ -307,6 +307,7 @@ def test_a_flask_app_with_only_the_extension_gets_every_concern_under_gunicorn(
         try:
             # auth: the caller reaches the view; none, or a missing scope, is refused before it
             item = client.get("/items/1", headers={**ann, "X-Request-ID": "every-1", "traceparent": traceparent})
+            order = client.get("/api/orders/7", headers=ann)
             anonymous = client.get("/items/1")
             forbidden = client.get("/admin/stats", headers=ann)
             admin = client.get("/admin/stats", headers={"X-API-Key": "k-bob"})
@@ -333,6 +334,7 @@ def test_a_flask_app_with_only_the_extension_gets_every_concern_under_gunicorn(
     assert item.status_code == 200
     assert item.json() == {"id": 1, "caller": "ann", "scopes": [], "request_id": "every-1"}
     assert item.headers["x-request-id"] == "every-1"
+    assert order.json() == {"order": 7}
     assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("APIKey")
     assert forbidden.status_code == 403 and forbidden.json() == {"error": "forbidden"}
     assert admin.json() == {"caller": "bob"}
@@ -361,6 +363,7 @@ def test_a_flask_app_with_only_the_extension_gets_every_concern_under_gunicorn(
     assert requests("/items/<int:item_id>", "200") == 2
     assert requests("/items/<int:item_id>", "401") == 1
     assert requests("/admin/stats", "403") == 1
+    assert requests("/api/orders/<int:order_id>", "200") == 1  # a blueprint's rule, its prefix included
     assert requests("/limited", "429") == 1
     assert (requests("/flaky", "500"), requests("/flaky", "503")) == (2, 1)
     assert (requests("/busy", "200"), requests("/busy", "503")) == (1, 1)
@@ -379,3 +382,21 @@ def test_a_flask_app_with_only_the_extension_gets_every_concern_under_gunicorn(
     assert span["name"] == "GET /items/<int:item_id>" and span["kind"] == "SERVER"
     assert span["parent_id"] == "ab" * 8 and span["route"] == "/items/<int:item_id>"
     assert {s["name"] for s in spans} >= {"GET /limited", "GET /flaky", "GET /busy", "GET /call-upstream"}
+
+
+def test_under_script_name_gunicorn_labels_and_routes_options_by_the_rule(tmp_path: Path) -> None:
+    """The same service mounted at /shop (gunicorn's SCRIPT_NAME): labels, a per-route limit
+    and auth's path scopes follow Flask's rules, without the prefix."""
+    env = {"SCRIPT_NAME": "/shop", "UPSTREAM_URL": "http://127.0.0.1:9", "SPANS_FILE": str(tmp_path / "s")}
+    ann = {"X-API-Key": "k-ann"}
+    with Gunicorn("flask_service:app", env=env) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        order = client.get("/shop/api/orders/7", headers={**ann, "X-Request-ID": "mounted-1"})
+        limited = [client.get("/shop/limited", headers=ann).status_code for _ in range(4)]
+        forbidden = client.get("/shop/admin/stats", headers=ann)
+    assert order.json() == {"order": 7}
+    assert limited == [200, 200, 200, 429]
+    assert forbidden.status_code == 403
+    (access,) = [r for r in server.records() if r.get("request_id") == "mounted-1"]
+    assert access["path"] == "/shop/api/orders/7" and access["route"] == "/api/orders/<int:order_id>"
+    routes = {r["route"] for r in server.records() if r.get("logger") == "kitmw.access"}
+    assert routes == {"/api/orders/<int:order_id>", "/limited", "/admin/stats"}
