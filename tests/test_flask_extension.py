@@ -488,3 +488,18 @@ def test_under_script_name_option_paths_are_the_full_path(registry: CollectorReg
     exposition = get(shop, "/shop/metrics")
     assert exposition.status_code == 200 and 'route="/items/<int:item_id>"' in exposition.text
     assert counts(registry) == {("/items/<int:item_id>", "200"): 1.0}
+
+
+def test_a_method_the_rule_does_not_allow_is_labelled_with_the_rule(registry: CollectorRegistry) -> None:
+    # As under ASGI: a 405 names a known rule; only paths no rule matches are <unmatched>.
+    app = make_app(metrics={"registry": registry}, ratelimit={"routes": {"/api/orders/<order_id>": "1/minute"}})
+    Kitmw(app)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://shop.test") as client:
+        assert client.post("/items/1").status_code == 405
+        # the per-route limit knows the rule before Flask runs, whatever the method
+        assert [client.delete("/api/orders/1").status_code for _ in range(2)] == [405, 429]
+    assert counts(registry) == {
+        ("/items/<int:item_id>", "405"): 1.0,
+        ("/api/orders/<order_id>", "405"): 1.0,
+        ("/api/orders/<order_id>", "429"): 1.0,
+    }
