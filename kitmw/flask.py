@@ -193,8 +193,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any], source: str, origins: 
                 previous = origins[name]
                 origins[name] = source
                 value = {**first, **entry.options(value)}
-                if not previous.endswith(source):
-                    origin = f"{previous} merged with {source}"
+                origin = previous if previous.endswith(source) else f"{previous} merged with {source}"
             elif isinstance(value, Mapping):
                 value = dict(value)
         merged[name] = value

@@ -317,6 +317,12 @@ def test_a_bad_value_merged_from_both_sources_names_both() -> None:
         Kitmw(app, ratelimit={"storage": "memry://"})
 
 
+def test_the_config_is_still_named_after_two_keyword_merges() -> None:
+    app = make_app(ratelimit={"limit": "5/minute"})
+    with pytest.raises(ConfigError, match=r"^app.config\[\"KITMW\"\] merged with the keywords: ratelimit: storage"):
+        Kitmw(ratelimit={"headers": True}).init_app(app, ratelimit={"storage": "memry://"})
+
+
 def test_a_bad_keyword_does_not_blame_the_config() -> None:
     app = make_app(ratelimit="5/minute")
     with pytest.raises(ConfigError) as raised:
