@@ -71,6 +71,7 @@ _SUBMODULES = {
     "concerns",
     "errors",
     "exchange",
+    "flask",
     "httpx",
     "httpx2",
     "routes",

@@ -235,12 +235,19 @@ def django_route(path: str) -> str | None:
 
 
 def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:
-    """The Flask url rule (``/items/<int:item_id>``) that matches ``environ``."""
+    """The Flask url rule (``/items/<int:item_id>``) that matches ``environ``, also when
+    its method is not one the rule allows (a 405, labelled with the rule as on ASGI)."""
     try:
         adapter = flask_app.url_map.bind_to_environ(environ)
         rule, _ = adapter.match(return_rule=True)
-    except Exception:
-        return None
+    except Exception as exc:
+        allowed = getattr(exc, "valid_methods", None)  # werkzeug's MethodNotAllowed
+        if not allowed:
+            return None
+        try:
+            rule, _ = adapter.match(method=next(iter(allowed)), return_rule=True)
+        except Exception:
+            return None
     return str(rule.rule)
 
 

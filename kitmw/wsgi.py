@@ -171,8 +171,9 @@ class WsgiExchange(Exchange):
                 rule = getattr(request, "url_rule", None)
                 if rule is not None:
                     return str(rule.rule)
-                if getattr(request, "routing_exception", None) is not None:
-                    return None
+                failed = getattr(request, "routing_exception", None)
+                if failed is not None and not getattr(failed, "valid_methods", None):
+                    return None  # no rule (a 405 names one: matched again below)
             return flask_route(flask_app, self.environ)
         if self._django:
             return django_route(_decode_path(self.environ.get("PATH_INFO", "") or "/"))

@@ -540,7 +540,9 @@ DEPLOYMENT_EXAMPLES = [
 @pytest.mark.parametrize("path", DEPLOYMENT_EXAMPLES)
 def test_deployment_examples_exclude_scrapes_and_probes(path: str) -> None:
     """Every exclusion list a reader copies leaves out /metrics and the health probe."""
-    lists = re.findall(r"exclude_paths=\[([^\]]*)\]", (ROOT / path).read_text())
+    # the keyword (stack(exclude_paths=[...])) or a settings dict's key ("exclude_paths": [...])
+    pattern = r"""(?:exclude_paths=|["']exclude_paths["']:\s*)\[([^\]]*)\]"""
+    lists = re.findall(pattern, (ROOT / path).read_text())
     assert lists, f"{path} shows no exclude_paths"
     for found in lists:
         assert '"/metrics"' in found and '"/health"' in found, f"{path}: exclude_paths=[{found}]"
