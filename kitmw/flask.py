@@ -28,8 +28,10 @@ from .exchange import Policy
 
 if TYPE_CHECKING:
     from flask import Flask
+    from typing_extensions import Unpack
 
     from .auth import Principal
+    from .stack import StackOptions
     from .wsgi import Middleware
 
 __all__ = ["CONFIG_KEY", "EXTENSION_KEY", "Kitmw", "State", "principal", "request_id", "scopes"]
@@ -73,13 +75,13 @@ class Kitmw:
 
     __slots__ = ("options",)
 
-    def __init__(self, app: Flask | None = None, /, **options: Any) -> None:
+    def __init__(self, app: Flask | None = None, /, **options: Unpack[StackOptions]) -> None:
         _check_names(options, "Kitmw()")
-        self.options: dict[str, Any] = options
+        self.options: dict[str, Any] = dict(options)
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, /, **options: Any) -> State:
+    def init_app(self, app: Flask, /, **options: Unpack[StackOptions]) -> State:
         """Build the layer from ``app.config["KITMW"]`` and the keywords and install it.
 
         :raises ConfigError: an invalid option, naming it (and ``app.config["KITMW"]``
