@@ -69,9 +69,9 @@ def _wait(port: int, server: subprocess.Popen[bytes], timeout: float = 20.0) -> 
 
 
 def _token() -> str:
-    from kitmw._bench import _hs256_token
+    from kitmw.bench.harness import hs256_token
 
-    return _hs256_token()
+    return hs256_token()
 
 
 def _command(server: str, factory: str, port: int) -> list[str]:

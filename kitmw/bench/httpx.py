@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._bench import Result, _Env, _registry, clock, interleave, per_request, summarize
+from .harness import Env, Prepare, Result, clock, measure, per_request, registry, summarize
 
 __all__ = ["CONCERNS", "configurations", "run"]
 
@@ -27,7 +27,7 @@ PATH = "/items/42"
 #: the client concerns of kitmw.httpx.Transport, each measured alone and all together
 CONCERNS = ("access_log", "metrics", "tracing", "ratelimit", "breaker", "retry")
 
-Builder = Callable[[_Env], Any]
+Builder = Callable[[Env], Any]
 
 
 def _handler(request: Any) -> Any:
@@ -42,24 +42,24 @@ def _mock() -> Any:
     return httpx.MockTransport(_handler)
 
 
-def _client_options(env: _Env, concerns: tuple[str, ...]) -> dict[str, Any]:
+def _client_options(env: Env, concerns: tuple[str, ...]) -> dict[str, Any]:
     """Options of kitmw's client transport, as ``kitmw bench``'s server options are fixed:
     a huge rate, a real JSON log handler on a null stream, a fresh registry, an SDK provider."""
-    registry = _registry()
+    shared = registry()
     options: dict[str, Any] = {
         "access_log": {"logger": env.access_logger()},
-        "metrics": {"registry": registry},
+        "metrics": {"registry": shared},
         "tracing": {"tracer_provider": env.provider},
-        "ratelimit": {"limit": "1000000/minute", "registry": registry},
-        "breaker": {"name": f"bench-{time.monotonic_ns()}", "registry": registry},
+        "ratelimit": {"limit": "1000000/minute", "registry": shared},
+        "breaker": {"name": f"bench-{time.monotonic_ns()}", "registry": shared},
         "retry": True,
     }
     return {c: options[c] for c in concerns}
 
 
 def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
-    def build(env: _Env) -> Any:
-        from . import httpx as kitmw_httpx
+    def build(env: Env) -> Any:
+        from .. import httpx as kitmw_httpx
 
         cls = kitmw_httpx.AsyncTransport if is_async else kitmw_httpx.Transport
         return cls(transport=_mock(), **_client_options(env, concerns))
@@ -68,7 +68,7 @@ def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
 
 
 def _otel(is_async: bool, retry: bool = False) -> Builder:
-    def build(env: _Env) -> Any:
+    def build(env: Env) -> Any:
         from opentelemetry.instrumentation.httpx import (
             AsyncOpenTelemetryTransport,
             SyncOpenTelemetryTransport,
@@ -82,7 +82,7 @@ def _otel(is_async: bool, retry: bool = False) -> Builder:
 
 
 def _retries() -> Builder:
-    def build(env: _Env) -> Any:
+    def build(env: Env) -> Any:
         from httpx_retries import RetryTransport
 
         return RetryTransport(transport=_mock())
@@ -164,6 +164,20 @@ def _async_driver(transport: Any) -> Callable[[int], Any]:
     return drive
 
 
+async def _check(transport: Any, is_async: bool) -> None:
+    """One call through a real client: it must answer ``200 ok``."""
+    import httpx
+
+    if is_async:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            response = await client.get(PATH)
+    else:
+        with httpx.Client(transport=transport, base_url=BASE_URL) as client:
+            response = client.get(PATH)
+    if response.status_code != 200 or response.content != b"ok":
+        raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
+
+
 def run(
     *,
     rounds: int = 15,
@@ -173,49 +187,26 @@ def run(
 ) -> list[Result]:
     """Run every httpx configuration, interleaved; ratios to the bare MockTransport of
     the same kind (sync or async)."""
-    import asyncio
+    env = Env()
 
-    import httpx
+    def prepare(build: Builder, is_async: bool) -> Prepare:
+        async def ready() -> Callable[[int], Any]:
+            await _check(build(env), is_async)
+            transport = build(env)
+            if is_async:
+                drive = _async_driver(transport)
+                await drive(20)  # warm up
+                return drive
+            drive_sync = _sync_driver(transport)
+            drive_sync(20)  # warm up
+            return drive_sync
 
-    env = _Env()
-    results: list[Result] = []
-    kinds: dict[str, bool] = {}
+        return ready
 
-    async def check(transport: Any, is_async: bool) -> None:
-        """One call through a real client: it must answer ``200 ok``."""
-        if is_async:
-            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-                response = await client.get(PATH)
-        else:
-            with httpx.Client(transport=transport, base_url=BASE_URL) as client:
-                response = client.get(PATH)
-        if response.status_code != 200 or response.content != b"ok":
-            raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
-
-    async def main() -> None:
-        prepared: list[tuple[Result, Callable[[int], Any]]] = []
-        for name, group, build, is_async in configurations():
-            if only is not None and group != "bare" and not only(name):
-                continue
-            result = Result(name=name, group=group)
-            results.append(result)
-            kinds[name] = is_async
-            try:
-                await check(build(env), is_async)
-                transport = build(env)
-                drive = _async_driver(transport) if is_async else _sync_driver(transport)
-                value = drive(20)  # warm up
-                if asyncio.iscoroutine(value):
-                    await value
-            except Exception as exc:  # a missing peer package or a broken configuration
-                result.skip(exc)
-                continue
-            prepared.append((result, drive))
-        await interleave(prepared, rounds, requests_per_round, progress)
-
-    asyncio.run(main())
+    found = configurations()
+    kinds = {name: is_async for name, _, _, is_async in found}
+    configs = [(name, group, prepare(build, is_async)) for name, group, build, is_async in found]
+    results = measure(configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress)
     for is_async in (False, True):
-        side = [r for r in results if kinds[r.name] is is_async]
-        bare = next((r for r in side if r.group == "bare" and not r.skipped), None)
-        summarize(side, bare)
+        summarize([r for r in results if kinds[r.name] is is_async])
     return results
