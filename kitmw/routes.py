@@ -13,67 +13,29 @@
 * Django: ``django.urls.resolve`` on the path (the resolver is pure computation).
 * Flask (WSGI): the app's ``url_map`` bound to the environ.
 
-Results of walks are cached per (router, type, method, root_path, path) in one bounded
-cache, so a scan of random URLs cannot grow memory.
+Results of walks are cached per (router, type, method, root_path, path), and Django's per
+(urlconf, path), in bounded LRU caches (:class:`kitmw._cache.LRUCache`), so a scan of
+random URLs cannot grow memory.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-__all__ = ["RouteCache", "django_route", "flask_route", "starlette_route", "url_map_route"]
+from ._cache import LRUCache
+
+__all__ = ["django_route", "flask_route", "starlette_route", "url_map_route"]
 
 _MAX_CACHE = 2048
+_MISSING: Any = object()
 
-
-class RouteCache:
-    """A small bounded LRU: the least recently used entry goes first."""
-
-    __slots__ = ("_data", "_max")
-
-    def __init__(self, max_entries: int = _MAX_CACHE) -> None:
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._max = max_entries
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
-        data = self._data
-        try:
-            value = data[key]
-        except KeyError:
-            value = compute()
-            data[key] = value
-            if len(data) > self._max:
-                data.popitem(last=False)
-            return value
-        data.move_to_end(key)
-        return value
-
-    def lookup(self, key: Any) -> Any:
-        """The value stored under ``key`` (now the most recently used), or None."""
-        data = self._data
-        value = data.get(key)
-        if value is not None:
-            data.move_to_end(key)
-        return value
-
-    def store(self, key: Any, value: Any) -> None:
-        data = self._data
-        data[key] = value
-        data.move_to_end(key)
-        if len(data) > self._max:
-            data.popitem(last=False)
-
-
-_cache = RouteCache()
+#: Django: (urlconf, path) -> template (or None: no pattern resolves it).
+_django: LRUCache[tuple[int, str], str | None] = LRUCache(_MAX_CACHE)
 #: Starlette walks: (id(owner), ...) -> (weak reference to the owner, template). The
 #: reference tells a hit from an entry left by a freed router whose id was reused.
-_walks = RouteCache()
+_walks: LRUCache[tuple[Any, ...], tuple[Any, str | None]] = LRUCache(_MAX_CACHE)
 
 
 def _routes_of(app: Any) -> list[Any] | None:
@@ -200,13 +162,13 @@ def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
     # as app_root_path while it moves root_path on.
     root_path = app_root if app_root is not None else scope.get("root_path", "")
     key = (id(owner), kind, method, root_path, path)
-    entry = _walks.lookup(key)
+    entry = _walks.get(key)
     if entry is not None and entry[0]() is owner:  # else a miss, or a freed router's id reused
         return entry[1]  # type: ignore[no-any-return]
     probe = {"type": kind, "path": path, "root_path": root_path, "method": method, "headers": []}
     template = _walk(routes, probe)
     try:
-        _walks.store(key, (weakref.ref(owner), template))
+        _walks.put(key, (weakref.ref(owner), template))
     except TypeError:  # not weak-referenceable: not cached rather than risk a stale hit
         pass
     return template
@@ -230,8 +192,11 @@ def django_route(path: str) -> str | None:
         return "/" + str(route).lstrip("^").rstrip("$")
 
     urlconf = get_urlconf() or getattr(settings, "ROOT_URLCONF", "")
-    template: str | None = _cache.get((hash(str(urlconf)), "django", path), compute)
-    return template
+    key = (hash(str(urlconf)), path)
+    template = _django.get(key, _MISSING)
+    if template is _MISSING:
+        template = _django.put(key, compute())
+    return template  # type: ignore[no-any-return]
 
 
 def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:

@@ -17,11 +17,19 @@ import pybreaker
 import pytest
 from fastapi import APIRouter, FastAPI, Request  # module level: FastAPI resolves annotations here
 
-# -- pybreaker: the lock, the memory storage's fields, the state objects' handlers ----------
-# (kitmw/breaker/_machine.py and _core.py run pybreaker's own state machine as
-# acquire/release, under pybreaker's lock, against a storage they read directly)
+# -- pybreaker: the lock, the state objects' verdict handlers ---------------------------------
+# (kitmw/breaker/_machine.py, the one module touching them, runs pybreaker's own state
+# machine as acquire/release under pybreaker's lock; its storage is a public
+# CircuitBreakerStorage, kitmw's View, which pybreaker must keep its state in)
 
-PYBREAKER = "pybreaker changed a private part kitmw/breaker/_core.py and _machine.py use"
+PYBREAKER = "pybreaker changed a private part kitmw/breaker/_machine.py uses"
+
+
+def _machine(**options: Any) -> Any:
+    from kitmw.breaker._machine import Machine, View
+
+    view = View()
+    return Machine(clock=lambda: 0.0, view=view, **options), view
 
 
 def test_pybreaker_lock_is_a_reentrant_context_manager() -> None:
@@ -30,33 +38,30 @@ def test_pybreaker_lock_is_a_reentrant_context_manager() -> None:
     assert lock is not None and hasattr(lock, "__enter__"), PYBREAKER
     with lock, lock:  # kitmw's open() takes it inside pybreaker's own use
         pass
+    machine, _ = _machine()
+    assert machine.lock is machine._lock, PYBREAKER
 
 
-def test_pybreaker_memory_storage_fields_are_the_state() -> None:
-    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    for name in ("_state", "_fail_counter", "_success_counter"):
-        assert hasattr(storage, name), f"{PYBREAKER}: CircuitMemoryStorage.{name}"
-    storage._state = pybreaker.STATE_OPEN
-    storage._fail_counter = 3
-    storage._success_counter = 1
-    assert (storage.state, storage.counter, storage.success_counter) == ("open", 3, 1), PYBREAKER
+def test_pybreaker_keeps_its_state_in_kitmws_storage() -> None:
+    machine, view = _machine(fail_max=2, success_threshold=1)
+    assert machine.current_state == pybreaker.STATE_CLOSED
+    view.current = pybreaker.STATE_OPEN  # another process opened it: pybreaker adopts it
+    assert machine.state.name == pybreaker.STATE_OPEN, PYBREAKER
+    view.current = pybreaker.STATE_CLOSED
+    assert machine.state.name == pybreaker.STATE_CLOSED, PYBREAKER
 
 
 def test_pybreaker_state_objects_take_verdicts_and_follow_the_storage() -> None:
-    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    cb = pybreaker.CircuitBreaker(fail_max=2, success_threshold=1, state_storage=storage)
-    state = cb.state
+    machine, view = _machine(fail_max=2, success_threshold=1)
+    state = machine.state
     assert "reraise" in inspect.signature(state._handle_error).parameters, PYBREAKER
-    state._handle_error(RuntimeError("one"), reraise=False)
-    assert storage._fail_counter == 1, PYBREAKER
-    with pytest.raises(pybreaker.CircuitBreakerError):  # the trip is announced by raising
-        cb.state._handle_error(RuntimeError("two"), reraise=False)
-    assert storage._state == pybreaker.STATE_OPEN, PYBREAKER
-    # another process changed the shared state: reading ``state`` adopts it
-    storage._state = pybreaker.STATE_HALF_OPEN
-    assert cb.state.name == pybreaker.STATE_HALF_OPEN, PYBREAKER
-    cb.state._handle_success()
-    assert storage._state == pybreaker.STATE_CLOSED, PYBREAKER
+    machine.record(True, RuntimeError("one"))  # state._handle_error(..., reraise=False)
+    assert view.fails == 1, PYBREAKER
+    machine.record(True, RuntimeError("two"))  # the trip: pybreaker raises, kitmw swallows
+    assert view.current == pybreaker.STATE_OPEN and view.opened_ts == 0.0, PYBREAKER
+    view.current = pybreaker.STATE_HALF_OPEN
+    machine.record(False, None)  # state._handle_success()
+    assert (view.current, view.fails) == (pybreaker.STATE_CLOSED, 0), PYBREAKER
 
 
 # -- prometheus-client: a labelled child's value objects ----------------------------------

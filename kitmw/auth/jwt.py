@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .._cache import BoundedCache
 from .._types import Clock
 from ..errors import ConfigError
 from ..exchange import Exchange
@@ -615,7 +616,8 @@ class JWT(Backend):
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(f"cache_size: expected an integer >= 0, got {cache_size!r}")
         self._cache_size = cache_size
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        # verified tokens cost a signature check to make again: the oldest goes first
+        self._cache: BoundedCache[str, tuple[Principal, float]] = BoundedCache(cache_size or 1, evict="oldest")
         self._max_age = ttl
         if (
             isinstance(max_token_length, bool)
@@ -876,13 +878,7 @@ class JWT(Backend):
             raise AuthError(f"the {self._principal_claim} claim is missing or not a string")
         principal = Principal(identity, _scopes(payload), MappingProxyType(payload), "jwt")
         if self._cache_size:
-            cache = self._cache
-            if len(cache) >= self._cache_size:
-                try:
-                    del cache[next(iter(cache))]
-                except (StopIteration, KeyError, RuntimeError):
-                    pass  # another thread evicted it first
-            cache[cache_key] = (principal, until)
+            self._cache.put(cache_key, (principal, until))
         return principal
 
     def _check_claims(self, payload: Mapping[str, Any]) -> None:

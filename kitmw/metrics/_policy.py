@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
+from .._cache import BoundedCache
 from .._paths import PathMatcher
 from ..errors import ConfigError, KitmwError, Rejection
 from ..exchange import SERVE, UNMATCHED, Exchange, Policy
@@ -153,7 +154,7 @@ class MetricsPolicy(Policy):
         # value objects of the label children, fetched once).
         self._in_progress = {m: add_writer(gauge.labels(m)) for m in (*KNOWN_METHODS, OTHER_METHOD)}
         self._other_in_progress = self._in_progress[OTHER_METHOD]
-        self._children: dict[tuple[str, str, int], _Series] = {}
+        self._children: BoundedCache[tuple[str, str, int], _Series] = BoundedCache(_MAX_CHILDREN)
 
     @property
     def join_key(self) -> Hashable:
@@ -236,10 +237,7 @@ class MetricsPolicy(Policy):
             histogram_writer(self._response_size.labels(*key)),
             None if self._request_size is None else histogram_writer(self._request_size.labels(*key)),
         )
-        if len(self._children) >= _MAX_CHILDREN:
-            self._children.clear()
-        self._children[raw] = children
-        return children
+        return self._children.put(raw, children)
 
 
 class ClientMetricsPolicy(Policy):
@@ -271,7 +269,7 @@ class ClientMetricsPolicy(Policy):
         self._status = _STATUS_CLASS if status_class else _STATUS
         self._requests = inst.client_requests
         self._duration = inst.client_duration
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._children: BoundedCache[tuple[str, str, str], tuple[Any, Any]] = BoundedCache(_MAX_CHILDREN)
 
     def exit(self, ex: Exchange) -> None:
         status = ex.status
@@ -279,10 +277,7 @@ class ClientMetricsPolicy(Policy):
         key = (_METHOD_LABEL.get(ex.method, OTHER_METHOD), ex.host, label)
         children = self._children.get(key)
         if children is None:
-            children = (self._requests.labels(*key), self._duration.labels(*key))
-            if len(self._children) >= _MAX_CHILDREN:
-                self._children.clear()
-            self._children[key] = children
+            children = self._children.put(key, (self._requests.labels(*key), self._duration.labels(*key)))
         requests, duration = children
         trace_id = ex.trace_id
         if trace_id is None:
