@@ -55,21 +55,13 @@ def _routes_of(app: Any) -> list[Any] | None:
 
 def _candidates(routes: list[Any]) -> Iterator[Any]:
     """The routes as the router matches them: FastAPI's ``include_router()`` branches
-    (``_IncludedRouter``, no ``path``) give way to their effective route contexts, whose
-    Starlette route (a prefixed copy of a websocket route, ``Route`` or ``Mount``) or
-    the context itself (an ``APIRoute``'s, with the prefixed template) is matchable."""
+    give way to the routes they hold (:func:`_included`)."""
     for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if callable(contexts) and not isinstance(getattr(route, "path", None), str):
-            try:
-                found = list(contexts())
-            except Exception:
-                continue
-            for ctx in found:
-                starlette = getattr(ctx, "starlette_route", None)
-                yield ctx if starlette is None else starlette
-        else:
+        included = _included(route)
+        if included is None:
             yield route
+        else:
+            yield from included
 
 
 def _mounted_routes(mount: Any) -> list[Any] | None:
@@ -77,7 +69,7 @@ def _mounted_routes(mount: Any) -> list[Any] | None:
     routes = getattr(mount, "routes", None)
     if isinstance(routes, list) and routes:
         return routes
-    return _routes_of(getattr(mount, "_base_app", None) or getattr(mount, "app", None)) or None
+    return _routes_of(_mounted_app(mount)) or None
 
 
 def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
@@ -118,20 +110,6 @@ def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
         if partial is None:
             partial = template  # method mismatch: still the route the path names
     return partial
-
-
-def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
-    """The prefixed template FastAPI selected for a route reached through include_router()."""
-    fastapi_scope = scope.get("fastapi")
-    if not isinstance(fastapi_scope, dict):
-        return None
-    ctx = fastapi_scope.get("effective_route_context")
-    if ctx is None or getattr(ctx, "original_route", None) is not route:
-        return None
-    path = getattr(getattr(ctx, "starlette_route", None), "path_format", None) or getattr(
-        ctx, "path_format", None
-    )
-    return path if isinstance(path, str) and path else None
 
 
 def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
@@ -217,3 +195,55 @@ def url_map_route(app: Any, scope: MutableMapping[str, Any]) -> str | None:
     except Exception:
         return None
     return str(rule.rule)
+
+
+# -- what kitmw reads of FastAPI's and Starlette's internals --------------------------------
+#
+# The one place kitmw reads framework internals, each checked by tests/test_seams.py
+# (which names this module when a release changes them), each with a fallback:
+#
+# * FastAPI's include_router() keeps what it includes as *route contexts*: an included
+#   router (``_IncludedRouter``, no ``path``) lists them with ``effective_route_contexts()``,
+#   each with the prefixed ``starlette_route`` (websocket routes, ``Route``, ``Mount``) or
+#   itself matchable with the prefixed ``path_format`` (an ``APIRoute``'s); per request
+#   ``scope["fastapi"]["effective_route_context"]`` is the one selected, whose
+#   ``original_route`` is ``scope["route"]``. Without them an included route is labelled
+#   by its unprefixed template.
+# * Starlette's ``Mount._base_app``: the app or router a mount was given, before its
+#   middleware. Without it the walk goes down the middleware's ``.app`` attributes.
+
+
+def _included(route: Any) -> list[Any] | None:
+    """The matchable routes of a FastAPI ``include_router()`` branch, or None when
+    ``route`` is not one."""
+    contexts = getattr(route, "effective_route_contexts", None)
+    if not callable(contexts) or isinstance(getattr(route, "path", None), str):
+        return None
+    try:
+        found = list(contexts())
+    except Exception:
+        return []
+    out = []
+    for ctx in found:
+        starlette = getattr(ctx, "starlette_route", None)
+        out.append(ctx if starlette is None else starlette)
+    return out
+
+
+def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
+    """The prefixed template FastAPI selected for a route reached through include_router()."""
+    fastapi_scope = scope.get("fastapi")
+    if not isinstance(fastapi_scope, dict):
+        return None
+    ctx = fastapi_scope.get("effective_route_context")
+    if ctx is None or getattr(ctx, "original_route", None) is not route:
+        return None
+    path = getattr(getattr(ctx, "starlette_route", None), "path_format", None) or getattr(
+        ctx, "path_format", None
+    )
+    return path if isinstance(path, str) and path else None
+
+
+def _mounted_app(mount: Any) -> Any:
+    """The app a Starlette ``Mount`` was given, before its middleware (else its ``app``)."""
+    return getattr(mount, "_base_app", None) or getattr(mount, "app", None)

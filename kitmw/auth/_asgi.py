@@ -38,6 +38,7 @@ def publisher() -> Callable[[Exchange], None]:
     this publisher; a principal is immutable, so the twin stays right.
     """
     twins: BoundedCache[int, tuple[Any, Any, tuple[str, ...]]] = BoundedCache(_MAX_TWINS)
+    twin_of = twins.get
 
     def publish(ex: Exchange) -> None:
         scope = ex.native
@@ -49,7 +50,7 @@ def publisher() -> Callable[[Exchange], None]:
                 scope["user"] = _NOBODY
                 scope["auth"] = AuthCredentials()  # a fresh one: its scopes list is mutable
             return
-        found = twins.get(id(user))
+        found = twin_of(id(user))
         if found is None or found[0] is not user:
             found = (user, starlette_user(user), tuple(sorted(ex.scopes)))
             if isinstance(user, Principal):  # immutable: the entry stays right

@@ -517,6 +517,7 @@ class JWT(Backend):
         "_algorithms",
         "_audience",
         "_cache",
+        "_cache_get",
         "_cache_size",
         "_challenge_scheme",
         "_clock",
@@ -618,6 +619,7 @@ class JWT(Backend):
         self._cache_size = cache_size
         # verified tokens cost a signature check to make again: the oldest goes first
         self._cache: BoundedCache[str, tuple[Principal, float]] = BoundedCache(cache_size or 1, evict="oldest")
+        self._cache_get = self._cache.get  # bound once: a plain dict's lookup per request
         self._max_age = ttl
         if (
             isinstance(max_token_length, bool)
@@ -809,7 +811,7 @@ class JWT(Backend):
         return alg, kid
 
     def _cached(self, value: str, now: float) -> Principal | None:
-        hit = self._cache.get(value)
+        hit = self._cache_get(value)
         if hit is None:
             return None
         if now < hit[1]:

@@ -212,6 +212,7 @@ KINDS = _by_size(ACCESS, ACCESS_QUERY, CLIENT, ENDPOINT)
 #: Every line starts so, the time follows.
 OPEN = '{"time":"'
 _BETWEEN: BoundedCache[tuple[int | str, str], str] = BoundedCache(256)
+_between = _BETWEEN.get
 
 
 def between(level: int | str, logger_name: str) -> str:
@@ -219,7 +220,7 @@ def between(level: int | str, logger_name: str) -> str:
     the message of a record of ``level`` (a number, or a record's ``levelname``) from the
     logger named ``logger_name``."""
     key = (level, logger_name)
-    found = _BETWEEN.get(key)
+    found = _between(key)
     if found is None:
         name = logging.getLevelName(level) if type(level) is int else str(level)
         found = _BETWEEN.put(

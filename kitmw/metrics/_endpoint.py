@@ -54,6 +54,7 @@ class EndpointMetricsPolicy(Policy):
         self._calls = inst.endpoint_calls
         self._duration = inst.endpoint_duration
         self._children: BoundedCache[tuple[str, str], _Series] = BoundedCache(_MAX_CHILDREN)
+        self._series = self._children.get  # bound once: a plain dict's lookup per call
 
     def exit(self, ex: Exchange) -> None:
         if ex.rejection is not None:
@@ -63,7 +64,7 @@ class EndpointMetricsPolicy(Policy):
         else:
             outcome = "error"
         key = (ex.route_label(), outcome)
-        series = self._children.get(key)
+        series = self._series(key)
         if series is None:
             series = self._make_children(key)
         count, count_exemplar, duration, duration_exemplar = series

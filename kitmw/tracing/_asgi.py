@@ -110,6 +110,7 @@ def scanner(
     """
     old = sc.old
     new = sc.new
+    cached = None if cache is None else cache.get
 
     def scan(ex: Any, scope: Any, fields: frozenset[bytes] | None) -> tuple[dict[str, Any], bool]:
         hosts: Any = None  # the raw Host value, or a list of them when repeated
@@ -129,7 +130,7 @@ def scanner(
                     ua = value
             elif fields is not None and key in fields:
                 found = True
-        if cache is None:
+        if cached is None:
             base_attrs, prefix = base(scope, sc, hosts, ua)
         else:
             server = scope.get("server")
@@ -142,9 +143,9 @@ def scanner(
                 tuple(hosts) if type(hosts) is list else hosts,
                 ua,
             )
-            entry = cache.get(ckey)
+            entry = cached(ckey)
             if entry is None:
-                entry = cache.put(ckey, base(scope, sc, hosts, ua))
+                entry = cache.put(ckey, base(scope, sc, hosts, ua))  # type: ignore[union-attr]
             base_attrs, prefix = entry
         result = dict(base_attrs)
         path = scope.get("path", "")

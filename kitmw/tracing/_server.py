@@ -286,6 +286,7 @@ class TracingPolicy(Traced, Policy):
         old = sc.old
         new = sc.new
         status_cache = self._status_cache
+        status_cached = status_cache.get
         record_error = self._record_error
         finish_adopted = self._finish_adopted
         detach = otel_context.detach
@@ -314,7 +315,7 @@ class TracingPolicy(Traced, Policy):
                     status = ex.status
                     error_status = False
                     if status:
-                        cached = status_cache.get(status)
+                        cached = status_cached(status)
                         if cached is None:
                             cached = status_cache.put(status, status_attributes(status, sc))
                         status_attrs, error_status = cached
