@@ -13,7 +13,6 @@ with that reason.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,20 +20,17 @@ from typing import Any
 from .harness import (
     JWT_SECRET,
     SIX,
+    Configuration,
     Env,
-    Prepare,
-    Result,
+    Suite,
     clock,
     concern_options,
-    hs256_token,
     kitmw_options,
-    measure,
     per_request,
     registry,
-    summarize,
 )
 
-__all__ = ["configurations", "drive", "peer_stack", "request_scope", "run", "starlette_app"]
+__all__ = ["SUITE", "configurations", "drive", "peer_stack", "request_scope", "run", "starlette_app"]
 
 Builder = Callable[[Env], Any]
 
@@ -68,7 +64,7 @@ async def _raw_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def configurations() -> list[tuple[str, str, Builder, bool]]:
+def configurations() -> list[Configuration]:
     """(name, group, builder, needs_token); builders get the env and return an ASGI app."""
     import kitmw
 
@@ -104,7 +100,7 @@ def configurations() -> list[tuple[str, str, Builder, bool]]:
 
     three = list(SIX[:3])
     six = list(SIX)
-    configs: list[tuple[str, str, Builder, bool]] = [
+    configs: list[Configuration] = [
         ("bare Starlette app", "bare", lambda env: starlette_app(), False),
         ("bare raw ASGI app", "reference", lambda env: _raw_app, False),
         ("bare FastAPI app", "reference", lambda env: _fastapi_app(), False),
@@ -341,27 +337,13 @@ async def drive(app: Any, base_scope: dict[str, Any], n: int) -> tuple[float, fl
     return timing
 
 
-def run(
-    *,
-    rounds: int = 15,
-    requests_per_round: int = 300,
-    only: Callable[[str], bool] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[Result]:
-    """Run every configuration, interleaved, and return results with overheads and ratios."""
-    env = Env()
-    token = functools.cache(hs256_token)
+async def _ready(make: Callable[[], Any], needs_token: bool, token: Callable[[], str]) -> Callable[[int], Any]:
+    app = make()
+    scope = request_scope(token() if needs_token else None)
+    await drive(app, scope, 20)  # warm up, and check it answers 200
+    return lambda n: drive(app, scope, n)
 
-    def prepare(build: Builder, needs_token: bool) -> Prepare:
-        async def ready() -> Callable[[int], Any]:
-            app = build(env)
-            scope = request_scope(token() if needs_token else None)
-            await drive(app, scope, 20)  # warm up, and check it answers 200
-            return lambda n: drive(app, scope, n)
 
-        return ready
-
-    configs = [(name, group, prepare(build, needs)) for name, group, build, needs in configurations()]
-    results = measure(configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress)
-    summarize(results)
-    return results
+#: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it.
+SUITE = Suite(configurations, _ready)
+run = SUITE.run

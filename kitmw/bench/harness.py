@@ -12,22 +12,25 @@ figure minus its baseline's (the bare app of the same run).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import io
 import logging
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
     "JWT_SECRET",
     "SIX",
+    "Configuration",
     "Env",
     "Prepare",
     "Result",
+    "Suite",
     "clock",
     "concern_options",
     "format_table",
@@ -167,6 +170,68 @@ def concern_options(env: Env, concerns: Iterable[str]) -> dict[str, Any]:
 
 
 # -- rounds and figures --------------------------------------------------------------------
+
+
+# -- a suite ---------------------------------------------------------------------------------
+
+#: (name, group, build, detail): ``build(env)`` makes what is measured; ``detail`` is the
+#: suite's own (whether it needs a token, whether it is async). The group "bare" is the
+#: baseline, always kept.
+Configuration = tuple[str, str, Callable[[Env], Any], Any]
+#: ``ready(make, detail, token)``: make what is measured (``make()``, as often as it needs),
+#: check and warm it up, and return its ``drive(n)`` (or an awaitable of it); ``token()``
+#: gives a valid bearer token.
+Ready = Callable[[Callable[[], Any], Any, Callable[[], str]], Any]
+
+
+class Suite:
+    """One in-process suite: its configurations, and how one is made ready to drive.
+
+    :param configurations: returns the :data:`Configuration` list.
+    :param ready: see :data:`Ready`.
+    :param baseline: maps a configuration's ``detail`` to the baseline it is compared
+        with (the httpx suite compares sync and async configurations with the bare
+        transport of their kind); default one baseline for all.
+    """
+
+    def __init__(
+        self,
+        configurations: Callable[[], list[Configuration]],
+        ready: Ready,
+        *,
+        baseline: Callable[[Any], Hashable] = lambda detail: None,
+    ) -> None:
+        self.configurations = configurations
+        self._ready = ready
+        self._baseline = baseline
+
+    def run(
+        self,
+        *,
+        rounds: int = 15,
+        requests_per_round: int = 300,
+        only: Callable[[str], bool] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Result]:
+        """Run every configuration ``only`` keeps (the bare ones always), interleaved;
+        each figure is the median of ``rounds`` rounds of ``requests_per_round`` requests,
+        with overhead and ratio to its baseline."""
+        env = Env()
+        token = functools.cache(hs256_token)
+        ready = self._ready
+
+        def prepare(build: Callable[[Env], Any], detail: Any) -> Prepare:
+            return lambda: ready(lambda: build(env), detail, token)
+
+        found = self.configurations()
+        sides = {name: self._baseline(detail) for name, _, _, detail in found}
+        configs = [(name, group, prepare(build, detail)) for name, group, build, detail in found]
+        results = measure(
+            configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress
+        )
+        for side in dict.fromkeys(sides.values()):
+            summarize([r for r in results if sides[r.name] == side])
+        return results
 
 
 def clock() -> tuple[int, int]:

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .harness import Env, Prepare, Result, clock, measure, per_request, registry, summarize
+from .harness import Configuration, Env, Suite, clock, per_request, registry
 
-__all__ = ["CONCERNS", "configurations", "run"]
+__all__ = ["CONCERNS", "SUITE", "configurations", "run"]
 
 BASE_URL = "http://bench.local"
 PATH = "/items/42"
@@ -90,9 +90,9 @@ def _retries() -> Builder:
     return build
 
 
-def configurations() -> list[tuple[str, str, Builder, bool]]:
+def configurations() -> list[Configuration]:
     """(name, group, builder, is_async); builders get the env and return a transport."""
-    configs: list[tuple[str, str, Builder, bool]] = []
+    configs: list[Configuration] = []
     for is_async in (False, True):
         kind = "async" if is_async else "sync"
         cls = "AsyncTransport" if is_async else "Transport"
@@ -178,35 +178,19 @@ async def _check(transport: Any, is_async: bool) -> None:
         raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
 
 
-def run(
-    *,
-    rounds: int = 15,
-    requests_per_round: int = 300,
-    only: Callable[[str], bool] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[Result]:
-    """Run every httpx configuration, interleaved; ratios to the bare MockTransport of
-    the same kind (sync or async)."""
-    env = Env()
+async def _ready(make: Callable[[], Any], is_async: bool, token: Callable[[], str]) -> Callable[[int], Any]:
+    await _check(make(), is_async)  # through a real client, which closes it
+    transport = make()
+    if is_async:
+        drive = _async_driver(transport)
+        await drive(20)  # warm up
+        return drive
+    drive_sync = _sync_driver(transport)
+    drive_sync(20)  # warm up
+    return drive_sync
 
-    def prepare(build: Builder, is_async: bool) -> Prepare:
-        async def ready() -> Callable[[int], Any]:
-            await _check(build(env), is_async)
-            transport = build(env)
-            if is_async:
-                drive = _async_driver(transport)
-                await drive(20)  # warm up
-                return drive
-            drive_sync = _sync_driver(transport)
-            drive_sync(20)  # warm up
-            return drive_sync
 
-        return ready
-
-    found = configurations()
-    kinds = {name: is_async for name, _, _, is_async in found}
-    configs = [(name, group, prepare(build, is_async)) for name, group, build, is_async in found]
-    results = measure(configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress)
-    for is_async in (False, True):
-        summarize([r for r in results if kinds[r.name] is is_async])
-    return results
+#: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it; sync and
+#: async configurations are compared with the bare MockTransport of their kind.
+SUITE = Suite(configurations, _ready, baseline=lambda is_async: is_async)
+run = SUITE.run

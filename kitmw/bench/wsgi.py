@@ -14,27 +14,14 @@ would not share this suite's Flask baseline.
 
 from __future__ import annotations
 
-import functools
 import io
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from .harness import (
-    SIX,
-    Env,
-    Prepare,
-    Result,
-    clock,
-    concern_options,
-    hs256_token,
-    kitmw_options,
-    measure,
-    per_request,
-    summarize,
-)
+from .harness import SIX, Configuration, Env, Suite, clock, concern_options, kitmw_options, per_request
 
-__all__ = ["configurations", "environ", "flask_app", "run"]
+__all__ = ["SUITE", "configurations", "environ", "flask_app", "run"]
 
 _TITLES = {
     "access_log": "kitmw.wsgi.AccessLog",
@@ -115,9 +102,9 @@ def _peer_otel(env: Env) -> Any:
     return _wrapped(lambda inner: OpenTelemetryMiddleware(inner, tracer_provider=env.provider))
 
 
-def configurations() -> list[tuple[str, str, Builder, bool]]:
+def configurations() -> list[Configuration]:
     """(name, group, builder, needs_token); builders get the env and return a WSGI app."""
-    configs: list[tuple[str, str, Builder, bool]] = [
+    configs: list[Configuration] = [
         ("bare Flask app", "bare", lambda env: flask_app(), False),
         ("bare raw WSGI app", "reference", lambda env: _raw_app, False),
         ("no-op WSGI middleware", "reference", _noop_middleware, False),
@@ -214,29 +201,17 @@ def _discard(data: bytes) -> None:
     return None
 
 
-def run(
-    *,
-    rounds: int = 15,
-    requests_per_round: int = 300,
-    only: Callable[[str], bool] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[Result]:
-    """Run every WSGI configuration, interleaved; overheads and ratios to the bare Flask app."""
-    env = Env()
-    token = functools.cache(hs256_token)
+def _ready(
+    make: Callable[[], Any], needs_token: bool, token: Callable[[], str]
+) -> Callable[[int], tuple[float, float]]:
+    app = make()
+    base = environ(token() if needs_token else None)
+    _check(app, base)
+    drive = _driver(app, base)
+    drive(20)  # warm up
+    return drive
 
-    def prepare(build: Builder, needs_token: bool) -> Prepare:
-        def ready() -> Callable[[int], tuple[float, float]]:
-            app = build(env)
-            base = environ(token() if needs_token else None)
-            _check(app, base)
-            drive = _driver(app, base)
-            drive(20)  # warm up
-            return drive
 
-        return ready
-
-    configs = [(name, group, prepare(build, needs)) for name, group, build, needs in configurations()]
-    results = measure(configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress)
-    summarize(results)
-    return results
+#: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it.
+SUITE = Suite(configurations, _ready)
+run = SUITE.run
