@@ -150,7 +150,7 @@ class Layout:
     :data:`CONTEXT_FIELDS` order), then the others in the order of ``fields``.
     """
 
-    __slots__ = ("_pairs", "context", "extras", "fields", "names", "others")
+    __slots__ = ("context", "extras", "fields", "names", "others", "pairs")
 
     def __init__(self, fields: tuple[str, ...]) -> None:
         #: every field, as the policy documents them
@@ -162,30 +162,27 @@ class Layout:
         #: what a record of this kind holds beyond LogRecord's and the context attributes:
         #: how a formatter recognises the kind
         self.extras = frozenset(self.others)
-        self._pairs = tuple((k, "," + key_json(k)) for k in self.others)
-
-    def others_json(self, values: Mapping[str, Any]) -> str:
-        """``,"key":value`` of every non-context field, in order (``values`` holds them all)."""
-        enc = ENCODERS.get
-        other = JSON.encode
-        parts = []
-        for key, prefix in self._pairs:
-            value = values[key]
-            parts.append(prefix)
-            parts.append(enc(type(value), other)(value))
-        return "".join(parts)
+        #: (key, ``,"key":``) of :attr:`others`, in order: what a writer of the line loops over
+        self.pairs = tuple((k, "," + key_json(k)) for k in self.others)
 
     def tail(self, values: Mapping[str, Any]) -> str:
         """What follows the static fields for a record of this kind with ``values``: the
-        context fields that are set, then :meth:`others_json`. Only for a kind whose
-        record carries every context field itself (the access record): the others take
-        theirs from the request context, which only the formatter reads."""
+        context fields that are set, then the others in order (``,"key":value`` each, as
+        :class:`~kitmw.logging.JsonFormatter` writes a record of this kind). Only for a
+        kind whose record carries every context field itself (the access record): the
+        others take theirs from the request context, which only the formatter reads."""
         parts = [
             CONTEXT_JSON[key] + value_json(value)
             for key in self.context
             if (value := values[key]) is not None and value != "-"
         ]
-        parts.append(self.others_json(values))
+        append = parts.append
+        enc = ENCODERS.get
+        other = JSON.encode
+        for key, prefix in self.pairs:
+            value = values[key]
+            append(prefix)
+            append(enc(type(value), other)(value))
         return "".join(parts)
 
 

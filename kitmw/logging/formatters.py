@@ -157,9 +157,13 @@ class JsonFormatter(logging.Formatter):
             keys = d.keys() - _RESERVED  # a set operation in C: cheap when there are no extras
             if keys:
                 skip = self._skip
-                kind = _kind(keys)
-                if kind is not None and (skip is _BASE_KEYS or skip.isdisjoint(keys)):
-                    append(kind.others_json(d))  # kitmw's own records: their kind's order
+                kind = KINDS.get(len(keys))
+                if kind is not None and keys == kind.extras and (skip is _BASE_KEYS or skip.isdisjoint(keys)):
+                    # kitmw's own records: their kind's fields, in its order (as Layout.tail writes them)
+                    for key, prefix in kind.pairs:
+                        value = d[key]
+                        append(prefix)
+                        append(enc(type(value), other)(value))
                 else:
                     for key in [k for k in d if k in keys and k[0] != "_"]:
                         if key not in skip:
