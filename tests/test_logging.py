@@ -101,7 +101,7 @@ def output() -> Iterator[Any]:
     for n, (level, propagate) in saved.items():
         lg = logging.getLogger(n)
         for h in list(lg.handlers):
-            if type(h).__name__ == "_KitmwHandler":
+            if type(h).__name__ == "KitmwHandler":
                 lg.removeHandler(h)
         lg.setLevel(level)
         lg.propagate = propagate

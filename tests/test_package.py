@@ -335,6 +335,55 @@ def test_the_wheel_holds_kitmw_only_with_its_license_and_metadata(dists: tuple[P
     assert "License :: " not in meta  # the SPDX expression replaces license classifiers
 
 
+#: ``kitmw bench`` run from the unpacked wheel alone (its directory first on the path, the
+#: repository's benchmarks/ blocked): the suites it runs are in the wheel.
+BENCH_FROM_WHEEL = """
+import sys
+sys.path.insert(0, sys.argv[1])
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"benchmarks", "tests"}:
+            raise ImportError(f"{name} is not in the wheel")
+sys.meta_path.insert(0, Block())
+import kitmw
+assert kitmw.__file__.startswith(sys.argv[1]), kitmw.__file__
+from kitmw.cli import main
+code = main(["bench", "--suite", "all", "--rounds", "1", "--requests", "2", "--only", "stack() of 6", "--quiet"])
+print("benchmarks" in sys.modules, code)
+"""
+
+
+def test_the_wheel_runs_kitmw_bench_and_ships_no_other_benchmark_code(
+    dists: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import zipfile
+
+    _, wheel = dists
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        whl.extractall(tmp_path / "site")
+    bench = sorted(n for n in names if "bench" in n)
+    assert bench == [
+        "kitmw/bench/__init__.py",
+        "kitmw/bench/asgi.py",
+        "kitmw/bench/harness.py",
+        "kitmw/bench/httpx.py",
+        "kitmw/bench/wsgi.py",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", BENCH_FROM_WHEEL, str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "False 0", done.stdout[-3000:]
+    # the asgi and wsgi suites measured the stack, the httpx suite its bare transports
+    assert done.stdout.count("| kitmw stack() of 6 |") == 2, done.stdout
+    assert "| bare MockTransport (async) |" in done.stdout, done.stdout
+
+
 def test_declared_python_versions_match_the_classifiers() -> None:
     from importlib.metadata import metadata
 

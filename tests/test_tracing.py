@@ -775,7 +775,9 @@ def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overr
     first.update(overrides)
     # Same socket, Host and User-Agent (a cache hit), everything else different.
     second = dict(first, path="/other/2", query_string=b"q=%41", method="POST", client=("198.51.100.9", 4000))
-    cache: dict[Any, Any] = {}
+    from kitmw._cache import BoundedCache
+
+    cache: BoundedCache[Any, Any] = BoundedCache(256)
     sc = _Semconv(mode)
     for scope in (first, second, first):
         assert _asgi_request_attributes(scope, sc, False, cache) == collect_request_attributes(
@@ -799,12 +801,13 @@ def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overr
 def test_attribute_scan_reports_propagation_headers(
     headers: list[tuple[bytes, bytes]], expected: bool
 ) -> None:
+    from kitmw._cache import BoundedCache
     from kitmw.tracing._asgi import scan as _asgi_scan
     from kitmw.tracing._semconv import Semconv as _Semconv
 
     fields = frozenset({b"traceparent", b"tracestate", b"baggage"})
     scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
-    assert _asgi_scan(scope, _Semconv("default"), False, {}, fields)[1] is expected
+    assert _asgi_scan(scope, _Semconv("default"), False, BoundedCache(8), fields)[1] is expected
 
 
 @pytest.mark.anyio

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .._cache import BoundedCache
 from .._types import Clock
 from ..errors import ConfigError
 from ..exchange import Exchange
@@ -516,6 +517,7 @@ class JWT(Backend):
         "_algorithms",
         "_audience",
         "_cache",
+        "_cache_get",
         "_cache_size",
         "_challenge_scheme",
         "_clock",
@@ -615,7 +617,9 @@ class JWT(Backend):
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(f"cache_size: expected an integer >= 0, got {cache_size!r}")
         self._cache_size = cache_size
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        # verified tokens cost a signature check to make again: the oldest goes first
+        self._cache: BoundedCache[str, tuple[Principal, float]] = BoundedCache(cache_size or 1, evict="oldest")
+        self._cache_get = self._cache.get  # bound once: a plain dict's lookup per request
         self._max_age = ttl
         if (
             isinstance(max_token_length, bool)
@@ -807,7 +811,7 @@ class JWT(Backend):
         return alg, kid
 
     def _cached(self, value: str, now: float) -> Principal | None:
-        hit = self._cache.get(value)
+        hit = self._cache_get(value)
         if hit is None:
             return None
         if now < hit[1]:
@@ -876,13 +880,7 @@ class JWT(Backend):
             raise AuthError(f"the {self._principal_claim} claim is missing or not a string")
         principal = Principal(identity, _scopes(payload), MappingProxyType(payload), "jwt")
         if self._cache_size:
-            cache = self._cache
-            if len(cache) >= self._cache_size:
-                try:
-                    del cache[next(iter(cache))]
-                except (StopIteration, KeyError, RuntimeError):
-                    pass  # another thread evicted it first
-            cache[cache_key] = (principal, until)
+            self._cache.put(cache_key, (principal, until))
         return principal
 
     def _check_claims(self, payload: Mapping[str, Any]) -> None:

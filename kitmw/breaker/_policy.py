@@ -10,12 +10,13 @@ from typing import Any, ClassVar
 
 import pybreaker
 
+from .._cache import BoundedCache
 from .._paths import PathMatcher
 from .._types import Clock
 from ..errors import BreakerOpen, ConfigError, Rejection
 from ..exchange import UNMATCHED, Exchange, Policy
-from ._core import Breaker
-from ._machine import Permit, ReportedFailure, _check_int, log
+from ._core import Breaker, redis_clients, use_redis_clients
+from ._machine import Permit, ReportedFailure, check_int, log
 
 __all__ = ["OTHER_ROUTES", "BreakerPolicy", "default_is_failure", "default_name"]
 
@@ -150,13 +151,13 @@ class BreakerPolicy(Policy):
             raise ConfigError(f"is_failure: expected a callable(exchange) -> bool, got {is_failure!r}")
         if per_route is not None and not isinstance(per_route, bool):
             raise ConfigError(f"per_route: expected True or False, got {per_route!r}")
-        self._max_routes = _check_int("max_routes", max_routes)
+        self._max_routes = check_int("max_routes", max_routes)
         matcher = PathMatcher(exclude_paths)
         self._excluded = matcher if matcher else None
         self._is_failure = is_failure or default_is_failure
         self._plain = is_failure is None  # the default verdict can be inlined in exit()
         self._key = f"kitmw.breaker.{id(self)}"
-        self._cache: dict[int, Rejection] = {}
+        self._cache: BoundedCache[int, Rejection] = BoundedCache(256)
         self._lock = threading.Lock()
         self._by_route: dict[str | None, Breaker] = {}
         self._routes = 0
@@ -205,12 +206,11 @@ class BreakerPolicy(Policy):
         self._base = name
         # Built now: bad options fail here, and its Redis clients serve every route's breaker.
         unmatched = Breaker(name=f"{name}:{UNMATCHED}", **options)
-        clients = unmatched._shared.clients if unmatched._shared is not None else None
+        clients = redis_clients(unmatched)
 
         def make(route: str) -> Breaker:
             made = Breaker(name=f"{name}:{route}", **options)
-            if clients is not None:
-                made._shared.clients = clients  # type: ignore[union-attr]
+            use_redis_clients(made, clients)
             return made
 
         self._make = make
@@ -299,9 +299,7 @@ class BreakerPolicy(Policy):
         seconds = max(1, math.ceil(retry_after))
         answer = self._cache.get(seconds)
         if answer is None:
-            answer = Rejection(503, "circuit_open", headers=(("Retry-After", str(seconds)),))
-            if len(self._cache) < 256:
-                self._cache[seconds] = answer
+            answer = self._cache.put(seconds, Rejection(503, "circuit_open", headers=(("Retry-After", str(seconds)),)))
         return answer
 
     def _verdict(self, ex: Exchange) -> tuple[bool | None, BaseException | None]:
