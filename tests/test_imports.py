@@ -170,3 +170,39 @@ def test_the_benchmark_suites_are_one_room() -> None:
             if isinstance(node, (ast.Import, ast.ImportFrom)) and not getattr(node, "level", 0):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] in {"benchmarks", "tests"} for n in names), module
+
+
+#: The layers of docs/architecture.md, bottom first: a module imports only from its own
+#: layer or below. The concerns are the packages the registry names (kitmw.concerns).
+CORE = {"kitmw._types", "kitmw.errors", "kitmw.chain", "kitmw.exchange", "kitmw.concerns", "kitmw._paths",
+        "kitmw._cache", "kitmw.routes"}
+DRIVERS = {"kitmw.asgi", "kitmw.wsgi", "kitmw._client", "kitmw.httpx", "kitmw.httpx2", "kitmw.endpoint"}
+TOP = {"kitmw.stack", "kitmw.fastapi", "kitmw.django", "kitmw.flask", "kitmw"}
+
+
+def _layer(module: str) -> int:
+    from kitmw.concerns import CONCERNS
+
+    if module in CORE:
+        return 0
+    packages = {c.package for c in CONCERNS}
+    if any(module == p or module.startswith(p + ".") for p in packages):
+        return 1
+    if module in DRIVERS:
+        return 2
+    if module in TOP or module.startswith(("kitmw.django.", "kitmw.fastapi.")):
+        return 3
+    return 4  # tools: testing, cli, demo, bench, __main__
+
+
+def test_imports_point_one_way_core_concerns_drivers_stack() -> None:
+    """A concern never imports a driver or the stack, and the core imports no concern."""
+    wrong = []
+    for module in MODULES:
+        mine = _layer(module)
+        if mine == 4:
+            continue
+        for target, _, line in _imports(module):
+            if _layer(target) > mine and target != "kitmw":
+                wrong.append(f"{module}:{line} imports {target}")
+    assert not wrong, "imports pointing up the layers:\n" + "\n".join(wrong)
