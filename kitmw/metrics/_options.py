@@ -8,8 +8,8 @@ keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TypedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -22,6 +22,9 @@ class EndpointMetricsOptions(TypedDict, total=False):
 
     registry: CollectorRegistry | None
     buckets: Sequence[float] | None
+    backend: Literal["prometheus", "otel"] | Sequence[Literal["prometheus", "otel"]]
+    meter_provider: Any
+    labels: Mapping[str, str] | None
 
 
 class ClientMetricsOptions(EndpointMetricsOptions, total=False):
