@@ -30,7 +30,9 @@ __all__ = [
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Stack",
     "Tracing",
+    "exchange_of",
     "is_asgi",
 ]
 
@@ -70,7 +72,7 @@ class AsgiExchange(Exchange):
     __slots__ = ("_counting", "_gone", "_root", "_router_kind", "_start_headers", "scope")
     protocol = "asgi"
 
-    def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
+    def __init__(self, scope: Scope, root: Any = None, router_kind: int = 0) -> None:
         super().__init__(scope.get("method", "GET"), scope.get("path", "/"))
         self.scope = scope
         self._root = root
@@ -556,3 +558,33 @@ if TYPE_CHECKING:
     RateLimit = ConcernMiddleware
     Timeout = ConcernMiddleware
     Tracing = ConcernMiddleware
+
+
+def exchange_of(scope: Scope) -> AsgiExchange | None:
+    """The exchange a kitmw layer opened for the request of ``scope``, while it runs.
+
+    What code running inside the layer (a FastAPI dependency, a handler) reads to see the
+    request as the policies see it: ``principal``, ``scopes``, ``request_id``, ``route``.
+    """
+    found = scope.get(_EXCHANGE_KEY)
+    return found if isinstance(found, AsgiExchange) else None
+
+
+class Stack(Middleware):
+    """:func:`kitmw.stack` as a middleware class: the same fused layer, added the framework's way.
+
+    ``app.add_middleware(kitmw.Stack, tracing=True, metrics=True, ratelimit="100/minute")``
+    keeps the Starlette/FastAPI object itself (``dependency_overrides``, ``state``,
+    routes added later, ``TestClient(app)``). The options are ``stack()``'s: each concern
+    ``True``, a dict of its options, its shorthand value or a policy object;
+    ``exclude_paths`` for every concern that sets none; ``handle_errors`` as for
+    :class:`Middleware`.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any
+    ) -> None:
+        from .stack import build_policies  # kitmw.stack sits above the drivers (imports point down)
+
+        policies = build_policies(concerns, shared={"exclude_paths": exclude_paths})
+        super().__init__(app, *policies, handle_errors=handle_errors)

@@ -42,6 +42,7 @@ __all__ = [
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Stack",
     "Tracing",
     "WsgiExchange",
 ]
@@ -637,3 +638,17 @@ if TYPE_CHECKING:
     RateLimit = ConcernMiddleware
     Timeout = ConcernMiddleware
     Tracing = ConcernMiddleware
+
+
+class Stack(Middleware):
+    """:func:`kitmw.stack` as a WSGI middleware class: ``app.wsgi_app =
+    kitmw.wsgi.Stack(app.wsgi_app, metrics=True, ...)``, the twin of :class:`kitmw.Stack`
+    with the same options."""
+
+    def __init__(
+        self, app: WSGIApp, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any
+    ) -> None:
+        from .stack import build_policies  # kitmw.stack sits above the drivers (imports point down)
+
+        policies = build_policies(concerns, shared={"exclude_paths": exclude_paths})
+        super().__init__(app, *policies, handle_errors=handle_errors)
