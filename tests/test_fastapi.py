@@ -314,6 +314,22 @@ def test_require_on_a_path_the_layer_lets_through_uses_its_own_backend() -> None
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Bearer realm="kitmw"'
 
 
+def test_require_and_limit_under_a_stack_outside_the_app() -> None:
+    api = FastAPI(exception_handlers={HTTPRejected: rejection_handler})
+
+    @api.get("/admin", dependencies=[kitmw.fastapi.limit("1/minute", key="principal")])
+    async def admin(user: Annotated[Principal, require("admin")]) -> dict[str, str]:
+        return {"user": user.identity}
+
+    client = TestClient(kitmw.stack(api, auth={"backend": jwt_backend(), "optional": True}, access_log=True))
+    assert client.get("/admin").json() == {"error": "unauthorized"}
+    assert client.get("/admin", headers=bearer("read", subject="carol")).status_code == 403
+    ok = client.get("/admin", headers=bearer("admin"))
+    assert ok.json() == {"user": "alice"} and ok.headers["ratelimit"] == '"default";r=0;t=60'
+    assert client.get("/admin", headers=bearer("admin")).status_code == 429
+    assert client.get("/admin", headers=bearer("admin", subject="bob")).status_code == 200
+
+
 def test_require_without_any_backend_is_a_configuration_error() -> None:
     app = FastAPI()
 
@@ -519,6 +535,9 @@ def test_breaker_tuning_that_nothing_reads_is_an_error(registry: CollectorRegist
     app.add_middleware(kitmw.Stack, breaker={"registry": registry})  # kitmw.Stack cannot see the routes
     with pytest.raises(kitmw.ConfigError, match=r"instrument\(app, breaker="):
         TestClient(app).get("/pay")
+    wrapped = kitmw.stack(failing_app(("/pay", [kitmw.fastapi.breaker(fail_max=1)])), breaker=True)
+    with pytest.raises(kitmw.ConfigError, match=r"instrument\(app, breaker="):
+        TestClient(wrapped).get("/pay")
     plain = failing_app(("/pay", [kitmw.fastapi.breaker(fail_max=1)]))  # no breaker at all: nothing to tune
     assert codes(plain, "/pay", 1) == [500]
 
