@@ -582,7 +582,7 @@ class Stack(Middleware):
     """
 
     def __init__(
-        self, app: ASGIApp, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any
+        self, app: ASGIApp, /, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any
     ) -> None:
         from .stack import build_policies  # kitmw.stack sits above the drivers (imports point down)
 

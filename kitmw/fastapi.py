@@ -29,13 +29,14 @@ from fastapi import Depends, Security
 from fastapi.openapi.models import SecurityBase as SecuritySchemeModel
 from fastapi.security import SecurityScopes
 from fastapi.security.base import SecurityBase
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .asgi import AsgiExchange, Stack, exchange_of
 from .auth import AuthPolicy, Backend
-from .breaker import BreakerPolicy, check_route_options
+from .breaker import ROUTE_OPTIONS, BreakerPolicy, check_route_options
 from .concerns import check_storage_uri, concern, construct
 from .errors import ConfigError, Rejected, Rejection
 from .exchange import Exchange, Policy
@@ -44,7 +45,7 @@ from .stack import build_policies
 
 __all__ = ["HTTPRejected", "breaker", "instrument", "limit", "rejection_handler", "require"]
 
-App = TypeVar("App")
+App = TypeVar("App", bound=Starlette)
 
 #: Where a request without a kitmw layer keeps the exchange its dependencies share
 #: (the principal ``require()`` found is the key ``limit(key="principal")`` reads).
@@ -97,7 +98,13 @@ async def rejection_handler(request: Request, exc: Exception) -> Response:
 # -- the app --------------------------------------------------------------------------------
 
 
-def instrument(app: App, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any) -> App:
+def instrument(
+    app: App,
+    *,
+    exclude_paths: Iterable[str] | str | None = None,
+    handle_errors: bool | None = None,
+    **concerns: Any,
+) -> App:
     """Add kitmw's fused layer to a FastAPI (or Starlette) ``app``; return the same ``app``.
 
     The options are :func:`kitmw.stack`'s. The layer is :class:`kitmw.Stack`, added with
@@ -112,8 +119,7 @@ def instrument(app: App, *, exclude_paths: Any = None, handle_errors: bool | Non
     * with ``breaker=`` (one breaker per route, the default), the routes' own
       :func:`breaker` options tune their breakers (and ``breaker={"routes": {...}}``).
     """
-    add = getattr(app, "add_middleware", None)
-    if not callable(add):
+    if not isinstance(app, Starlette):
         raise ConfigError(f"app: expected a FastAPI or Starlette application, got {app!r}")
     concerns = dict(concerns)
     value = concerns.get("breaker")
@@ -132,10 +138,9 @@ def instrument(app: App, *, exclude_paths: Any = None, handle_errors: bool | Non
         else:
             cls = concern(name).policy_class("server")
             built[name] = next(p for p in policies if type(p) is cls)
-    add(Stack, handle_errors=handle_errors, **built)
-    handlers = getattr(app, "exception_handlers", None)
-    if isinstance(handlers, dict) and HTTPRejected not in handlers:
-        app.add_exception_handler(HTTPRejected, rejection_handler)  # type: ignore[attr-defined]
+    app.add_middleware(Stack, handle_errors=handle_errors, **built)
+    if HTTPRejected not in app.exception_handlers:
+        app.add_exception_handler(HTTPRejected, rejection_handler)
     auth = built.get("auth")
     if isinstance(auth, AuthPolicy) and callable(getattr(app, "openapi", None)):
         _resolve_placeholder(app, _schemes(auth.backends))
@@ -359,7 +364,8 @@ class _Limit:
             found = self._routes.get(route)
             if found is None:
                 namespace = f"{self._namespace}/{quote(route, safe='')}"  # one budget per route
-                hooks = RateLimitPolicy(**{**self._options, "namespace": namespace}).hooks("asgi", is_async=True)
+                policy = RateLimitPolicy(**{**self._options, "namespace": namespace})
+                hooks = policy.hooks("asgi", is_async=True)
                 assert hooks.enter is not None
                 found = self._routes[route] = (hooks.enter, hooks.enter_awaits)
             return found
@@ -401,7 +407,8 @@ def limit(
     it is declared on has its own budget, also on a shared storage. ``key="principal"``
     reads the caller kitmw's auth or an earlier :func:`require` found.
     """
-    return Depends(_Limit({"limit": rate, "key": key, "storage": storage, "strategy": strategy, "headers": headers, **options}))
+    given = {"limit": rate, "key": key, "storage": storage, "strategy": strategy, "headers": headers}
+    return Depends(_Limit({**given, **options}))
 
 
 # -- breaker --------------------------------------------------------------------------------
@@ -451,7 +458,7 @@ def breaker(
     }
     options = check_route_options({k: v for k, v in given.items() if v is not None}, "breaker")
     if not options:
-        raise ConfigError("breaker: give at least one option: fail_max, reset_timeout, success_threshold, ...")
+        raise ConfigError("breaker: give at least one option: " + ", ".join(ROUTE_OPTIONS))
     return Depends(_BreakerOptions(options))
 
 
@@ -462,7 +469,10 @@ class _RouteBreakers(Mapping[str, Mapping[str, Any]]):
 
     def __init__(self, app: Any, table: Mapping[str, Mapping[str, Any]] | None) -> None:
         self._app = app
-        self._table = {route: check_route_options(o, f"routes[{route!r}]") for route, o in (table or {}).items()}
+        self._table = {
+            route: check_route_options(options, f"routes[{route!r}]")
+            for route, options in (table or {}).items()
+        }
 
     def _declared(self) -> dict[str, dict[str, Any]]:
         found = {route: dict(options) for route, options in self._table.items()}
@@ -501,6 +511,7 @@ def _routes(app: Any) -> Iterator[tuple[set[str], list[Any]]]:
         dependencies = getattr(ctx, "dependencies", None)
         if not dependencies:
             continue
-        paths = {p for p in (getattr(ctx, "path", None), getattr(ctx, "path_format", None)) if isinstance(p, str)}
+        named = (getattr(ctx, "path", None), getattr(ctx, "path_format", None))
+        paths = {p for p in named if isinstance(p, str)}
         if paths:
             yield paths, list(dependencies)

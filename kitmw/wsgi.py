@@ -646,7 +646,7 @@ class Stack(Middleware):
     with the same options."""
 
     def __init__(
-        self, app: WSGIApp, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any
+        self, app: WSGIApp, /, *, exclude_paths: Any = None, handle_errors: bool | None = None, **concerns: Any
     ) -> None:
         from .stack import build_policies  # kitmw.stack sits above the drivers (imports point down)
 

@@ -109,6 +109,7 @@ def test_stack_class_takes_the_options_of_stack() -> None:
     ours = inspect.signature(kitmw.Stack.__init__).parameters
     theirs = inspect.signature(kitmw.stack).parameters
     assert [n for n in theirs if n != "protocol"] == [n for n in ours if n != "self"]
+    assert list(inspect.signature(kitmw.wsgi.Stack.__init__).parameters) == list(ours)
     assert kitmw.Stack is kitmw.asgi.Stack and "Stack" in kitmw.__all__
     with pytest.raises(kitmw.ConfigError, match="ratelimit: limit"):
         kitmw.Stack(FastAPI(), ratelimit="often")
@@ -566,3 +567,50 @@ async def test_instrumented_app_over_asgi_transport(registry: CollectorRegistry)
     assert (refused.status_code, served.status_code) == (403, 200)
     assert requests_total(registry, "/admin", "403") == 1
     assert requests_total(registry, "/admin", "200") == 1
+
+
+# -- typed for editors and type checkers --------------------------------------------------------
+
+USER_CODE = '''
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI
+from flask import Flask
+
+import kitmw
+import kitmw.fastapi
+from kitmw.auth import JWT, Principal
+from kitmw.fastapi import breaker, limit, require
+
+app = FastAPI()
+router = APIRouter(dependencies=[breaker(fail_max=2), limit("10/minute", key="header:X-API-Key")])
+
+
+@app.get("/me")
+async def me(user: Annotated[Principal, require("read", backend=JWT(key="k" * 32, algorithms=["HS256"]))]) -> str:
+    return user.identity
+
+
+same: FastAPI = kitmw.fastapi.instrument(app, metrics=True, exclude_paths=["/health"])
+app.add_middleware(kitmw.Stack, tracing=True, ratelimit="5/second")
+flask_app = Flask("typed")
+flask_app.wsgi_app = kitmw.wsgi.Stack(flask_app.wsgi_app, metrics=True)  # type: ignore[method-assign]
+breaker(fail_max="3")  # E: the option's type
+'''
+
+
+def test_user_code_type_checks(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "user_code.py"
+    path.write_text(USER_CODE)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", "/dev/null", "--no-error-summary", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    expected = USER_CODE.splitlines().index('breaker(fail_max="3")  # E: the option\'s type') + 1
+    assert [int(line.split(":")[1]) for line in errors] == [expected], done.stdout
