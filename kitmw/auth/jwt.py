@@ -773,6 +773,13 @@ class JWT(Backend):
             value += f", scope={quote(scope)}"
         return value
 
+    def openapi_scheme(self) -> dict[str, Any]:
+        """HTTP bearer for ``Authorization: Bearer``; an API key in its header otherwise
+        (another scheme, a bare token or another header), which Swagger UI sends as typed."""
+        if self._header == "authorization" and self._prefix == "bearer ":
+            return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        return {"type": "apiKey", "in": "header", "name": self._header}
+
     def _token(self, value: str) -> str | None:
         """The token in header ``value``; None when it is another scheme's."""
         n = self._prefix_len
