@@ -16,6 +16,7 @@ Metric and label names are a public contract: see ``docs/metrics.md``.
 
 from __future__ import annotations
 
+from ._backends import instruments
 from ._endpoint import EndpointMetricsPolicy
 from ._exposition import (
     MetricsServer,
@@ -27,7 +28,7 @@ from ._exposition import (
     render,
     start_server,
 )
-from ._instruments import BACKENDS, DEFAULT_BUCKETS, DEFAULT_SIZE_BUCKETS, Instruments, instruments
+from ._instruments import BACKENDS, DEFAULT_BUCKETS, DEFAULT_SIZE_BUCKETS, Instruments
 from ._options import ClientMetricsOptions, EndpointMetricsOptions, MetricsOptions
 from ._otel import METER_NAME, CombinedInstruments, OTelInstruments
 from ._policy import KNOWN_METHODS, OTHER_METHOD, OTHER_STATUS, ClientMetricsPolicy, MetricsPolicy

@@ -27,7 +27,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.samples import Exemplar
@@ -36,23 +36,26 @@ from ..concerns import instruments as declared_instruments
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ._otel import CombinedInstruments, OTelInstruments
+    from ._otel import OTelInstruments
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BUCKETS",
     "DEFAULT_SIZE_BUCKETS",
-    "AnyInstruments",
+    "HISTOGRAMS_WITH_BUCKETS",
     "Instruments",
     "Series",
     "add_writer",
+    "agree",
     "backend_names",
     "check_labels",
     "counter_exemplar_writer",
     "exemplar_ok",
     "histogram_exemplar_writer",
     "histogram_writer",
-    "instruments",
+    "labels_disagree",
+    "normalise_buckets",
+    "prometheus_instruments",
 ]
 
 #: The metrics backends, in the order they are written.
@@ -95,7 +98,7 @@ def _spec_table() -> dict[str, tuple[type[Any], str, str, tuple[str, ...], dict[
 
 _SPECS = _spec_table()
 
-_HISTOGRAMS_WITH_BUCKETS = ("server_duration", "client_duration", "endpoint_duration")
+HISTOGRAMS_WITH_BUCKETS = ("server_duration", "client_duration", "endpoint_duration")
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 #: Names a constant label cannot take: kitmw's own labels, the ones prometheus-client adds
@@ -165,7 +168,7 @@ def agree(kept: dict[str, Any], key: str, wanted: Any, message: Callable[[Any], 
         raise ConfigError(message(current))
 
 
-def _normalise_buckets(buckets: Iterable[float] | None, option: str = "buckets") -> tuple[float, ...]:
+def normalise_buckets(buckets: Iterable[float] | None, option: str = "buckets") -> tuple[float, ...]:
     if buckets is None:
         return DEFAULT_BUCKETS
     if isinstance(buckets, (str, bytes)):
@@ -238,9 +241,9 @@ class Instruments:
         Two policies on one registry share one histogram, so they must agree on its
         buckets: a different request raises :class:`~kitmw.errors.ConfigError`.
         """
-        if attr not in _HISTOGRAMS_WITH_BUCKETS:
+        if attr not in HISTOGRAMS_WITH_BUCKETS:
             raise ValueError(f"{attr} has no configurable buckets")
-        wanted = _normalise_buckets(buckets, option)
+        wanted = normalise_buckets(buckets, option)
         with self._lock:
             agree(
                 self._buckets,
@@ -265,7 +268,7 @@ class Instruments:
             return
         wanted = check_labels(labels, option)
         with self._lock:
-            agree(self._labels, "labels", wanted, lambda current: _labels_disagree(option, current, wanted))
+            agree(self._labels, "labels", wanted, lambda current: labels_disagree(option, current, wanted))
 
     def __getattr__(self, attr: str) -> Any:
         spec = _SPECS.get(attr)
@@ -278,7 +281,7 @@ class Instruments:
             kind, name, doc, labels, extra = spec
             constant = self._labels.setdefault("labels", {})  # fixed from now on
             kwargs = dict(extra)
-            if attr in _HISTOGRAMS_WITH_BUCKETS:
+            if attr in HISTOGRAMS_WITH_BUCKETS:
                 kwargs["buckets"] = self._buckets.setdefault(attr, DEFAULT_BUCKETS)
             try:
                 metric = kind(name, doc, (*labels, *constant), registry=self.registry, **kwargs)
@@ -293,7 +296,7 @@ class Instruments:
         return [attr for attr in _SPECS if attr in self.__dict__]
 
 
-def _labels_disagree(option: str, current: dict[str, str], wanted: dict[str, str]) -> str:
+def labels_disagree(option: str, current: dict[str, str], wanted: dict[str, str]) -> str:
     if not current:
         return (
             f"{option}: kitmw metrics on this registry were made without constant labels already"
@@ -332,48 +335,9 @@ class _Constant:
 _CACHE: weakref.WeakKeyDictionary[CollectorRegistry, Instruments] = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
-#: What :func:`instruments` returns: the Prometheus side, the OpenTelemetry side, or both.
-AnyInstruments: TypeAlias = "Instruments | OTelInstruments | CombinedInstruments"
-
-
-def instruments(
-    registry: Any = None, *, backend: str | Iterable[str] = "prometheus", meter_provider: Any = None
-) -> AnyInstruments:
-    """kitmw's metrics on ``registry`` (default prometheus-client's ``REGISTRY``), and with
-    ``backend="otel"`` (or ``["prometheus", "otel"]``) on ``meter_provider`` (default the
-    global OpenTelemetry one) through the OpenTelemetry metrics API.
-
-    Always the same object for the same registry (and meter provider), so any number of
-    policies, apps and middleware instances can share one registry without "Duplicated
-    timeseries". What a metrics policy lends the other concerns of its stack (its
-    ``registry`` attribute) is accepted as ``registry`` too, and returned as it is.
-    """
-    from ._otel import CombinedInstruments, OTelInstruments, otel_instruments
-
-    if isinstance(registry, (Instruments, OTelInstruments, CombinedInstruments)):
-        return registry
-    backends = backend_names(backend)
-    prometheus: Instruments | None = None
-    if "prometheus" in backends:
-        prometheus = _prometheus(registry)
-    elif registry is not None:
-        raise ConfigError(
-            f"registry: a prometheus-client registry is written only by the 'prometheus' backend"
-            f" (backend is {backend!r})"
-        )
-    if "otel" not in backends:
-        if meter_provider is not None:
-            raise ConfigError(
-                "meter_provider: given, but the backend is 'prometheus' only; use backend='otel'"
-                " (or ['prometheus', 'otel']) to record through OpenTelemetry"
-            )
-        assert prometheus is not None
-        return prometheus
-    otel = otel_instruments(meter_provider)
-    return otel if prometheus is None else CombinedInstruments(prometheus, otel)
-
-
-def _prometheus(registry: Any) -> Instruments:
+def prometheus_instruments(registry: Any = None) -> Instruments:
+    """The :class:`Instruments` of ``registry`` (default prometheus-client's ``REGISTRY``),
+    the same object for the same registry."""
     if registry is None:
         registry = REGISTRY
     if not isinstance(registry, CollectorRegistry):

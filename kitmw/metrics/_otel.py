@@ -31,22 +31,29 @@ from ..concerns import OTel
 from ..concerns import instruments as declared_instruments
 from ..errors import ConfigError
 from ._instruments import (
-    _HISTOGRAMS_WITH_BUCKETS,
     DEFAULT_BUCKETS,
     DEFAULT_SIZE_BUCKETS,
+    HISTOGRAMS_WITH_BUCKETS,
     Instruments,
     Series,
-    _labels_disagree,
-    _normalise_buckets,
     add_writer,
     agree,
     check_labels,
     counter_exemplar_writer,
     histogram_exemplar_writer,
     histogram_writer,
+    labels_disagree,
+    normalise_buckets,
 )
 
-__all__ = ["METER_NAME", "CombinedInstruments", "OTelInstruments", "OTelSeries", "otel_instruments"]
+__all__ = [
+    "METER_NAME",
+    "CombinedInstruments",
+    "OTelInstruments",
+    "OTelSeries",
+    "combined_instruments",
+    "otel_instruments",
+]
 
 #: The name of the meter (the instrumentation scope) every kitmw instrument is made on.
 METER_NAME = "kitmw"
@@ -168,9 +175,9 @@ class OTelInstruments:
     def use_buckets(self, attr: str, buckets: Sequence[float] | None, option: str = "buckets") -> None:
         """The bucket boundaries advice of ``attr``'s histogram; policies sharing a meter
         provider must agree on it, as on a registry."""
-        if attr not in _HISTOGRAMS_WITH_BUCKETS:
+        if attr not in HISTOGRAMS_WITH_BUCKETS:
             raise ValueError(f"{attr} has no configurable buckets")
-        wanted = _normalise_buckets(buckets, option)
+        wanted = normalise_buckets(buckets, option)
         with self._lock:
             agree(
                 self._buckets,
@@ -190,7 +197,7 @@ class OTelInstruments:
             return
         wanted = check_labels(labels, option, prometheus=prometheus)
         with self._lock:
-            agree(self._labels, "labels", wanted, lambda current: _labels_disagree(option, current, wanted))
+            agree(self._labels, "labels", wanted, lambda current: labels_disagree(option, current, wanted))
 
     def instrument(self, attr: str) -> Any:
         """The OpenTelemetry instrument of ``attr`` (made on first use)."""
@@ -211,7 +218,7 @@ class OTelInstruments:
         meter = self.meter
         description = twin.description or declared_instruments()[attr].documentation
         if twin.kind == "histogram":
-            advice = self._buckets.setdefault(attr, DEFAULT_BUCKETS) if attr in _HISTOGRAMS_WITH_BUCKETS else None
+            advice = self._buckets.setdefault(attr, DEFAULT_BUCKETS) if attr in HISTOGRAMS_WITH_BUCKETS else None
             if advice is None and twin.advice is not None:
                 advice = _ADVICE[twin.advice]
             return meter.create_histogram(
@@ -385,3 +392,17 @@ class CombinedInstruments:
 
     def created(self) -> list[str]:
         return self.prometheus.created()
+
+
+_COMBINED: weakref.WeakKeyDictionary[Instruments, dict[int, CombinedInstruments]] = weakref.WeakKeyDictionary()
+
+
+def combined_instruments(prometheus: Instruments, otel: OTelInstruments) -> CombinedInstruments:
+    """The :class:`CombinedInstruments` of a registry's and a meter provider's instruments,
+    the same object for the same pair (so series caches are shared)."""
+    with _CACHE_LOCK:
+        by_otel = _COMBINED.setdefault(prometheus, {})
+        found = by_otel.get(id(otel))
+        if found is None or found.otel is not otel:
+            found = by_otel[id(otel)] = CombinedInstruments(prometheus, otel)
+        return found

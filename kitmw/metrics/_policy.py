@@ -21,16 +21,15 @@ from .._cache import BoundedCache
 from .._paths import PathMatcher
 from ..errors import ConfigError, KitmwError, Rejection
 from ..exchange import SERVE, UNMATCHED, Exchange, Policy
+from ._backends import AnyInstruments, instruments
 from ._exposition import render, render_async
 from ._instruments import (
-    AnyInstruments,
     add_writer,
     backend_names,
     counter_exemplar_writer,
     exemplar_ok,
     histogram_exemplar_writer,
     histogram_writer,
-    instruments,
 )
 
 __all__ = ["OTHER_STATUS", "ClientMetricsPolicy", "MetricsPolicy"]
