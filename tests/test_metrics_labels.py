@@ -134,7 +134,7 @@ def test_an_otel_only_label_may_be_any_attribute_key_but_not_kitmws() -> None:
     provider = MeterProvider()
     policy = MetricsPolicy(backend="otel", meter_provider=provider, labels={"deployment.environment": "prod"})
     assert policy.instruments.constant_labels == {"deployment.environment": "prod"}
-    with pytest.raises(ConfigError, match="labels: 'http.route'"):
+    with pytest.raises(ConfigError, match=r"labels: 'http\.route'"):
         MetricsPolicy(backend="otel", meter_provider=MeterProvider(), labels={"http.route": "/x"})
     # Both backends: the Prometheus rules hold.
     with pytest.raises(ConfigError, match="not a Prometheus label name"):

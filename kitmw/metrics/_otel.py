@@ -48,6 +48,7 @@ from ._instruments import (
 
 __all__ = [
     "METER_NAME",
+    "ActiveCounts",
     "CombinedInstruments",
     "OTelInstruments",
     "OTelSeries",
@@ -140,6 +141,32 @@ class _Family:
         return found
 
 
+class ActiveCounts:
+    """Up-down counts by attribute set, read by the SDK at collection time (the callback of
+    an asynchronous up-down counter): ``cell(key, attributes)`` once per series, then
+    ``add(cell, +1/-1)`` per request, a locked integer addition."""
+
+    __slots__ = ("_lock", "_series")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._series: dict[Any, tuple[dict[str, Any], list[int]]] = {}
+
+    def cell(self, key: Any, attributes: dict[str, Any]) -> list[int]:
+        with self._lock:
+            return self._series.setdefault(key, (attributes, [0]))[1]
+
+    def add(self, cell: list[int], amount: int) -> None:
+        with self._lock:
+            cell[0] += amount
+
+    def observe(self, options: Any) -> list[Any]:
+        from opentelemetry.metrics import Observation
+
+        with self._lock:
+            return [Observation(cell[0], attributes) for attributes, cell in self._series.values()]
+
+
 class OTelInstruments:
     """kitmw's instruments on one OpenTelemetry meter provider, made on first use.
 
@@ -162,6 +189,7 @@ class OTelInstruments:
         self._labels: dict[str, dict[str, str]] = {}
         self._instruments: dict[str, Any] = {}
         self._families: dict[str, Any] = {}
+        self._active: dict[str, ActiveCounts] = {}
 
     @property
     def otel(self) -> OTelInstruments:
@@ -212,6 +240,27 @@ class OTelInstruments:
             if found is None:
                 self._labels.setdefault("labels", {})  # fixed from now on
                 found = self._instruments[attr] = self._make(attr, twin)
+            return found
+
+    def active(self, attr: str) -> ActiveCounts:
+        """The counts behind ``attr``'s up-down counter, made an asynchronous one: the
+        requests in progress change twice per request, and two synchronous ``add`` calls
+        cost the SDK more than the rest of the request's metrics, while the value only
+        matters when a reader collects it. One per meter provider, shared by its policies."""
+        found = self._active.get(attr)
+        if found is not None:
+            return found
+        twin = _TWINS[attr]
+        with self._lock:
+            found = self._active.get(attr)
+            if found is None:
+                self._labels.setdefault("labels", {})  # fixed from now on
+                found = ActiveCounts()
+                description = twin.description or declared_instruments()[attr].documentation
+                self._instruments[attr] = self.meter.create_observable_up_down_counter(
+                    twin.name, callbacks=[found.observe], unit=twin.unit, description=description
+                )
+                self._active[attr] = found
             return found
 
     def _make(self, attr: str, twin: OTel) -> Any:

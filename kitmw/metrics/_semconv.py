@@ -53,32 +53,34 @@ def _status(attributes: dict[str, Any], status: int, error_from: int) -> None:
 class ServerRecorder:
     """The ``http.server.*`` instruments of one server metrics policy."""
 
-    __slots__ = ("_active", "_active_attributes", "_constant", "_duration", "_request_size", "_response_size", "_series")
+    __slots__ = ("_active", "_add", "_cells", "_constant", "_duration", "_request_size", "_response_size", "_series")
 
     def __init__(self, otel: OTelInstruments, *, request_size: bool) -> None:
         self._constant = otel.constant_labels
-        self._active = otel.instrument("server_in_progress").add
+        active = otel.active("server_in_progress")
+        self._active = active
+        self._add = active.add
         self._duration: _Record = otel.instrument("server_duration").record
         self._response_size: _Record = otel.instrument("server_response_size").record
         self._request_size: _Record | None = otel.instrument("server_request_size").record if request_size else None
-        self._active_attributes: BoundedCache[tuple[str, str], dict[str, Any]] = BoundedCache(_MAX_SERIES)
+        self._cells: dict[tuple[str, str], list[int]] = {}
         self._series: BoundedCache[tuple[Any, ...], dict[str, Any]] = BoundedCache(_MAX_SERIES)
 
-    def _active_for(self, method: str, scheme: str) -> dict[str, Any]:
+    def _cell(self, method: str, scheme: str) -> list[int]:
+        # Bounded: the method is a label of a fixed table, the scheme the driver's.
         key = (method, scheme)
-        found = self._active_attributes.get(key)
+        found = self._cells.get(key)
         if found is None:
-            found = self._active_attributes.put(
-                key, {"http.request.method": method, "url.scheme": scheme, **self._constant}
-            )
+            attributes = {"http.request.method": method, "url.scheme": scheme, **self._constant}
+            found = self._cells[key] = self._active.cell(key, attributes)
         return found
 
     def enter(self, ex: Exchange, method: str) -> None:
-        self._active(1, self._active_for(method, ex.scheme))
+        self._add(self._cell(method, ex.scheme), 1)
 
     def exit(self, ex: Exchange, method: str, route: str) -> None:
         scheme = ex.scheme
-        self._active(-1, self._active_for(method, scheme))
+        self._add(self._cell(method, scheme), -1)
         error = ex.error
         key = (method, route, ex.status, scheme, None if error is None else type(error))
         attributes = self._series.get(key)
