@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 from .._cache import BoundedCache
 from ..exchange import Exchange, Policy
@@ -59,7 +62,7 @@ class EndpointMetricsPolicy(Policy):
         registry: CollectorRegistry | None = None,
         buckets: Sequence[float] | None = None,
         backend: str | Sequence[str] = "prometheus",
-        meter_provider: Any = None,
+        meter_provider: MeterProvider | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
         inst, self.registry = open_instruments(registry, backend, meter_provider, labels, buckets, "endpoint_duration")

@@ -9,9 +9,10 @@ keyword arguments.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from prometheus_client import CollectorRegistry
 
 __all__ = ["ClientMetricsOptions", "EndpointMetricsOptions", "MetricsOptions"]
@@ -23,7 +24,7 @@ class EndpointMetricsOptions(TypedDict, total=False):
     registry: CollectorRegistry | None
     buckets: Sequence[float] | None
     backend: Literal["prometheus", "otel"] | Sequence[Literal["prometheus", "otel"]]
-    meter_provider: Any
+    meter_provider: MeterProvider | None
     labels: Mapping[str, str] | None
 
 

@@ -13,9 +13,12 @@ which backend is on.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 from .._cache import BoundedCache
 from .._paths import PathMatcher
@@ -168,7 +171,7 @@ class MetricsPolicy(Policy):
         status_class: bool = False,
         counts_request_bytes: bool = True,
         backend: str | Sequence[str] = "prometheus",
-        meter_provider: Any = None,
+        meter_provider: MeterProvider | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
         if expose is not None and (not isinstance(expose, str) or not expose.startswith("/")):
@@ -347,7 +350,7 @@ class ClientMetricsPolicy(Policy):
         buckets: Sequence[float] | None = None,
         status_class: bool = False,
         backend: str | Sequence[str] = "prometheus",
-        meter_provider: Any = None,
+        meter_provider: MeterProvider | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> None:
         inst, self.registry = open_instruments(registry, backend, meter_provider, labels, buckets, "client_duration")
