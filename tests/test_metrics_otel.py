@@ -26,7 +26,7 @@ from starlette.routing import Route
 import kitmw
 import kitmw.httpx
 from kitmw.errors import ConfigError
-from kitmw.metrics import DEFAULT_BUCKETS, METER_NAME, MetricsPolicy, instruments
+from kitmw.metrics import DEFAULT_BUCKETS, METER_NAME, ClientMetricsPolicy, MetricsPolicy, instruments
 
 #: The HTTP semantic conventions' advice for http.server/client.request.duration (seconds).
 SEMCONV_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
@@ -421,3 +421,31 @@ async def test_otel_buckets_follow_the_policy_and_must_agree(otel: Any) -> None:
     assert [tuple(p.explicit_bounds) for _, p in points(duration)] == [(0.1, 1.0)]
     with pytest.raises(ConfigError, match="buckets"):
         MetricsPolicy(backend="otel", meter_provider=provider, buckets=[0.5])
+
+
+def test_client_attributes_of_odd_hosts_statuses_and_errors(otel: Any) -> None:
+    from kitmw.testing import NeutralClientExchange
+
+    provider, reader = otel
+
+    class AppSpecificError(Exception):
+        pass
+
+    policy = ClientMetricsPolicy(backend="otel", meter_provider=provider)
+    calls = [
+        NeutralClientExchange("GET", "http://[::1]:8080/x", status=200, duration=0.1),
+        NeutralClientExchange("GET", "/x", host="bare-host", status=200, duration=0.1),
+        NeutralClientExchange("GET", "https://api.test/x", status=999, duration=0.1),
+        NeutralClientExchange("GET", "https://api.test/x", error=AppSpecificError(), duration=0.1),
+        NeutralClientExchange("GET", "https://api.test/x", error=httpx.ReadTimeout("slow"), duration=0.1),
+    ]
+    for ex in calls:
+        policy.exit(ex)
+    duration = collect(reader)["http.client.request.duration"]
+    get = {"http__request__method": "GET"}
+    point(duration, server__address="::1", server__port=8080, http__response__status_code=200, **get)
+    point(duration, server__address="bare-host", http__response__status_code=200, **get)
+    api = {"server__address": "api.test", "server__port": 443, **get}
+    point(duration, error__type="_OTHER", **api)  # 999: no status attribute; an unknown error: the same
+    assert point(duration, error__type="_OTHER", **api).count == 2
+    point(duration, error__type="httpx.ReadTimeout", **api)

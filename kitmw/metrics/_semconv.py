@@ -126,9 +126,12 @@ class ClientRecorder:
 
     def _attributes(self, key: tuple[Any, ...], error: BaseException | None) -> dict[str, Any]:
         method, host, status, _ = key
-        address, _, port = host.rpartition(":")
-        attributes: dict[str, Any] = {"http.request.method": method, "server.address": address.strip("[]")}
-        if port.isdigit():
+        # ``host:port`` (``[v6]:port``) from the client drivers; a bare host is kept whole.
+        address, colon, port = host.rpartition(":")
+        known = bool(colon) and port.isdigit() and (address.startswith("[") or ":" not in address)
+        attributes: dict[str, Any] = {"http.request.method": method}
+        attributes["server.address"] = address.strip("[]") if known else host
+        if known:
             attributes["server.port"] = int(port)
         if status:
             _status(attributes, status, 400)
