@@ -449,3 +449,11 @@ def test_client_attributes_of_odd_hosts_statuses_and_errors(otel: Any) -> None:
     point(duration, error__type="_OTHER", **api)  # 999: no status attribute; an unknown error: the same
     assert point(duration, error__type="_OTHER", **api).count == 2
     point(duration, error__type="httpx.ReadTimeout", **api)
+
+
+def test_policies_sharing_a_meter_provider_must_agree_on_labels(otel: Any) -> None:
+    provider, _ = otel
+    MetricsPolicy(backend="otel", meter_provider=provider, labels={"service": "checkout"})
+    ClientMetricsPolicy(backend="otel", meter_provider=provider)  # the provider's labels
+    with pytest.raises(ConfigError, match="labels: kitmw metrics on this meter provider carry"):
+        ClientMetricsPolicy(backend="otel", meter_provider=provider, labels={"service": "cart"})

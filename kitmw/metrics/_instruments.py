@@ -296,17 +296,18 @@ class Instruments:
         return [attr for attr in _SPECS if attr in self.__dict__]
 
 
-def labels_disagree(option: str, current: dict[str, str], wanted: dict[str, str]) -> str:
+def labels_disagree(option: str, current: dict[str, str], wanted: dict[str, str], where: str = "registry") -> str:
+    """The message of policies sharing a ``where`` (registry, meter provider) with other labels."""
     if not current:
         return (
-            f"{option}: kitmw metrics on this registry were made without constant labels already"
+            f"{option}: kitmw metrics on this {where} were made without constant labels already"
             f" (by a policy built before this one); give {wanted!r} to the first metrics policy"
-            " on the registry (the concerns of the same stack, transport or endpoint take them"
-            " from it), or give every policy sharing the registry the same labels"
+            f" on the {where} (the concerns of the same stack, transport or endpoint take them"
+            f" from it), or give every policy sharing the {where} the same labels"
         )
     return (
-        f"{option}: kitmw metrics on this registry carry the labels {current!r}; every policy"
-        f" sharing a registry must use the same labels (got {wanted!r})"
+        f"{option}: kitmw metrics on this {where} carry the labels {current!r}; every policy"
+        f" sharing a {where} must use the same labels (got {wanted!r})"
     )
 
 

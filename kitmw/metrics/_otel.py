@@ -225,7 +225,7 @@ class OTelInstruments:
             return
         wanted = check_labels(labels, option, prometheus=prometheus)
         with self._lock:
-            agree(self._labels, "labels", wanted, lambda current: labels_disagree(option, current, wanted))
+            agree(self._labels, "labels", wanted, lambda current: labels_disagree(option, current, wanted, "meter provider"))
 
     def instrument(self, attr: str) -> Any:
         """The OpenTelemetry instrument of ``attr`` (made on first use)."""
