@@ -81,8 +81,9 @@ class OTel(NamedTuple):
     """The OpenTelemetry twin of an :class:`Instrument`: the same measurement through the
     OpenTelemetry metrics API (``metrics={"backend": "otel"}``).
 
-    ``kind``: ``"counter"``, ``"updowncounter"``, ``"gauge"`` or ``"histogram"``; ``unit``:
-    UCUM (``"s"``, ``"By"``, ``"{request}"``). ``attributes``: with ``by_label``, one per
+    ``kind``: ``"counter"``, ``"updowncounter"``, ``"gauge"`` or ``"histogram"`` (the
+    metrics policies make ``http.server.active_requests`` an asynchronous up-down counter,
+    read at collection); ``unit``: UCUM (``"s"``, ``"By"``, ``"{request}"``). ``attributes``: with ``by_label``, one per
     Prometheus label, in the same order, so ``instruments(x).<attr>.labels(*values)``
     writes both backends (kitmw's own metrics); without, the metrics policies record the
     instrument with these semantic-convention attributes themselves (the HTTP metrics,
