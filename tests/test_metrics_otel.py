@@ -463,3 +463,20 @@ def test_policies_sharing_a_meter_provider_must_agree_on_labels(otel: Any) -> No
     ClientMetricsPolicy(backend="otel", meter_provider=provider)  # the provider's labels
     with pytest.raises(ConfigError, match="labels: kitmw metrics on this meter provider carry"):
         ClientMetricsPolicy(backend="otel", meter_provider=provider, labels={"service": "cart"})
+
+
+@pytest.mark.anyio
+async def test_the_sdk_exemplars_carry_the_trace_id_of_kitmws_span(otel: Any, spans: Any) -> None:
+    provider, reader = otel
+    tracer_provider, exporter = spans
+    app = kitmw.stack(
+        starlette_app(),
+        tracing={"tracer_provider": tracer_provider},
+        metrics={"backend": "otel", "meter_provider": provider},
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc.test") as c:
+        assert (await c.get("/items/1")).status_code == 200
+    (span,) = exporter.get_finished_spans()
+    duration = collect(reader)["http.server.request.duration"]
+    ((_, p),) = points(duration)
+    assert [e.trace_id for e in p.exemplars] == [span.context.trace_id]
