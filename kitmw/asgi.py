@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,15 @@ from starlette.requests import ClientDisconnect
 
 from ._types import ASGIApp, Message, Receive, Scope, Send, is_asgi
 from .chain import Chain, Pending, afinish, compile_chain, finish
-from .concerns import build, concern_class
+from .concerns import build, build_all, concern_class
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
 from .routes import django_route, starlette_route, url_map_route
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .concerns import ServerConcerns
 
 __all__ = [
     "AccessLog",
@@ -31,8 +37,10 @@ __all__ = [
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Stack",
     "Timeout",
     "Tracing",
+    "exchange_of",
     "is_asgi",
 ]
 
@@ -72,7 +80,7 @@ class AsgiExchange(Exchange):
     __slots__ = ("_counting", "_gone", "_root", "_router_kind", "_start_headers", "scope")
     protocol = "asgi"
 
-    def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
+    def __init__(self, scope: Scope, root: Any = None, router_kind: int = 0) -> None:
         super().__init__(scope.get("method", "GET"), scope.get("path", "/"))
         self.scope = scope
         self._root = root
@@ -562,3 +570,37 @@ if TYPE_CHECKING:
 
     class Tracing(concerns.TracingInit[ASGIApp], ConcernMiddleware):
         """The ASGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""
+
+
+def exchange_of(scope: Scope) -> AsgiExchange | None:
+    """The exchange a kitmw layer opened for the request of ``scope``, while it runs.
+
+    What code running inside the layer (a FastAPI dependency, a handler) reads to see the
+    request as the policies see it: ``principal``, ``scopes``, ``request_id``, ``route``.
+    """
+    found = scope.get(_EXCHANGE_KEY)
+    return found if isinstance(found, AsgiExchange) else None
+
+
+class Stack(Middleware):
+    """:func:`kitmw.stack` as a middleware class: the same fused layer, added the framework's way.
+
+    ``app.add_middleware(kitmw.Stack, tracing=True, metrics=True, ratelimit="100/minute")``
+    keeps the Starlette/FastAPI object itself (``dependency_overrides``, ``state``,
+    routes added later, ``TestClient(app)``). The options are ``stack()``'s: each concern
+    ``True``, a dict of its options, its shorthand value or a policy object;
+    ``exclude_paths`` for every concern that sets none; ``handle_errors`` as for
+    :class:`Middleware`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        exclude_paths: Iterable[str] | str | None = None,
+        handle_errors: bool | None = None,
+        **concerns: Unpack[ServerConcerns],
+    ) -> None:
+        policies = build_all("server", concerns, shared={"exclude_paths": exclude_paths})
+        super().__init__(app, *policies, handle_errors=handle_errors)

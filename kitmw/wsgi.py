@@ -30,10 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .chain import Chain, Pending, compile_chain, finish
-from .concerns import build, concern_class
+from .concerns import build, build_all, concern_class
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
 from .routes import django_route, flask_route
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .concerns import ServerConcerns
 
 __all__ = [
     "AccessLog",
@@ -44,6 +49,7 @@ __all__ = [
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Stack",
     "Timeout",
     "Tracing",
     "WsgiExchange",
@@ -645,3 +651,21 @@ if TYPE_CHECKING:
 
     class Tracing(concerns.TracingInit[WSGIApp], ConcernMiddleware):
         """The WSGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""
+
+
+class Stack(Middleware):
+    """:func:`kitmw.stack` as a WSGI middleware class: ``app.wsgi_app =
+    kitmw.wsgi.Stack(app.wsgi_app, metrics=True, ...)``, the twin of :class:`kitmw.Stack`
+    with the same options."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        /,
+        *,
+        exclude_paths: Iterable[str] | str | None = None,
+        handle_errors: bool | None = None,
+        **concerns: Unpack[ServerConcerns],
+    ) -> None:
+        policies = build_all("server", concerns, shared={"exclude_paths": exclude_paths})
+        super().__init__(app, *policies, handle_errors=handle_errors)

@@ -469,3 +469,16 @@ def test_concurrent_misses_on_the_sync_side_share_one_fetch(idp: tuple[IdentityP
         t.join(timeout=10)
     assert results == [None] * 8
     assert provider.requests == 2
+
+
+def test_a_caller_right_after_the_fetch_decision_waits_for_that_fetch(idp: tuple[IdentityProvider, str]) -> None:
+    """The decision to fetch and the fetch being visible to others are one step: a second
+    caller arriving in between waits for the fetch instead of finding neither a key nor a
+    fetch to wait for (under load, a thread landed in that gap and got a 401)."""
+    _, url = idp
+    cache = JWT(jwks_url=url, algorithms=["RS256"]).jwks
+    assert cache is not None
+    _, first, inflight = cache._plan("k1")  # the decision, before any fetch ran
+    _, second, waits_on = cache._plan("k1")
+    assert (first, second) == (1, 2)  # this one fetches, the next one waits for it
+    assert waits_on is inflight

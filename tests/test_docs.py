@@ -531,6 +531,7 @@ DEPLOYMENT_EXAMPLES = [
     "docs/snippets/fastapi_app.py",
     "docs/snippets/fastapi_add_middleware.py",
     "examples/fastapi_app.py",
+    "examples/fastapi_service.py",
     "examples/flask_app.py",
     "examples/django_wsgi/kitmw_example/asgi.py",
     "examples/django_wsgi/kitmw_example/wsgi.py",

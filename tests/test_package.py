@@ -37,6 +37,7 @@ def test_top_level_names_are_pinned_and_sorted() -> None:
         "RateLimited",
         "Rejected",
         "Rejection",
+        "Stack",
         "StorageError",
         "Timeout",
         "Tracing",

@@ -9,7 +9,7 @@ the policies' keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ class BreakerOptions(_StateOptions, total=False):
 
     name: str | None
     per_route: bool | None
+    routes: Mapping[str, Mapping[str, Any]] | None
     max_routes: int
     exclude_paths: Sequence[str] | str | None
     is_failure: Callable[[Exchange], bool] | None
