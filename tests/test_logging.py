@@ -744,7 +744,7 @@ async def test_client_line_carries_its_client_spans_ids_inside_a_traced_request(
     """A call made while serving a request: the client line names the CLIENT span (child of
     the SERVER span, same trace), the access line the SERVER span; one trace, two spans."""
     provider, exporter = spans
-    tracing = {"tracer_provider": provider}
+    tracing: Any = {"tracer_provider": provider}
     upstream = kitmw.httpx.AsyncTransport(
         transport=httpx.MockTransport(lambda request: httpx.Response(200, text="up")), tracing=tracing, access_log=True
     )
