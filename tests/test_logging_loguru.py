@@ -224,3 +224,35 @@ def test_kitmw_logging_imports_and_the_patcher_runs_without_loguru() -> None:
     done = subprocess.run([sys.executable, "-c", BLOCK_LOGURU], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.anyio
+async def test_the_docs_recipe_writes_the_request_and_trace_ids(spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/logging.md's loguru recipe, run as the page shows it (tests/test_docs.py runs it
+    too): its sink writes the request id and the trace id of a request, ``-`` outside one."""
+    import re
+    from pathlib import Path
+
+    from opentelemetry import trace
+
+    page = (Path(__file__).parent.parent / "docs" / "logging.md").read_text()
+    section = page[page.index("## loguru") :]
+    recipe = re.search(r"```python\n(.*?)```", section, re.S)
+    assert recipe is not None
+    provider, exporter = spans
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)  # the reader's provider
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    ns: dict[str, Any] = {"__name__": "recipe"}
+    try:
+        exec(compile(recipe.group(1), "docs/logging.md", "exec"), ns)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ns["app"]), base_url="http://t") as c:
+            assert (await c.get("/checkout", headers={"X-Request-ID": RID})).text == "paid"
+        logger.info("outside")
+    finally:
+        logger.remove()
+        logger.configure(patcher=_no_patch)
+    (span,) = exporter.get_finished_spans()
+    inside, outside = out.getvalue().splitlines()
+    assert inside.endswith(f"INFO [{RID}] [{format(span.context.trace_id, '032x')}] charging the card")
+    assert outside.endswith("INFO [-] [-] outside")

@@ -161,6 +161,7 @@ def test_without_servers_their_loggers_are_left_alone() -> None:
         pytest.param({"servers": "nginx"}, "servers", id="unknown-server"),
         pytest.param({"servers": ["uvicorn", 3]}, "servers", id="not-a-name"),
         pytest.param({"servers": 3}, "servers", id="not-names"),
+        pytest.param({"servers": [["uvicorn"]]}, "servers", id="unhashable"),
         pytest.param({"server_access_log": True}, "server_access_log", id="access-without-servers"),
         pytest.param({"servers": True, "server_access_log": "yes"}, "server_access_log", id="access-not-bool"),
     ],

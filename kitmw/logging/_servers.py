@@ -42,15 +42,15 @@ def server_names(value: Any) -> tuple[str, ...]:
         return tuple(SERVERS)
     if value is False or value is None:
         return ()
-    names = (value,) if isinstance(value, str) else value
+    names = [value] if isinstance(value, str) else value
     try:
-        found = tuple(dict.fromkeys(names))
+        found = list(names)
     except TypeError:
-        found = (value,)
+        found = [value]
     for name in found:
-        if name not in SERVERS:
+        if not isinstance(name, str) or name not in SERVERS:
             raise ConfigError(f"servers: expected True, False or names from {', '.join(SERVERS)}, got {value!r}")
-    return found
+    return tuple(dict.fromkeys(found))
 
 
 def take_over(servers: Iterable[str], handler: logging.Handler, access: bool) -> None:
