@@ -351,6 +351,36 @@ def test_wsgi_captures_content_type_and_each_response_header_line(spans: Any) ->
     }
 
 
+def test_wsgi_reads_the_server_variables_and_sanitize_fields(spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused WSGI layer (``stack()`` on a Flask app), configured by the variables only."""
+    from flask import Flask, Response
+
+    provider, exporter = spans
+    monkeypatch.setenv(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST, "x-.*, user-agent")
+    monkeypatch.setenv(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE, "x-answer,set-cookie")
+    monkeypatch.setenv(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS, "x-private-.*")
+    flask_app = Flask("headers-env")
+
+    @flask_app.get("/")
+    def get() -> Response:
+        response = Response("ok", headers={"X-Answer": "42"})
+        response.set_cookie("sid", "abc")
+        return response
+
+    app = kitmw.stack(flask_app, tracing={"tracer_provider": provider})
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as c:
+        headers = {"X-Tenant": "acme", "X-Private-Note": "hush", "X-Api-Key": "k-1", "User-Agent": "curl/8"}
+        assert c.get("/", headers=headers).status_code == 200
+    assert header_attributes(server_span(exporter)) == {
+        "http.request.header.x_tenant": ("acme",),
+        "http.request.header.x_private_note": ("[REDACTED]",),
+        "http.request.header.x_api_key": ("[REDACTED]",),
+        "http.request.header.user_agent": ("curl/8",),
+        "http.response.header.x_answer": ("42",),
+        "http.response.header.set_cookie": ("[REDACTED]",),
+    }
+
+
 # -- client side -----------------------------------------------------------------------------------
 
 
@@ -392,3 +422,20 @@ def test_client_options_replace_the_variables(spans: Any, monkeypatch: pytest.Mo
         c.get("http://api.example/", headers={"x-tenant": "acme"})
     (span,) = exporter.get_finished_spans()
     assert header_attributes(span) == {"http.response.header.x_upstream": ("a", "b")}
+
+
+@pytest.mark.anyio
+async def test_async_transport_captures_from_the_variables(spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    provider, exporter = spans
+    monkeypatch.setenv(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST, "x-tenant,x-auth-token")
+    monkeypatch.setenv(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE, "x-upstream")
+    monkeypatch.setenv(OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS, "tenant")
+    transport = kitmw.httpx.AsyncTransport(transport=httpx.MockTransport(upstream), tracing={"tracer_provider": provider})
+    async with httpx.AsyncClient(transport=transport) as c:
+        await c.get("http://api.example/", headers={"x-tenant": "acme", "x-auth-token": "t0k"})
+    (span,) = exporter.get_finished_spans()
+    assert header_attributes(span) == {
+        "http.request.header.x_tenant": ("[REDACTED]",),
+        "http.request.header.x_auth_token": ("[REDACTED]",),
+        "http.response.header.x_upstream": ("a", "b"),
+    }
