@@ -107,6 +107,9 @@ def header_attributes(span: Any) -> dict[str, Any]:
     return {k: v for k, v in span.attributes.items() if k.startswith(("http.request.header.", "http.response.header."))}
 
 
+RID = "8a5d6b1f3c2e4d7f9a0b1c2d3e4f5a6"  # + one digit: a valid request id
+
+
 def server_span(exporter: Any) -> Any:
     (span,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
     return span
@@ -379,6 +382,37 @@ def test_wsgi_reads_the_server_variables_and_sanitize_fields(spans: Any, monkeyp
         "http.response.header.x_answer": ("42",),
         "http.response.header.set_cookie": ("[REDACTED]",),
     }
+
+
+@pytest.mark.parametrize("protocol", ["asgi", "wsgi"])
+def test_an_early_answer_of_kitmw_has_its_response_headers_captured(spans: Any, protocol: str) -> None:
+    """A 429 from the rate limit never reaches the app: its headers (Retry-After, the
+    request id kitmw added) are still the response's, on the span."""
+    from flask import Flask
+
+    provider, exporter = spans
+    if protocol == "asgi":
+        inner: Any = starlette_app()
+    else:
+        inner = Flask("early")
+        inner.add_url_rule("/", "root", lambda: "ok")
+    tracing = {"tracer_provider": provider, "capture_response_headers": ["retry-after", "x-request-id"]}
+    app = kitmw.stack(inner, tracing=tracing, access_log=True, ratelimit="1/minute")
+    transport: Any = httpx.ASGITransport(app=app) if protocol == "asgi" else httpx.WSGITransport(app=app)
+    if protocol == "asgi":
+        import asyncio
+
+        async def twice() -> list[int]:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return [(await c.get("/", headers={"X-Request-ID": f"{RID}{n}"})).status_code for n in range(2)]
+
+        statuses = asyncio.run(twice())
+    else:
+        with httpx.Client(transport=transport, base_url="http://t") as c:
+            statuses = [c.get("/", headers={"X-Request-ID": f"{RID}{n}"}).status_code for n in range(2)]
+    assert statuses == [200, 429]
+    refused = header_attributes(exporter.get_finished_spans()[1])
+    assert refused == {"http.response.header.retry_after": ("60",), "http.response.header.x_request_id": (f"{RID}1",)}
 
 
 # -- client side -----------------------------------------------------------------------------------
