@@ -226,26 +226,29 @@ def test_kitmw_logging_imports_and_the_patcher_runs_without_loguru() -> None:
     assert done.stdout.strip() == "ok"
 
 
+def docs_recipe(index: int) -> str:
+    """The ``index``-th python block of docs/logging.md's loguru section."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parent.parent / "docs" / "logging.md").read_text()
+    section = page[page.index("## loguru") : page.index("## The servers' own lines")]
+    return str(re.findall(r"```python\n(.*?)```", section, re.S)[index])
+
+
 @pytest.mark.anyio
 async def test_the_docs_recipe_writes_the_request_and_trace_ids(spans: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/logging.md's loguru recipe, run as the page shows it (tests/test_docs.py runs it
     too): its sink writes the request id and the trace id of a request, ``-`` outside one."""
-    import re
-    from pathlib import Path
-
     from opentelemetry import trace
 
-    page = (Path(__file__).parent.parent / "docs" / "logging.md").read_text()
-    section = page[page.index("## loguru") :]
-    recipe = re.search(r"```python\n(.*?)```", section, re.S)
-    assert recipe is not None
     provider, exporter = spans
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)  # the reader's provider
     out = io.StringIO()
     monkeypatch.setattr(sys, "stderr", out)
     ns: dict[str, Any] = {"__name__": "recipe"}
     try:
-        exec(compile(recipe.group(1), "docs/logging.md", "exec"), ns)
+        exec(compile(docs_recipe(0), "docs/logging.md", "exec"), ns)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=ns["app"]), base_url="http://t") as c:
             assert (await c.get("/checkout", headers={"X-Request-ID": RID})).text == "paid"
         logger.info("outside")
@@ -256,3 +259,50 @@ async def test_the_docs_recipe_writes_the_request_and_trace_ids(spans: Any, monk
     inside, outside = out.getvalue().splitlines()
     assert inside.endswith(f"INFO [{RID}] [{format(span.context.trace_id, '032x')}] charging the card")
     assert outside.endswith("INFO [-] [-] outside")
+
+
+@pytest.mark.anyio
+async def test_the_docs_recipe_brings_kitmws_records_to_loguru_with_their_own_ids(
+    records: list[dict[str, Any]], spans: Any
+) -> None:
+    """docs/logging.md's ``ToLoguru``: the access and client records reach loguru's sinks
+    with their fields; the client record keeps its CLIENT span's ids."""
+    import logging
+
+    provider, exporter = spans
+    tracing: Any = {"tracer_provider": provider}
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    ns: dict[str, Any] = {"__name__": "recipe"}
+    exec(compile(docs_recipe(1), "docs/logging.md", "exec"), ns)
+    try:
+        upstream = kitmw.httpx.AsyncTransport(
+            transport=httpx.MockTransport(lambda request: httpx.Response(200)), tracing=tracing, access_log=True
+        )
+
+        async def view(request: Request) -> PlainTextResponse:
+            logger.info("in the view")
+            async with httpx.AsyncClient(transport=upstream) as c:
+                await c.get("http://users.internal/u/1")
+            return PlainTextResponse("ok")
+
+        app = kitmw.stack(Starlette(routes=[Route("/", view)]), tracing=tracing, access_log=True)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            assert (await c.get("/", headers={"X-Request-ID": RID})).status_code == 200
+    finally:
+        root.handlers[:], root.level = saved
+    spans_by_kind = {s.kind.name: s for s in exporter.get_finished_spans()}
+    server, client_span = ids_of(spans_by_kind["SERVER"]), ids_of(spans_by_kind["CLIENT"])
+    by_logger = {r["extra"].get("logger_name", "loguru"): r for r in records}
+    assert {"loguru", "kitmw.client", "kitmw.access"} <= set(by_logger)  # and httpx's own line
+    assert (by_logger["loguru"]["extra"]["trace_id"], by_logger["loguru"]["extra"]["span_id"]) == server
+    assert (by_logger["kitmw.access"]["extra"]["trace_id"], by_logger["kitmw.access"]["extra"]["span_id"]) == server
+    client_extra = by_logger["kitmw.client"]["extra"]
+    assert (client_extra["trace_id"], client_extra["span_id"]) == client_span
+    assert (client_extra["request_id"], client_extra["url"], client_extra["status"]) == (
+        RID,
+        "http://users.internal/u/1",
+        200,
+    )
+    assert by_logger["kitmw.access"]["extra"]["route"] == "/"
+    assert by_logger["kitmw.access"]["level"].name == "INFO"
