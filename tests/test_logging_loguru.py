@@ -196,7 +196,7 @@ def test_an_enqueued_sink_gets_the_context_of_the_caller_not_of_its_thread(recor
     assert (extra["request_id"], extra["principal"]) == (RID, "alice")
 
 
-def test_a_bad_default_is_any_value_and_the_patcher_has_a_repr() -> None:
+def test_the_default_may_be_any_value_and_the_patcher_has_a_repr() -> None:
     assert repr(LoguruPatcher(default="-")) == "LoguruPatcher(default='-')"
     record: dict[str, Any] = {"extra": {}}
     LoguruPatcher(default=0)(record)  # a patcher is a function of the record dict
