@@ -428,9 +428,23 @@ class TracingPolicy(Traced, Policy):
 
 
 def _same_path(ex: Exchange, span: Any) -> bool:
-    """True if ``span`` records this request's path (contrib's span, made current outside)."""
+    """True if ``span`` records this request's path (contrib's span, made current outside)
+    and, when the request carries a ``traceparent``, was started from it: a service called
+    in the same process on the same path finds its caller's span current, not its own."""
     attrs = getattr(span, "attributes", None)
     if not attrs:
         return False
     target = attrs.get("url.path") or attrs.get("http.target")
-    return isinstance(target, str) and target.partition("?")[0] == ex.path
+    if not (isinstance(target, str) and target.partition("?")[0] == ex.path):
+        return False
+    traceparent = ex.header("traceparent")
+    if traceparent is None:
+        return True
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[2]) != 16:
+        return True  # unreadable: the propagator ignored it too
+    parent = getattr(span, "parent", None)
+    try:
+        return parent is not None and parent.span_id == int(parts[2], 16)
+    except ValueError:
+        return True
