@@ -166,6 +166,10 @@ class ClientExchange(Exchange):
         response = self.response
         return None if response is None else response.headers.get(name)
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        response = self.response
+        return [] if response is None else [(k.lower(), v) for k, v in response.headers.multi_items()]
+
     def begin_attempt(self) -> None:
         super().begin_attempt()
         self.response = None

@@ -160,6 +160,9 @@ class AsgiExchange(Exchange):
                 return v.decode("latin-1")  # type: ignore[no-any-return]
         return None
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in self._start_headers or ()]
+
 
 _ROUTER_STARLETTE = 0
 _ROUTER_DJANGO = 1

@@ -121,6 +121,9 @@ class Chain:
     """
 
     __slots__ = (
+        "_first_enters",
+        "_first_exits",
+        "_first_exits_before",
         "_protocol",
         "_segments",
         "_variants",
@@ -169,6 +172,14 @@ class Chain:
         self._segments = tuple(segments)
         self._variants: BoundedCache[frozenset[Hashable], Chain] = BoundedCache(_MAX_VARIANTS)
         every = [step for seg in segments for step in seg[0]]
+        first = segments[0][0]
+        #: (index, enter) of the first segment's steps that enter; their exits, all and
+        #: those of the steps before each index (what :meth:`enter` has entered by then).
+        self._first_enters = tuple((at, step[0]) for at, step in enumerate(first) if step[0] is not None)
+        self._first_exits = tuple(step[2] for step in first if step[2] is not None)
+        self._first_exits_before = tuple(
+            tuple(step[2] for step in first[:at] if step[2] is not None) for at in range(len(first) + 1)
+        )
         #: No around and no enter that awaits: a driver may call :meth:`enter` and then
         #: the application itself, with no coroutine between them (the common case).
         self.inline = len(segments) == 1 and not any(step[1] for step in every)
@@ -193,20 +204,29 @@ class Chain:
     def enter(self, ex: Exchange, exits: list[Pending]) -> None:
         """Enter every policy of an :attr:`inline` chain (no around, no awaiting enter);
         the driver then makes the call itself. Raises as :meth:`run_sync` does."""
-        for enter, _, pending, policy, judges in self._segments[0][0]:
-            if judges and ex.serving is not None:
-                continue
-            if pending is not None:
-                exits.append(pending)
-            if enter is not None:
-                answer = enter(ex)
-                if answer is not None:
-                    if answer is SERVE:
-                        if ex.serving is None:
-                            ex.serving = policy
-                        continue
-                    ex.rejection = answer
-                    raise answer.error()
+        if ex.serving is None:
+            # The common case, every enter answering None: the exits are known in advance.
+            at = 0
+            try:
+                for at, enter in self._first_enters:  # noqa: B007 (read after the loop)
+                    answer = enter(ex)
+                    if answer is not None:
+                        break
+                else:
+                    exits.extend(self._first_exits)
+                    return
+            except BaseException:
+                exits.extend(self._first_exits_before[at + 1])  # the raising policy's too
+                raise
+            steps = self._segments[0][0]
+            exits.extend(self._first_exits_before[at + 1])  # a refusing policy's exit runs too
+            if answer is not SERVE:
+                ex.rejection = answer
+                raise answer.error()
+            ex.serving = steps[at][3]
+            _enter(steps[at + 1 :], ex, exits)
+            return
+        _enter(self._segments[0][0], ex, exits)
 
     # -- sync -----------------------------------------------------------------------------
 

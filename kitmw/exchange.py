@@ -270,6 +270,11 @@ class Exchange:
         """First value of response header ``name`` (lower-case), once the response started."""
         return None
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        """Every ``(lower-case name, value)`` of the response head, in order, once the
+        response started (the headers policies added included); empty before."""
+        return []
+
     def add_response_header(self, name: str, value: str) -> None:
         """Add a header to the response (and to an early answer)."""
         pair = (name.lower().encode("latin-1"), value.encode("latin-1"))

@@ -203,6 +203,9 @@ class NeutralExchange(Exchange):
                 return value
         return None
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        return list(self._response_headers)
+
     def set_response_headers(self, headers: Headers) -> None:
         """Replace the response headers (what an upstream or the app answered with)."""
         self._response_headers = _pairs(headers)

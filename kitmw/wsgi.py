@@ -191,6 +191,9 @@ class WsgiExchange(Exchange):
                 return value
         return None
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [(key.lower(), value) for key, value in self._start_headers or ()]
+
 
 def _unstarted(data: bytes) -> None:
     raise RuntimeError("write() called before start_response()")

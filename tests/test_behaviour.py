@@ -72,14 +72,6 @@ BUDGET = 0.05
 UPSTREAM = "http://svc.test"
 
 
-#: A difference between drivers this suite found and left for a decision (the test is a
-#: strict xfail on the client: it fails loudly once the client record gets the fields).
-CLIENT_RECORD_HAS_NO_TRACE_ID = (
-    "kitmw.client records have no trace_id/span_id (CLIENT_FIELDS), while the server's and "
-    "the endpoint's records carry those of their own span"
-)
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -937,17 +929,15 @@ def test_refused_and_failed_exchanges_get_one_span_each(h: Harness, spans: Any) 
     assert found[0].status.status_code is not StatusCode.ERROR
 
 
-def test_the_access_record_carries_the_trace_id(
-    h: Harness, spans: Any, records: Records, request: pytest.FixtureRequest
-) -> None:
-    if h.side == "client":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=CLIENT_RECORD_HAS_NO_TRACE_ID))
+def test_the_access_record_carries_the_trace_id(h: Harness, spans: Any, records: Records) -> None:
+    """Each side's record carries the ids of its own span (the client's: the CLIENT span)."""
     provider, exporter = spans
     h.build(tracing={"tracer_provider": provider}, access_log=True)
     h.call("item")
     (span,) = exporter.get_finished_spans()
     (access,) = records.named(h.log_name)
     assert access.trace_id == format(span.context.trace_id, "032x")  # type: ignore[attr-defined]
+    assert access.span_id == format(span.context.span_id, "016x")  # type: ignore[attr-defined]
 
 
 # -- rate limit ----------------------------------------------------------------------------

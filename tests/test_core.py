@@ -78,6 +78,29 @@ async def test_rejection_stops_inner_policies_and_app() -> None:
     assert "enter c" not in log
 
 
+class RaisingEnter(Recorder):
+    def enter(self, ex: Exchange) -> Rejection | None:
+        super().enter(ex)
+        raise RuntimeError("policy broke")
+
+
+@pytest.mark.anyio
+async def test_a_policy_raising_in_enter_still_lets_every_entered_policy_exit() -> None:
+    log: list[str] = []
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(1)
+        await hello(scope, receive, send)
+
+    mw = kitmw.asgi.Middleware(app, Recorder("a", log), RaisingEnter("b", log), Recorder("c", log))
+    async with client(mw) as c:
+        r = await c.get("/")
+    assert r.status_code == 500 and not called
+    assert "enter c" not in log
+    assert log[-2:] == ["exit b 500 0 RuntimeError", "exit a 500 0 RuntimeError"]
+
+
 @pytest.mark.anyio
 async def test_app_exception_is_recorded_answered_and_reraised() -> None:
     log: list[str] = []

@@ -264,22 +264,31 @@ def restore_logging() -> Iterator[None]:
     """Blocks call ``kitmw.logging.configure()``: give the root logger back afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    loggers = {name: (lg.handlers[:], lg.level, lg.propagate) for name, lg in _named_loggers()}
+    loggers = {name: (lg.handlers[:], lg.level, lg.propagate, lg.disabled) for name, lg in _named_loggers()}
     environ = dict(os.environ)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    for name, (hs, lv, prop) in loggers.items():
+    for name, (hs, lv, prop, disabled) in loggers.items():
         lg = logging.getLogger(name)
-        lg.handlers[:], lg.level, lg.propagate = hs, lv, prop
+        lg.handlers = hs  # a list of its own: configure(servers=True) replaces the lists
+        lg.level, lg.propagate, lg.disabled = lv, prop, disabled
     os.environ.clear()
     os.environ.update(environ)
     if "structlog" in sys.modules:
         sys.modules["structlog"].reset_defaults()
+    if "loguru" in sys.modules:  # loguru's defaults: one stderr sink, no patcher
+        loguru = sys.modules["loguru"].logger
+        loguru.remove()
+        loguru.add(sys.stderr)
+        loguru.configure(patcher=lambda record: None)
+
+
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.asgi", "uvicorn.access", "gunicorn.error", "gunicorn.access")
 
 
 def _named_loggers() -> Iterator[tuple[str, logging.Logger]]:
-    for name in ("kitmw", "kitmw.access", "kitmw.client", "myapp", "app"):
+    for name in ("kitmw", "kitmw.access", "kitmw.client", "myapp", "app", *_SERVER_LOGGERS):
         yield name, logging.getLogger(name)
 
 

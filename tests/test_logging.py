@@ -24,6 +24,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import kitmw
+import kitmw.httpx
 from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange, Policy
 from kitmw.logging import (
@@ -736,6 +737,61 @@ def test_client_upstream_5xx_is_logged_at_error(capture: Capture) -> None:
     ClientLogPolicy().exit(NeutralClientExchange("GET", "http://api/x", status=502, duration=0.0025))
     (record,) = capture.named("kitmw.client")
     assert record.levelno == logging.ERROR and record.status == 502
+
+
+@pytest.mark.anyio
+async def test_client_line_carries_its_client_spans_ids_inside_a_traced_request(spans: Any) -> None:
+    """A call made while serving a request: the client line names the CLIENT span (child of
+    the SERVER span, same trace), the access line the SERVER span; one trace, two spans."""
+    provider, exporter = spans
+    tracing: Any = {"tracer_provider": provider}
+    upstream = kitmw.httpx.AsyncTransport(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, text="up")), tracing=tracing, access_log=True
+    )
+
+    async def call(request: Request) -> PlainTextResponse:
+        async with httpx.AsyncClient(transport=upstream) as c:
+            await c.get("http://users.internal/u/1")
+        return PlainTextResponse("ok")
+
+    app = kitmw.stack(Starlette(routes=[Route("/", call)]), tracing=tracing, access_log=True)
+    stream = io.StringIO()
+    names = ("kitmw.access", "kitmw.client")
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
+    handlers = [configure("json", logger=n, stream=stream) for n in names]
+    try:
+        for n in names:
+            logging.getLogger(n).propagate = False
+        async with client(app) as c:
+            assert (await c.get("/", headers={"X-Request-ID": UUID})).status_code == 200
+    finally:
+        for n, handler in zip(names, handlers, strict=True):
+            lg = logging.getLogger(n)
+            lg.removeHandler(handler)
+            lg.setLevel(saved[n][0])
+            lg.propagate = saved[n][1]
+    lines = {line["logger"]: line for line in map(json.loads, stream.getvalue().splitlines())}
+    kinds = {s.kind.name: s for s in exporter.get_finished_spans()}
+    server, client_span = kinds["SERVER"], kinds["CLIENT"]
+    assert client_span.parent.span_id == server.context.span_id
+    trace_id = format(server.context.trace_id, "032x")
+    assert (lines["kitmw.client"]["trace_id"], lines["kitmw.client"]["span_id"]) == (
+        trace_id,
+        format(client_span.context.span_id, "016x"),
+    )
+    assert (lines["kitmw.access"]["trace_id"], lines["kitmw.access"]["span_id"]) == (
+        trace_id,
+        format(server.context.span_id, "016x"),
+    )
+    assert lines["kitmw.client"]["request_id"] == lines["kitmw.access"]["request_id"] == UUID
+
+
+def test_an_untraced_client_call_carries_the_requests_ids(capture: Capture) -> None:
+    ex = NeutralClientExchange("GET", "http://users:8080/u/1", status=200, duration=0.0025)
+    with bind_context(request_id=UUID, trace_id=TRACE_ID, span_id=SPAN_ID):
+        ClientLogPolicy().exit(ex)
+    (record,) = capture.named("kitmw.client")
+    assert (record.request_id, record.trace_id, record.span_id) == (UUID, TRACE_ID, SPAN_ID)
 
 
 @pytest.mark.anyio

@@ -1175,3 +1175,36 @@ def test_contribs_private_semconv_helpers_are_still_there() -> None:
         assert sc.contrib, option
         assert sc.schema_url
     assert quiet_fields(propagate.get_global_textmap()) == frozenset({b"traceparent", b"tracestate", b"baggage"})
+
+
+@pytest.mark.anyio
+async def test_a_service_called_in_process_on_the_same_path_gets_its_own_span(spans: Any) -> None:
+    """A kitmw service calling another in the same process (httpx.ASGITransport) on the same
+    path: the caller's SERVER span is current and records that path, but the request
+    carries a traceparent naming another parent, so it is not this request's span."""
+    provider, exporter = spans
+
+    async def back_view(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("back")
+
+    back = kitmw.Tracing(Starlette(routes=[Route("/", back_view)]), tracer_provider=provider)
+    downstream = kitmw.httpx.AsyncTransport(
+        transport=httpx.ASGITransport(app=back),
+        tracing={"tracer_provider": provider},
+    )
+
+    async def front_view(request: Any) -> PlainTextResponse:
+        async with httpx.AsyncClient(transport=downstream, base_url="http://back") as c:
+            return PlainTextResponse((await c.get("/")).text)
+
+    front = kitmw.Tracing(Starlette(routes=[Route("/", front_view)]), tracer_provider=provider)
+    async with client(front) as c:
+        assert (await c.get("/")).text == "back"
+    finished = exporter.get_finished_spans()
+    servers = [s for s in finished if s.kind is SpanKind.SERVER]
+    assert len(servers) == 2
+    outer = next(s for s in servers if s.parent is None)
+    inner = next(s for s in servers if s is not outer)
+    assert inner.context.trace_id == outer.context.trace_id
+    (client_span,) = [s for s in finished if s.kind is SpanKind.CLIENT]
+    assert inner.parent.span_id == client_span.context.span_id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from fastapi import Depends
@@ -102,13 +102,9 @@ def _routes(app: Any) -> Iterator[tuple[set[str], list[Any]]]:
     """(the templates a route is labelled with, its dependencies) of every route of ``app``,
     routers' dependencies and ``include_router()`` prefixes included."""
     routes = getattr(app, "routes", None) or []
-    try:
-        from fastapi.routing import iter_route_contexts  # FastAPI 0.165: routers are included lazily
-    except ImportError:  # pragma: no cover - older FastAPI copies routes into the app
-        contexts: Iterable[Any] = routes
-    else:
-        contexts = iter_route_contexts(routes)
-    for ctx in contexts:
+    from fastapi.routing import iter_route_contexts  # routers are included lazily (0.137.2+)
+
+    for ctx in iter_route_contexts(routes):
         dependencies = getattr(ctx, "dependencies", None)
         if not dependencies:
             continue

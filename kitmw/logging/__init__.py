@@ -10,7 +10,10 @@
 * :class:`ClientLogPolicy`: one record per outgoing httpx call.
 * :class:`EndpointLogPolicy`: one record per call of a ``kitmw.endpoint`` function.
 * :func:`current_request_id`, :func:`current_trace_id`, :func:`bind_context`,
-  :func:`structlog_processor` for the application and other libraries.
+  :func:`structlog_processor` and :data:`loguru_patcher` for the application and other
+  libraries.
+* :func:`configure` can also take over uvicorn's and gunicorn's own loggers
+  (``servers=True``), so a service writes one format.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from ._common import DEFAULT_REDACT, redact_query
 from ._context import (
     CONTEXT_FIELDS,
     ContextFilter,
+    LoguruPatcher,
     bind_context,
     current_principal,
     current_request_id,
     current_span_id,
     current_trace_id,
+    loguru_patcher,
     structlog_processor,
 )
 from ._endpoint import ENDPOINT_FIELDS, EndpointLogPolicy
@@ -50,6 +55,7 @@ __all__ = [
     "EndpointLogPolicy",
     "JsonFormatter",
     "LogfmtFormatter",
+    "LoguruPatcher",
     "TextFormatter",
     "bind_context",
     "configure",
@@ -59,6 +65,7 @@ __all__ = [
     "current_trace_id",
     "default_request_id",
     "is_valid_request_id",
+    "loguru_patcher",
     "redact_query",
     "structlog_processor",
 ]

@@ -24,11 +24,13 @@ __all__ = [
     "CLIENT_FIELDS",
     "CONTEXT_FIELDS",
     "ContextFilter",
+    "LoguruPatcher",
     "bind_context",
     "current_principal",
     "current_request_id",
     "current_span_id",
     "current_trace_id",
+    "loguru_patcher",
     "printable",
     "request_context",
     "structlog_processor",
@@ -159,3 +161,43 @@ def structlog_processor(logger: Any, method_name: str, event_dict: MutableMappin
             if value is not None:
                 event_dict.setdefault(key, value)
     return event_dict
+
+
+class LoguruPatcher:
+    """A loguru patcher adding ``request_id``, ``trace_id``, ``span_id`` and ``principal``
+    to every record's ``extra``: ``logger.configure(patcher=kitmw.logging.loguru_patcher)``.
+
+    The values are the ones :class:`ContextFilter` adds to stdlib records. The four keys
+    are always set, so a format such as ``"{extra[request_id]}"`` works outside a request
+    too (with ``default``); values bound with ``logger.bind()`` are kept. loguru is not
+    imported: a patcher is a function of loguru's record dict.
+
+    :param default: value outside a request (``None``; ``"-"`` suits text formats).
+    """
+
+    __slots__ = ("default",)
+
+    def __init__(self, *, default: Any = None) -> None:
+        self.default = default
+
+    def __call__(self, record: Any) -> None:
+        extra = record["extra"]
+        ctx = request_context.get()
+        default = self.default
+        if ctx is None:
+            extra.setdefault("request_id", default)
+            extra.setdefault("trace_id", default)
+            extra.setdefault("span_id", default)
+            extra.setdefault("principal", default)
+        else:
+            extra.setdefault("request_id", ctx.request_id or default)
+            extra.setdefault("trace_id", ctx.trace_id or default)
+            extra.setdefault("span_id", ctx.span_id or default)
+            extra.setdefault("principal", printable(ctx.principal) or default)
+
+    def __repr__(self) -> str:
+        return f"LoguruPatcher(default={self.default!r})"
+
+
+#: The patcher with ``None`` outside a request (JSON sinks, ``serialize=True``).
+loguru_patcher = LoguruPatcher()

@@ -83,6 +83,8 @@ CLIENT_FIELDS = (
     "duration_ms",
     "attempts",
     "request_id",
+    "trace_id",
+    "span_id",
     "error",
     "error_message",
 )

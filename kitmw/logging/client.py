@@ -63,7 +63,9 @@ class ClientRequestIdPolicy(Policy):
 
 
 class ClientLogPolicy(Policy):
-    """One record per outgoing call (for the httpx transports), tagged with the request id.
+    """One record per outgoing call (for the httpx transports), tagged with the request id
+    and, when the transport traces, the trace and span ids of the call's CLIENT span
+    (else those of the request being served, as on any record).
 
     :param logger: logger name or :class:`logging.Logger` (``"kitmw.client"``).
     :param level: level of the record (INFO); ``error_level`` (ERROR) for failures and 5xx.
@@ -118,9 +120,16 @@ class ClientLogPolicy(Policy):
                 url = url + "?" + redact_query(query, self._redact)
         duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
         rid = ex.request_id
-        if rid is None:
+        trace_id = ex.trace_id  # the client span's, when the transport traces
+        span_id = ex.span_id
+        if rid is None or trace_id is None:
             ctx = request_context.get()
-            rid = None if ctx is None else ctx.request_id
+            if ctx is not None:
+                if rid is None:
+                    rid = ctx.request_id
+                if trace_id is None:  # not traced here: the request's span, as ContextFilter gives
+                    trace_id = ctx.trace_id
+                    span_id = ctx.span_id
         fields: dict[str, Any] = {
             "method": ex.method,
             "url": url,
@@ -129,6 +138,8 @@ class ClientLogPolicy(Policy):
             "duration_ms": round(duration_ms, 3),
             "attempts": ex.state.get("attempts", 1),
             "request_id": rid,
+            "trace_id": trace_id,
+            "span_id": span_id,
             "error": None,
             "error_message": None,
         }

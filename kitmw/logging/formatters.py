@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 from ..errors import ConfigError
@@ -35,17 +35,20 @@ from ._line import (
     key_json,
     value_json,
 )
+from ._servers import server_names, swap_handler, take_over
 
 __all__ = ["FORMATS", "JsonFormatter", "LogfmtFormatter", "TextFormatter", "configure"]
 
 FORMATS = ("json", "logfmt", "text")
 
 # Attributes every LogRecord has: anything else on a record came from ``extra`` (or a
-# filter) and is rendered as a field.
+# filter) and is rendered as a field. ``color_message``: uvicorn's copy of its message
+# with ANSI colour codes, for its own formatter.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
     *CONTEXT_FIELDS,
 }
 _MISSING: Any = object()
@@ -335,18 +338,28 @@ def configure(
     logger: str | logging.Logger | None = None,
     stream: IO[str] | None = None,
     static: Mapping[str, Any] | None = None,
+    servers: bool | str | Iterable[str] = False,
+    server_access_log: bool = False,
 ) -> logging.Handler:
     """Send ``logger``'s records (root by default) to ``stream`` as JSON, logfmt or text.
 
     Installs one handler carrying :class:`ContextFilter`, so every record, the
     application's own included, has the request id, trace id, span id and principal.
-    Calling it again replaces the handler it installed before; other handlers are kept.
+    Calling it again replaces the handler it installed before, and a handler writing
+    one of kitmw's formats to the same stream (the one a ``dictConfig`` such as the
+    documented ``--log-config`` file installed): lines are never written twice. Other
+    handlers are kept.
 
     :param format: ``"json"`` (default), ``"logfmt"`` or ``"text"``.
     :param level: level set on ``logger``.
     :param logger: logger name or object; ``None`` for the root logger.
     :param stream: where lines go (default ``sys.stderr``).
     :param static: fields added to every JSON/logfmt line (``{"service": "api"}``).
+    :param servers: ``True`` (or ``"uvicorn"``, ``"gunicorn"``, a list of them): take
+        over those servers' own loggers (``uvicorn``, ``uvicorn.error``,
+        ``gunicorn.error``...), so their lines go through this handler too, once.
+    :param server_access_log: with ``servers``, keep their access lines (through this
+        handler); by default they are turned off, since kitmw's access log replaces them.
     :returns: the installed handler.
     """
     from ._context import ContextFilter
@@ -357,6 +370,11 @@ def configure(
     lvl = level_option(level, "level")
     if static is not None and not isinstance(static, Mapping):
         raise ConfigError(f"static: expected a mapping of fields, got {static!r}")
+    taken = server_names(servers)
+    if not isinstance(server_access_log, bool):
+        raise ConfigError(f"server_access_log: expected True or False, got {server_access_log!r}")
+    if server_access_log and not taken:
+        raise ConfigError("server_access_log: only with servers=True (or the names of the servers)")
     formatter: logging.Formatter
     if format == "json":
         formatter = JsonFormatter(static=static)
@@ -364,12 +382,32 @@ def configure(
         formatter = LogfmtFormatter(static=static)
     else:
         formatter = TextFormatter()
-    handler = KitmwHandler(stream if stream is not None else sys.stderr)
+    out = stream if stream is not None else sys.stderr
+    handler = KitmwHandler(out)
     handler.addFilter(ContextFilter(default="-" if format == "text" else None))
     handler.setFormatter(formatter)
-    for old in [h for h in target.handlers if isinstance(h, KitmwHandler)]:
+    replaced = [h for h in target.handlers if _writes_kitmw_lines(h, out)]
+    for old in replaced:
         target.removeHandler(old)
         old.close()
     target.addHandler(handler)
     target.setLevel(lvl)
+    if replaced:
+        swap_handler(replaced, handler)
+    take_over(taken, handler, server_access_log)
     return handler
+
+
+_KITMW_FORMATTERS = (JsonFormatter, LogfmtFormatter, TextFormatter)
+
+
+def _writes_kitmw_lines(handler: logging.Handler, stream: IO[str]) -> bool:
+    """True for configure()'s own handler, and for a plain StreamHandler writing one of
+    kitmw's formats to ``stream`` (``dictConfig``'s, from the documented server configs)."""
+    if isinstance(handler, KitmwHandler):
+        return True
+    return (
+        type(handler) is logging.StreamHandler
+        and handler.stream is stream
+        and isinstance(handler.formatter, _KITMW_FORMATTERS)
+    )

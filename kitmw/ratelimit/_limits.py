@@ -175,7 +175,11 @@ class HeapMemoryStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
             return 0
         return self._counts[key]
 
-    def incr(self, key: str, expiry: float, amount: int = 1, elastic_expiry: bool = False) -> int:
+    # limits 4.x orders (elastic_expiry, amount), 5.x has amount only; every caller in limits
+    # passes both by keyword, which this signature accepts on both.
+    def incr(  # type: ignore[override,unused-ignore]
+        self, key: str, expiry: float, amount: int = 1, elastic_expiry: bool = False
+    ) -> int:
         """Add ``amount`` to ``key``'s counter, starting a window of ``expiry`` seconds if none."""
         now = self._clock()
         with self._lock:

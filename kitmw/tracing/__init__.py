@@ -21,7 +21,9 @@ With no ``traceparent`` the current context is the parent (contrib's rule), so a
 another layer made current is continued, not cut off: kitmw's span is then INTERNAL
 when the current span is a SERVER span it could not adopt, so a request still has one
 SERVER span. ``OTEL_PYTHON_EXCLUDED_URLS`` (and its ``_ASGI_`` / ``_WSGI_`` variants) and
-``suppress_http_instrumentation()`` are honoured as contrib's instrumentations honour them.
+``suppress_http_instrumentation()`` are honoured as contrib's instrumentations honour them,
+and so are the header-capture variables (``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*``,
+also options of both policies; ``_headers``), credentials always redacted.
 
 :class:`ClientTracingPolicy` (httpx driver) starts a CLIENT span per outgoing request
 as a child of the current span and injects ``traceparent`` into the request.
@@ -40,10 +42,12 @@ from ._asgi import SCOPE_SPAN_KEY as SCOPE_SPAN_KEY
 from ._client import ClientTracingPolicy
 from ._common import ExchangeGetter, ExchangeSetter
 from ._endpoint import EndpointTracingPolicy
+from ._headers import ALWAYS_REDACTED
 from ._options import ClientTracingOptions, EndpointTracingOptions, TracingOptions
 from ._server import TracingPolicy
 
 __all__ = [
+    "ALWAYS_REDACTED",
     "ClientTracingOptions",
     "ClientTracingPolicy",
     "EndpointTracingOptions",

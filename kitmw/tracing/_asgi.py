@@ -23,6 +23,7 @@ from ..exchange import Exchange
 from ._common import (
     KNOWN_METHODS,
     PLAIN_METHODS,
+    Captures,
     ServerHelpers,
     decode_header,
     redact,
@@ -39,10 +40,43 @@ FASTAPI_KEY = "fastapi.telemetry"
 _ABSENT = object()
 
 
-def server_helpers(sc: Semconv, all_methods: bool, cache: BoundedCache[Any, Any]) -> ServerHelpers:
+def server_helpers(
+    sc: Semconv, all_methods: bool, cache: BoundedCache[Any, Any], capture: Captures = (None, None)
+) -> ServerHelpers:
     """The server policy's ASGI helpers; ``cache`` (owned by the policy) keeps what
     depends on the socket, ``Host`` and ``User-Agent`` only."""
-    return ServerHelpers("ASGI", url, scanner(sc, all_methods, cache), claim, owns, mark)
+    return ServerHelpers("ASGI", url, scanner(sc, all_methods, cache), claim, owns, mark, *header_readers(capture))
+
+
+def header_readers(
+    capture: Captures,
+) -> tuple[
+    Callable[[Exchange, Any], dict[str, list[str]]] | None,
+    Callable[[Exchange], dict[str, list[str]]] | None,
+]:
+    """The captured header attributes, names and values decoded as contrib's ASGI
+    middleware decodes them (UTF-8, else ``unicode_escape``): the request's from the
+    scope's raw pairs, the response's from the exchange."""
+    request, response = capture
+    read_request = read_response = None
+    if request is not None:
+        collect_request = request.collect
+
+        def read_request(ex: Exchange, scope: Any) -> dict[str, list[str]]:
+            return collect_request(scope.get("headers") or (), decode_header)
+
+    if response is not None:
+        collect_response = response.collect
+
+        def read_response(ex: Exchange) -> dict[str, list[str]]:
+            # The exchange decodes as latin-1, which gives the raw bytes back losslessly.
+            return collect_response(ex.response_headers(), _as_contrib)
+
+    return read_request, read_response
+
+
+def _as_contrib(text: str) -> str:
+    return text if text.isascii() else decode_header(text.encode("latin-1"))
 
 
 def claim(scope: Any) -> Any:

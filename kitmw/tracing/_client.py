@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from time import time_ns
 from typing import Any, ClassVar
 
@@ -30,6 +30,7 @@ from ._common import (
     validate_hook,
     validate_semconv,
 )
+from ._headers import captures, neutral_request_pairs
 from ._semconv import Semconv
 
 __all__ = ["ClientTracingPolicy"]
@@ -48,10 +49,19 @@ class ClientTracingPolicy(Traced, Policy):
     :param request_hook: ``hook(span, exchange)`` after the span starts.
     :param response_hook: ``hook(span, exchange)`` before the span ends.
     :param semconv: as for :class:`~kitmw.tracing.TracingPolicy`.
+    :param capture_request_headers: as for :class:`~kitmw.tracing.TracingPolicy`; default
+        ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST``. Read before
+        ``traceparent`` is injected, as contrib's httpx instrumentation reads them.
+    :param capture_response_headers: default
+        ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE``.
+    :param sanitize_headers: default ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS``;
+        credentials are always redacted.
     """
 
     __slots__ = (
         "_all_methods",
+        "_capture_request",
+        "_capture_response",
         "_propagator",
         "_provider",
         "_sc",
@@ -73,6 +83,9 @@ class ClientTracingPolicy(Traced, Policy):
         request_hook: Callable[[Span, Exchange], Any] | None = None,
         response_hook: Callable[[Span, Exchange], Any] | None = None,
         semconv: str | None = None,
+        capture_request_headers: Iterable[str] | str | None = None,
+        capture_response_headers: Iterable[str] | str | None = None,
+        sanitize_headers: Iterable[str] | str | None = None,
     ) -> None:
         validate_common(tracer_provider, propagator)
         validate_hook("request_hook", request_hook)
@@ -87,6 +100,9 @@ class ClientTracingPolicy(Traced, Policy):
         self.response_hook = response_hook
         self._sc = Semconv(semconv)
         self._all_methods = capture_all_methods()
+        self._capture_request, self._capture_response = captures(
+            "client", capture_request_headers, capture_response_headers, sanitize_headers
+        )
 
     def enter(self, ex: Exchange) -> Rejection | None:
         if otel_context.get_current() and not is_http_instrumentation_enabled():
@@ -94,8 +110,12 @@ class ClientTracingPolicy(Traced, Policy):
         tracer = self._tracer or self._get_tracer()
         method = ex.method
         span_name = method if self._all_methods or method in KNOWN_METHODS else "HTTP"
+        attributes = self._attributes(ex)
+        capture = self._capture_request
+        if capture is not None:
+            attributes.update(capture.collect(neutral_request_pairs(ex)))
         wall = time_ns()
-        span = tracer.start_span(span_name, kind=SpanKind.CLIENT, attributes=self._attributes(ex), start_time=wall)
+        span = tracer.start_span(span_name, kind=SpanKind.CLIENT, attributes=attributes, start_time=wall)
         propagator = self._propagator or propagate.get_global_textmap()
         try:
             propagator.inject(ex, context=trace.set_span_in_context(span), setter=SETTER)
@@ -167,5 +187,8 @@ class ClientTracingPolicy(Traced, Policy):
                 span.record_exception(error)
             sc.error_type(span, error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        capture = self._capture_response
+        if capture is not None:
+            span.set_attributes(capture.collect(ex.response_headers()))
         if self.response_hook is not None:
             run_hook(self.response_hook, span, ex)

@@ -14,6 +14,7 @@ from opentelemetry.trace import Span
 
 from ..errors import ConfigError
 from ..exchange import Exchange
+from ._headers import HeaderCapture, neutral_request_pairs
 from ._semconv import OPTIONS, Semconv
 
 try:  # a dependency of opentelemetry-instrumentation-asgi, itself a kitmw dependency
@@ -40,12 +41,14 @@ __all__ = [
     "KNOWN_METHODS",
     "SETTER",
     "STATE_KEY",
+    "Captures",
     "ExchangeGetter",
     "ExchangeSetter",
     "ServerHelpers",
     "Traced",
     "is_http_instrumentation_enabled",
     "is_instrumentation_enabled",
+    "neutral_header_readers",
     "neutral_request_attributes",
     "neutral_server_helpers",
 ]
@@ -102,6 +105,9 @@ class ServerHelpers(NamedTuple):
         further in to step aside.
     :param owns: whether a span was started for this request by another kitmw layer.
     :param mark: record the span started for this request, for ``owns``.
+    :param request_headers: ``(ex, native)`` -> the captured request header attributes,
+        or None when no request header is captured (see :mod:`._headers`).
+    :param response_headers: ``ex`` -> the captured response header attributes, or None.
     """
 
     instrumentation: str | None
@@ -110,15 +116,45 @@ class ServerHelpers(NamedTuple):
     claim: Callable[[Any], Any] | None = None
     owns: Callable[[Any, Any], bool] | None = None
     mark: Callable[[Any, Any], None] | None = None
+    request_headers: Callable[[Exchange, Any], dict[str, list[str]]] | None = None
+    response_headers: Callable[[Exchange], dict[str, list[str]]] | None = None
 
 
-def neutral_server_helpers(sc: Semconv) -> ServerHelpers:
+def neutral_server_helpers(sc: Semconv, capture: Captures = (None, None)) -> ServerHelpers:
     """For a protocol with no helpers of its own: what any exchange can tell."""
 
     def attributes(ex: Exchange, native: Any, fields: frozenset[bytes] | None) -> tuple[dict[str, Any], bool]:
         return neutral_request_attributes(ex, sc), True
 
-    return ServerHelpers(None, neutral_url, attributes)
+    return ServerHelpers(None, neutral_url, attributes, None, None, None, *neutral_header_readers(capture))
+
+
+#: A policy's (request, response) header captures; None for a direction not captured.
+Captures = tuple["HeaderCapture | None", "HeaderCapture | None"]
+
+
+def neutral_header_readers(
+    capture: Captures,
+) -> tuple[
+    Callable[[Exchange, Any], dict[str, list[str]]] | None,
+    Callable[[Exchange], dict[str, list[str]]] | None,
+]:
+    """The captured header attributes read from any exchange's public surface."""
+    request, response = capture
+    read_request = read_response = None
+    if request is not None:
+        collect_request = request.collect
+
+        def read_request(ex: Exchange, native: Any) -> dict[str, list[str]]:
+            return collect_request(neutral_request_pairs(ex))
+
+    if response is not None:
+        collect_response = response.collect
+
+        def read_response(ex: Exchange) -> dict[str, list[str]]:
+            return collect_response(ex.response_headers())
+
+    return read_request, read_response
 
 
 def neutral_url(ex: Exchange) -> str:

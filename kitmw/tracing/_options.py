@@ -37,6 +37,9 @@ class ClientTracingOptions(EndpointTracingOptions, total=False):
     request_hook: Callable[[Span, Exchange], Any] | None
     response_hook: Callable[[Span, Exchange], Any] | None
     semconv: Semconv | None
+    capture_request_headers: Iterable[str] | str | None
+    capture_response_headers: Iterable[str] | str | None
+    sanitize_headers: Iterable[str] | str | None
 
 
 class TracingOptions(EndpointTracingOptions, total=False):
@@ -47,3 +50,6 @@ class TracingOptions(EndpointTracingOptions, total=False):
     server_request_hook: Callable[[Span, Any], Any] | None
     server_response_hook: Callable[[Span, Exchange], Any] | None
     semconv: Semconv | None
+    capture_request_headers: Iterable[str] | str | None
+    capture_response_headers: Iterable[str] | str | None
+    sanitize_headers: Iterable[str] | str | None

@@ -28,6 +28,7 @@ from ._common import (
     KNOWN_METHODS,
     MAX_CACHED,
     STATE_KEY,
+    Captures,
     ServerHelpers,
     Traced,
     capture_all_methods,
@@ -35,6 +36,7 @@ from ._common import (
     excluded_urls,
     ids,
     is_http_instrumentation_enabled,
+    neutral_header_readers,
     neutral_request_attributes,
     neutral_server_helpers,
     run_hook,
@@ -44,6 +46,7 @@ from ._common import (
     validate_hook,
     validate_semconv,
 )
+from ._headers import captures
 from ._semconv import STABLE, Semconv, quiet_fields, status_attributes
 
 __all__ = ["TracingPolicy"]
@@ -83,11 +86,20 @@ class TracingPolicy(Traced, Policy):
     :param server_response_hook: ``hook(span, exchange)`` before the span ends.
     :param semconv: force the attribute set (``"default"``, ``"http"``, ``"http/dup"``);
         default follows ``OTEL_SEMCONV_STABILITY_OPT_IN`` like contrib's middlewares.
+    :param capture_request_headers: request headers to put on the span as
+        ``http.request.header.<name>``: regular expressions matching whole names,
+        case-insensitive; default ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST``.
+    :param capture_response_headers: the same for ``http.response.header.<name>``; default
+        ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE``.
+    :param sanitize_headers: patterns (searched in the name) of captured headers whose
+        values become ``[REDACTED]``, besides credentials, always redacted; default
+        ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS``.
     """
 
     __slots__ = (
         "_all_methods",
         "_attr_cache",
+        "_capture",
         "_enter",
         "_exclude",
         "_exit",
@@ -120,6 +132,9 @@ class TracingPolicy(Traced, Policy):
         server_request_hook: Callable[[Span, Any], Any] | None = None,
         server_response_hook: Callable[[Span, Exchange], Any] | None = None,
         semconv: str | None = None,
+        capture_request_headers: Iterable[str] | str | None = None,
+        capture_response_headers: Iterable[str] | str | None = None,
+        sanitize_headers: Iterable[str] | str | None = None,
     ) -> None:
         validate_common(tracer_provider, propagator)
         validate_hook("server_request_hook", server_request_hook)
@@ -141,7 +156,11 @@ class TracingPolicy(Traced, Policy):
         # (propagator, the header names it reads if it is known to find nothing without them)
         self._prop: tuple[Any, frozenset[bytes] | None] = (None, None)
         self._enter: Callable[[Exchange], Rejection | None] | None = None
-        self._exit = self._bind_exit()
+        # Read once, as contrib's middlewares read them: (request, response), None when off.
+        self._capture: Captures = captures(
+            "server", capture_request_headers, capture_response_headers, sanitize_headers
+        )
+        self._exit = self._bind_exit(neutral_header_readers(self._capture)[1])
 
     # -- what drivers run ---------------------------------------------------------------
 
@@ -149,19 +168,22 @@ class TracingPolicy(Traced, Policy):
         """``enter`` bound to ``protocol``'s helpers (the ASGI scan, contrib's WSGI
         collector, FastAPI's marker), ``exit`` as is. ``OTEL_PYTHON_EXCLUDED_URLS`` and
         its per-protocol variant are read now, when the driver is built, as contrib does."""
+        capture = self._capture
         if protocol == "asgi":
-            helpers = _asgi.server_helpers(self._sc, self._all_methods, self._attr_cache)
+            helpers = _asgi.server_helpers(self._sc, self._all_methods, self._attr_cache, capture)
         elif protocol == "wsgi":
-            helpers = _wsgi.server_helpers(self._sc)
+            helpers = _wsgi.server_helpers(self._sc, capture)
         else:
-            helpers = neutral_server_helpers(self._sc)
-        return Hooks(enter=self._bind(helpers), exit=self._exit)
+            helpers = neutral_server_helpers(self._sc, capture)
+        read_response = helpers.response_headers
+        exit_ = self._exit if read_response is None else self._bind_exit(read_response)
+        return Hooks(enter=self._bind(helpers), exit=exit_)
 
     def enter(self, ex: Exchange) -> Rejection | None:
         """The neutral ``enter`` (no protocol helpers), for an exchange driven by hand."""
         enter = self._enter
         if enter is None:
-            enter = self._enter = self._bind(neutral_server_helpers(self._sc))
+            enter = self._enter = self._bind(neutral_server_helpers(self._sc, self._capture))
         return enter(ex)
 
     def _bind(self, helpers: ServerHelpers) -> Callable[[Exchange], Rejection | None]:
@@ -173,6 +195,7 @@ class TracingPolicy(Traced, Policy):
         claim = helpers.claim
         owns = helpers.owns
         mark = helpers.mark
+        read_request = helpers.request_headers
         all_methods = self._all_methods
         sc = self._sc
         adopt = self._adopt
@@ -201,7 +224,7 @@ class TracingPolicy(Traced, Policy):
             else:  # the start of a served request: nothing is current
                 current = None
                 recording = False
-            if (claimed is not None or recording) and adopt(ex, native, claimed, current, owns):
+            if (claimed is not None or recording) and adopt(ex, native, claimed, current, owns, read_request):
                 return None  # someone owns a span for this request already
             tracer = policy._tracer or policy._get_tracer()
             propagator = policy._propagator or propagate.get_global_textmap()
@@ -228,6 +251,11 @@ class TracingPolicy(Traced, Policy):
                 # no traceparent: this span is its child, INTERNAL as contrib makes it, so the
                 # request keeps one SERVER span.
                 kind = SpanKind.INTERNAL
+            elif read_request is not None:  # headers go on SERVER spans only, as in contrib
+                try:
+                    attributes.update(read_request(ex, native))
+                except Exception:  # pragma: no cover - never fail a request from tracing
+                    pass
             method = ex.method
             span_name = method if all_methods or method in KNOWN_METHODS else "HTTP"
             wall = time_ns()
@@ -249,10 +277,17 @@ class TracingPolicy(Traced, Policy):
         return enter
 
     def _adopt(
-        self, ex: Exchange, native: Any, claimed: Any, current: Any, owns: Callable[[Any, Any], bool] | None
+        self,
+        ex: Exchange,
+        native: Any,
+        claimed: Any,
+        current: Any,
+        owns: Callable[[Any, Any], bool] | None,
+        read_request: Callable[[Exchange, Any], dict[str, list[str]]] | None = None,
     ) -> bool:
         """Take over a server span another layer already started for this request: the
-        one the protocol names (``claimed``), else the current one if it is this request's."""
+        one the protocol names (``claimed``), else the current one if it is this request's.
+        Captured request headers are set on it (over the owner's own: redacted alike)."""
         if claimed is not None:
             if not claimed.is_recording():
                 return False
@@ -266,6 +301,8 @@ class TracingPolicy(Traced, Policy):
         is_claimed = claimed is not None
         try:
             self._annotate_adopted(ex, span, is_claimed)
+            if read_request is not None:
+                span.set_attributes(read_request(ex, native))
         except Exception:  # pragma: no cover - never fail a request from tracing
             pass
         ex.span = span
@@ -278,9 +315,11 @@ class TracingPolicy(Traced, Policy):
     def exit(self, ex: Exchange) -> None:
         self._exit(ex)
 
-    def _bind_exit(self) -> Callable[[Exchange], None]:
+    def _bind_exit(
+        self, read_response: Callable[[Exchange], dict[str, list[str]]] | None
+    ) -> Callable[[Exchange], None]:
         """``exit``: the closing attributes, status and end of the span (of an adopted
-        span, only what kitmw alone saw)."""
+        span, only what kitmw alone saw); ``read_response``: the captured response headers."""
         policy = self
         sc = self._sc
         old = sc.old
@@ -300,7 +339,7 @@ class TracingPolicy(Traced, Policy):
                 return
             if type(st) is _Adopted:
                 try:
-                    finish_adopted(ex, span, st.claimed)
+                    finish_adopted(ex, span, st.claimed, read_response)
                 except Exception:  # pragma: no cover - never fail a request from tracing
                     pass
                 return
@@ -320,6 +359,8 @@ class TracingPolicy(Traced, Policy):
                             cached = status_cache.put(status, status_attributes(status, sc))
                         status_attrs, error_status = cached
                         attrs.update(status_attrs)
+                    if read_response is not None and getattr(span, "kind", None) is SpanKind.SERVER:
+                        attrs.update(read_response(ex))
                     sent = ex.bytes_out
                     if sent:
                         if old:
@@ -367,10 +408,18 @@ class TracingPolicy(Traced, Policy):
                 span.update_name(f"{span_method(ex.method)} {route}")
                 span.set_attribute("http.route", route)
 
-    def _finish_adopted(self, ex: Exchange, span: Span, claimed: bool) -> None:
+    def _finish_adopted(
+        self,
+        ex: Exchange,
+        span: Span,
+        claimed: bool,
+        read_response: Callable[[Exchange], dict[str, list[str]]] | None,
+    ) -> None:
         """The owner sets the status and ends the span; record what only kitmw saw."""
         if not span.is_recording():
-            return  # already ended by its owner
+            return  # already ended by its owner (FastAPI's: at the last body byte)
+        if read_response is not None:
+            span.set_attributes(read_response(ex))
         error = ex.error
         if claimed and error is not None and isinstance(error, Exception) and self.record_exceptions:
             span.record_exception(error)  # FastAPI logs it but adds no span event
@@ -379,9 +428,23 @@ class TracingPolicy(Traced, Policy):
 
 
 def _same_path(ex: Exchange, span: Any) -> bool:
-    """True if ``span`` records this request's path (contrib's span, made current outside)."""
+    """True if ``span`` records this request's path (contrib's span, made current outside)
+    and, when the request carries a ``traceparent``, was started from it: a service called
+    in the same process on the same path finds its caller's span current, not its own."""
     attrs = getattr(span, "attributes", None)
     if not attrs:
         return False
     target = attrs.get("url.path") or attrs.get("http.target")
-    return isinstance(target, str) and target.partition("?")[0] == ex.path
+    if not (isinstance(target, str) and target.partition("?")[0] == ex.path):
+        return False
+    traceparent = ex.header("traceparent")
+    if traceparent is None:
+        return True
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[2]) != 16:
+        return True  # unreadable: the propagator ignored it too
+    parent = getattr(span, "parent", None)
+    try:
+        return parent is not None and parent.span_id == int(parts[2], 16)
+    except ValueError:
+        return True

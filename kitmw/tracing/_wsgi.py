@@ -12,14 +12,16 @@ from typing import Any
 
 from ..exchange import Exchange
 from ._asgi import mark, owns  # the environ keeps the span under the scope's key
-from ._common import ServerHelpers, neutral_request_attributes, neutral_url
+from ._common import Captures, ServerHelpers, neutral_header_readers, neutral_request_attributes, neutral_url
 from ._semconv import Semconv
 
 __all__ = ["collector", "server_helpers"]
 
 
-def server_helpers(sc: Semconv) -> ServerHelpers:
-    """The server policy's WSGI helpers, contrib's collector bound to the semconv mode."""
+def server_helpers(sc: Semconv, capture: Captures = (None, None)) -> ServerHelpers:
+    """The server policy's WSGI helpers, contrib's collector bound to the semconv mode;
+    captured headers read from the exchange (``Content-Type`` and ``Content-Length``
+    included, which contrib's WSGI middleware cannot capture)."""
     collect = collector()
     mode = sc.mode
 
@@ -28,7 +30,7 @@ def server_helpers(sc: Semconv) -> ServerHelpers:
             return neutral_request_attributes(ex, sc), True
         return collect(environ, mode), True
 
-    return ServerHelpers("WSGI", url, attributes, None, owns, mark)
+    return ServerHelpers("WSGI", url, attributes, None, owns, mark, *neutral_header_readers(capture))
 
 
 def collector() -> Callable[..., dict[str, Any]] | None:

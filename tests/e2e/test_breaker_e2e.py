@@ -303,6 +303,8 @@ def test_an_abandoned_trial_is_not_counted_and_frees_its_slot(serve_asgi: Any) -
         # leaving the block closes the connection mid-stream: the client is gone
         assert finished.wait(10)
         assert breaker.state == "half-open"  # neither closed (a success) nor re-opened
+        finished.clear()
         r = c.get("/stream")  # the slot is free: this one is the next trial
         assert (r.status_code, r.text) == (200, "first chunk\nlast chunk\n")
+        assert finished.wait(10)  # the verdict is given after the last byte reached the client
         assert breaker.state == "closed"
