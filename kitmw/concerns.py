@@ -58,6 +58,7 @@ __all__ = [
     "Concern",
     "EndpointConcerns",
     "Instrument",
+    "OTel",
     "ServerConcerns",
     "build",
     "build_all",
@@ -76,12 +77,40 @@ Side = Literal["server", "client", "endpoint"]
 SIDES: tuple[Side, ...] = ("server", "client", "endpoint")
 
 
+class OTel(NamedTuple):
+    """The OpenTelemetry twin of an :class:`Instrument`: the same measurement through the
+    OpenTelemetry metrics API (``metrics={"backend": "otel"}``).
+
+    ``kind``: ``"counter"``, ``"updowncounter"``, ``"gauge"`` or ``"histogram"`` (the
+    metrics policies make ``http.server.active_requests`` an asynchronous up-down counter,
+    read at collection); ``unit``: UCUM (``"s"``, ``"By"``, ``"{request}"``). ``attributes``: with ``by_label``, one per
+    Prometheus label, in the same order, so ``instruments(x).<attr>.labels(*values)``
+    writes both backends (kitmw's own metrics); without, the metrics policies record the
+    instrument with these semantic-convention attributes themselves (the HTTP metrics,
+    whose attributes are not the Prometheus labels). ``advice``: the histogram's explicit
+    bucket boundaries advice, ``"latency"`` (the semantic conventions' seconds, or the
+    policy's ``buckets``) or ``"size"`` (the Prometheus side's byte buckets).
+    ``description``: when the Prometheus documentation does not fit.
+    """
+
+    name: str
+    kind: str
+    unit: str
+    attributes: tuple[str, ...]
+    by_label: bool = True
+    advice: str | None = None
+    description: str = ""
+
+
 class Instrument(NamedTuple):
-    """A metric a concern declares; :mod:`kitmw.metrics` creates it once per registry.
+    """A metric a concern declares; :mod:`kitmw.metrics` creates it once per registry
+    (and, with ``otel``, once per meter provider).
 
     ``kind``: ``"counter"``, ``"gauge"`` or ``"histogram"``; ``attr``: the attribute of
     :class:`kitmw.metrics.Instruments`; ``options``: extra keyword arguments of the
-    prometheus-client class (``multiprocess_mode``, ``buckets``).
+    prometheus-client class (``multiprocess_mode``, ``buckets``); ``otel``: its
+    OpenTelemetry twin, None where OpenTelemetry has no separate instrument (a request
+    count is the count of the duration histogram there).
     """
 
     attr: str
@@ -90,6 +119,7 @@ class Instrument(NamedTuple):
     documentation: str
     labels: tuple[str, ...]
     options: tuple[tuple[str, Any], ...] = ()
+    otel: OTel | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,10 @@ _PKG = __name__.rpartition(".")[0] + "."
 _SERVER = ("method", "route", "status")
 _CLIENT = ("method", "host", "status")
 _ENDPOINT = ("endpoint", "outcome")
+# The HTTP semantic conventions' attributes of the server and client metrics.
+_HTTP_SERVER = ("http.request.method", "url.scheme", "http.route", "http.response.status_code", "error.type")
+_HTTP_CLIENT = ("http.request.method", "server.address", "server.port", "http.response.status_code", "error.type")
+_SIDE_SCOPE = ("kitmw.side", "kitmw.scope")
 
 #: Every concern, in the canonical order (outermost first), on every side.
 CONCERNS: tuple[Concern, ...] = (
@@ -199,6 +233,15 @@ CONCERNS: tuple[Concern, ...] = (
                 "http_server_request_duration_seconds",
                 "Time from the request to the last response byte.",
                 _SERVER,
+                otel=OTel(
+                    "http.server.request.duration",
+                    "histogram",
+                    "s",
+                    _HTTP_SERVER,
+                    by_label=False,
+                    advice="latency",
+                    description="Duration of HTTP server requests.",
+                ),
             ),
             Instrument(
                 "server_in_progress",
@@ -207,6 +250,14 @@ CONCERNS: tuple[Concern, ...] = (
                 "HTTP requests being served.",
                 ("method",),
                 (("multiprocess_mode", "livesum"),),
+                otel=OTel(
+                    "http.server.active_requests",
+                    "updowncounter",
+                    "{request}",
+                    ("http.request.method", "url.scheme"),
+                    by_label=False,
+                    description="Number of active HTTP server requests.",
+                ),
             ),
             Instrument(
                 "server_request_size",
@@ -215,6 +266,15 @@ CONCERNS: tuple[Concern, ...] = (
                 "Request body bytes received.",
                 _SERVER,
                 (("buckets", "size"),),
+                otel=OTel(
+                    "http.server.request.body.size",
+                    "histogram",
+                    "By",
+                    _HTTP_SERVER,
+                    by_label=False,
+                    advice="size",
+                    description="Size of HTTP server request bodies.",
+                ),
             ),
             Instrument(
                 "server_response_size",
@@ -223,6 +283,15 @@ CONCERNS: tuple[Concern, ...] = (
                 "Response body bytes sent.",
                 _SERVER,
                 (("buckets", "size"),),
+                otel=OTel(
+                    "http.server.response.body.size",
+                    "histogram",
+                    "By",
+                    _HTTP_SERVER,
+                    by_label=False,
+                    advice="size",
+                    description="Size of HTTP server response bodies.",
+                ),
             ),
             Instrument("client_requests", "counter", "http_client_requests", "HTTP requests sent.", _CLIENT),
             Instrument(
@@ -231,6 +300,15 @@ CONCERNS: tuple[Concern, ...] = (
                 "http_client_request_duration_seconds",
                 "Time from sending the request to the end of the response.",
                 _CLIENT,
+                otel=OTel(
+                    "http.client.request.duration",
+                    "histogram",
+                    "s",
+                    _HTTP_CLIENT,
+                    by_label=False,
+                    advice="latency",
+                    description="Duration of HTTP client requests.",
+                ),
             ),
             Instrument(
                 "endpoint_calls",
@@ -245,6 +323,13 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_endpoint_duration_seconds",
                 "Time from the call of a kitmw.endpoint function to its return or exception.",
                 _ENDPOINT,
+                otel=OTel(
+                    "kitmw.endpoint.duration",
+                    "histogram",
+                    "s",
+                    ("kitmw.endpoint.name", "kitmw.endpoint.outcome"),
+                    advice="latency",
+                ),
             ),
             Instrument(
                 "storage_errors",
@@ -252,6 +337,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_storage_errors",
                 "Errors reaching a shared storage (ratelimit, breaker, jwks).",
                 ("component",),
+                otel=OTel("kitmw.storage.errors", "counter", "{error}", ("kitmw.component",)),
             ),
         ),
     ),
@@ -270,6 +356,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_timeouts",
                 "Exchanges whose deadline passed before they were over.",
                 ("side", "scope"),
+                otel=OTel("kitmw.timeouts", "counter", "{timeout}", _SIDE_SCOPE),
             ),
         ),
     ),
@@ -288,6 +375,9 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_ratelimit_decisions",
                 "Rate-limit decisions (allowed, limited, fail_open, fail_closed).",
                 ("side", "decision"),
+                otel=OTel(
+                    "kitmw.ratelimit.decisions", "counter", "{decision}", ("kitmw.side", "kitmw.ratelimit.decision")
+                ),
             ),
         ),
     ),
@@ -324,6 +414,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "The current concurrency limit (static, or where the adaptive algorithm put it).",
                 ("side", "scope"),
                 (("multiprocess_mode", "livesum"),),
+                otel=OTel("kitmw.concurrency.limit", "gauge", "{request}", _SIDE_SCOPE),
             ),
             Instrument(
                 "concurrency_in_flight",
@@ -332,6 +423,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "Exchanges holding a slot of a concurrency limit.",
                 ("side", "scope"),
                 (("multiprocess_mode", "livesum"),),
+                otel=OTel("kitmw.concurrency.in_flight", "updowncounter", "{request}", _SIDE_SCOPE),
             ),
             Instrument(
                 "concurrency_rejections",
@@ -339,6 +431,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_concurrency_rejections",
                 "Exchanges refused by a full concurrency limit (after waiting, if a wait is configured).",
                 ("side", "scope"),
+                otel=OTel("kitmw.concurrency.rejections", "counter", "{rejection}", _SIDE_SCOPE),
             ),
             Instrument(
                 "concurrency_queue_wait",
@@ -346,6 +439,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_concurrency_queue_wait_seconds",
                 "Time an exchange waited for a slot (only exchanges that had to wait).",
                 ("side", "scope"),
+                otel=OTel("kitmw.concurrency.wait.duration", "histogram", "s", _SIDE_SCOPE, advice="latency"),
             ),
         ),
     ),
@@ -366,6 +460,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "http_client_retries",
                 "HTTP requests sent again by the retry policy.",
                 ("method", "host"),
+                otel=OTel("kitmw.client.retries", "counter", "{retry}", ("http.request.method", "kitmw.host")),
             ),
         ),
     ),
@@ -392,6 +487,7 @@ CONCERNS: tuple[Concern, ...] = (
                 ("breaker", "state"),
                 # Breakers are process-local by default: each live worker reports its own.
                 (("multiprocess_mode", "liveall"),),
+                otel=OTel("kitmw.breaker.state", "gauge", "1", ("kitmw.breaker.name", "kitmw.breaker.state")),
             ),
             Instrument(
                 "breaker_transitions",
@@ -399,6 +495,12 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_breaker_transitions",
                 "Circuit breaker state changes.",
                 ("breaker", "from_state", "to_state"),
+                otel=OTel(
+                    "kitmw.breaker.transitions",
+                    "counter",
+                    "{transition}",
+                    ("kitmw.breaker.name", "kitmw.breaker.from_state", "kitmw.breaker.to_state"),
+                ),
             ),
             Instrument(
                 "breaker_rejections",
@@ -406,6 +508,7 @@ CONCERNS: tuple[Concern, ...] = (
                 "kitmw_breaker_rejections",
                 "Requests refused by an open circuit breaker.",
                 ("breaker",),
+                otel=OTel("kitmw.breaker.rejections", "counter", "{rejection}", ("kitmw.breaker.name",)),
             ),
         ),
     ),

@@ -232,6 +232,7 @@ class Exposed:
 
     family_of: dict[str, str]
     labels: dict[str, dict[str, set[str]]]
+    constant: dict[str, str] = field(default_factory=dict)  # the constant labels of the registry
 
 
 def exposition(registry: CollectorRegistry) -> Exposed:
@@ -247,7 +248,7 @@ def exposition(registry: CollectorRegistry) -> Exposed:
     return Exposed(family_of, labels)
 
 
-async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
+async def drive(registry: CollectorRegistry, provider: Any, labels: dict[str, str] | None = None) -> list[int]:
     """Traffic that makes every kitmw metric family appear on ``registry``."""
     api = FastAPI()
 
@@ -273,7 +274,7 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
         api,
         tracing={"tracer_provider": provider},
         access_log=True,
-        metrics={"registry": registry},
+        metrics={"registry": registry, "labels": labels},
         ratelimit={"limit": "6/minute", "namespace": f"dash-{unique}"},
         auth=kitmw.auth.APIKey(keys={"secret": "alice"}),
         breaker={"name": f"dash-{unique}", "fail_max": 2, "reset_timeout": 60},
@@ -311,17 +312,21 @@ async def drive(registry: CollectorRegistry, provider: Any) -> list[int]:
     return statuses
 
 
-@pytest.fixture(scope="module")
-def exposed() -> Exposed:
+@pytest.fixture(scope="module", params=[None, {"service": "checkout"}], ids=["plain", "constant-labels"])
+def exposed(request: pytest.FixtureRequest) -> Exposed:
+    """The exposition of the traffic, without and with constant labels (``metrics={"labels":
+    ...}``): every dashboard test holds for both."""
     import anyio
     from opentelemetry.sdk.trace import TracerProvider
 
     registry = CollectorRegistry()
     provider = TracerProvider()
-    statuses = anyio.run(drive, registry, provider)
+    statuses = anyio.run(drive, registry, provider, request.param)
     provider.shutdown()
     assert statuses == [401, 200, 200, 503, 503, 429, 504]
-    return exposition(registry)
+    found = exposition(registry)
+    found.constant = dict(request.param or {})
+    return found
 
 
 # ---------------------------------------------------------------------------- tests
@@ -389,6 +394,24 @@ def test_every_grouping_label_exists_on_a_metric_of_its_expression(exposed: Expo
         problems += [
             f"{where}: no metric has label {label!r}" for label in query.grouping if label not in available
         ]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_labels_filter_selects_every_series_the_dashboard_queries(exposed: Exposed) -> None:
+    """The ad hoc ``Labels`` variable: Grafana adds each of its filters (``service="checkout"``)
+    to every selector of every query, so every metric the dashboard reads must carry the
+    constant labels, with their value, on every series."""
+    variables = {v["name"]: v for v in load()["templating"]["list"]}
+    assert variables["filters"]["type"] == "adhoc"
+    assert variables["filters"]["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    if not exposed.constant:
+        pytest.skip("no constant labels on this registry")
+    problems = []
+    for where, expr in expressions(load()):
+        for name in parse(expr).metrics:
+            for label, value in exposed.constant.items():
+                if exposed.labels.get(name, {}).get(label) != {value}:
+                    problems.append(f"{where}: {name} lacks {label}={value!r}")
     assert not problems, "\n".join(problems)
 
 

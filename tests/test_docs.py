@@ -707,6 +707,22 @@ def test_otlp_snippet_exports_kitmw_spans_to_a_collector(monkeypatch: pytest.Mon
     assert b"GET /items/{item_id}" in sent and b"orders" in sent
 
 
+@_tested("docs/snippets/otlp_metrics.py")
+def test_otlp_metrics_snippet_exports_kitmw_metrics_to_a_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    collector = _Collector()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+        module = _load("docs/snippets/otlp_metrics.py", "docs_otlp_metrics")
+        assert asyncio.run(_get(module.app, "/items/2")).status_code == 200
+        assert module.meters.force_flush(timeout_millis=10_000)
+        module.meters.shutdown()
+    finally:
+        collector.close()
+    sent = b"".join(collector.bodies)
+    assert b"http.server.request.duration" in sent and b"/items/{item_id}" in sent and b"orders" in sent
+
+
 @_tested("docs/snippets/proxies.py")
 def test_proxies_snippet_believes_only_trusted_forwarding_headers() -> None:
     module = _load("docs/snippets/proxies.py", "docs_proxies")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from .harness import (
     JWT_SECRET,
@@ -98,6 +98,25 @@ def configurations() -> list[Configuration]:
 
         return build
 
+    def kitmw_metrics(backends: list[Literal["prometheus", "otel"]], labels: dict[str, str] | None = None) -> Builder:
+        """The metrics concern on the OpenTelemetry backend (an SDK meter provider whose
+        reader is never collected: the cost of recording, not of exporting) or on both."""
+
+        def build(env: Env) -> Any:
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+            from ..metrics import MetricsOptions
+
+            options: MetricsOptions = {"backend": backends, "labels": labels}
+            if "otel" in backends:
+                options["meter_provider"] = MeterProvider(metric_readers=[InMemoryMetricReader()])
+            if "prometheus" in backends:
+                options["registry"] = registry()
+            return kitmw.stack(starlette_app(), metrics=options)
+
+        return build
+
     three = list(SIX[:3])
     six = list(SIX)
     configs: list[Configuration] = [
@@ -116,6 +135,9 @@ def configurations() -> list[Configuration]:
     ]:
         configs.append((title, "kitmw", kitmw_one(concern), concern == "auth"))
     configs += [
+        ("kitmw Metrics, constant labels", "kitmw", kitmw_metrics(["prometheus"], {"service": "bench"}), False),
+        ("kitmw Metrics, otel backend", "kitmw", kitmw_metrics(["otel"]), False),
+        ("kitmw Metrics, prometheus + otel", "kitmw", kitmw_metrics(["prometheus", "otel"]), False),
         ("kitmw 3 nested (tracing, log, metrics)", "kitmw", kitmw_nested(three), False),
         ("kitmw stack() of 3", "kitmw", kitmw_stack(three), False),
         ("kitmw 6 nested", "kitmw", kitmw_nested(six), True),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 from .._cache import BoundedCache
 from ..exchange import Exchange, Policy
@@ -15,8 +18,8 @@ from ._instruments import (
     exemplar_ok,
     histogram_exemplar_writer,
     histogram_writer,
-    instruments,
 )
+from ._policy import open_instruments
 
 __all__ = ["EndpointMetricsPolicy"]
 
@@ -38,19 +41,32 @@ class EndpointMetricsPolicy(Policy):
     limit). With a trace id on the call (tracing on), the observations carry it as
     an exemplar.
 
+    With the ``"otel"`` backend the duration is ``kitmw.endpoint.duration`` (attributes
+    ``kitmw.endpoint.name``, ``kitmw.endpoint.outcome``); its count is the calls'.
+
     :param registry: prometheus-client registry (default its global ``REGISTRY``).
     :param buckets: duration histogram bounds in seconds; policies sharing a registry
         must agree on them.
+    :param backend: ``"prometheus"``, ``"otel"`` or both as a list.
+    :param meter_provider: the OpenTelemetry meter provider (default the global one).
+    :param labels: constant labels on every kitmw metric of the registry (OpenTelemetry:
+        attributes); ``None``: the ones the registry or meter provider already has.
     """
 
     name: ClassVar[str] = "metrics"
     shared_options: ClassVar[tuple[str, ...]] = ("registry",)
 
-    def __init__(self, *, registry: CollectorRegistry | None = None, buckets: Sequence[float] | None = None) -> None:
-        inst = instruments(registry)
-        self.registry = inst.registry
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        buckets: Sequence[float] | None = None,
+        backend: str | Sequence[str] = "prometheus",
+        meter_provider: MeterProvider | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        inst, self.registry = open_instruments(registry, backend, meter_provider, labels, buckets, "endpoint_duration")
         self.instruments = inst
-        inst.use_buckets("endpoint_duration", buckets)
         self._calls = inst.endpoint_calls
         self._duration = inst.endpoint_duration
         self._children: BoundedCache[tuple[str, str], _Series] = BoundedCache(_MAX_CHILDREN)

@@ -8,10 +8,11 @@ keyword arguments.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, TypedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from prometheus_client import CollectorRegistry
 
 __all__ = ["ClientMetricsOptions", "EndpointMetricsOptions", "MetricsOptions"]
@@ -22,6 +23,9 @@ class EndpointMetricsOptions(TypedDict, total=False):
 
     registry: CollectorRegistry | None
     buckets: Sequence[float] | None
+    backend: Literal["prometheus", "otel"] | Sequence[Literal["prometheus", "otel"]]
+    meter_provider: MeterProvider | None
+    labels: Mapping[str, str] | None
 
 
 class ClientMetricsOptions(EndpointMetricsOptions, total=False):

@@ -3,27 +3,36 @@
 The hot path only looks things up: method and status labels come from tables built
 in ``__init__``, the label children of each (method, route, status) are cached on the
 policy, and an exemplar dict is built only when a trace id is known.
+
+The backend is chosen once, in ``__init__``: with Prometheus alone ``enter``/``exit`` are
+the class's own; with OpenTelemetry the instance's ``enter``/``exit`` are the variants
+that record through it (alone, or after the Prometheus writes), so no request asks
+which backend is on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CollectorRegistry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 from .._cache import BoundedCache
 from .._paths import PathMatcher
 from ..errors import ConfigError, KitmwError, Rejection
 from ..exchange import SERVE, UNMATCHED, Exchange, Policy
+from ._backends import AnyInstruments, instruments
 from ._exposition import render, render_async
 from ._instruments import (
     add_writer,
+    backend_names,
     counter_exemplar_writer,
     exemplar_ok,
     histogram_exemplar_writer,
     histogram_writer,
-    instruments,
 )
 
 __all__ = ["OTHER_STATUS", "ClientMetricsPolicy", "MetricsPolicy"]
@@ -101,6 +110,26 @@ def _status_label(status: int, table: tuple[str, ...]) -> str:
     return OTHER_STATUS
 
 
+def open_instruments(
+    registry: Any,
+    backend: Any,
+    meter_provider: Any,
+    labels: Mapping[str, str] | None,
+    buckets: Sequence[float] | None,
+    attr: str,
+) -> tuple[AnyInstruments, Any]:
+    """The instruments of a metrics policy's options, with its labels and ``attr``'s
+    buckets agreed; and what it lends the other concerns of its stack as ``registry``:
+    the prometheus-client registry itself with Prometheus alone, else the instruments."""
+    backends = backend_names(backend)
+    inst = instruments(registry, backend=backends, meter_provider=meter_provider)
+    inst.use_labels(labels)
+    inst.use_buckets(attr, buckets)
+    if inst.otel is None:
+        return inst, inst.registry  # type: ignore[union-attr]
+    return inst, inst
+
+
 class MetricsPolicy(Policy):
     """Prometheus RED metrics of a server, and the ``/metrics`` exposition.
 
@@ -118,6 +147,14 @@ class MetricsPolicy(Policy):
     :param status_class: label ``"2xx"`` instead of ``"200"``.
     :param counts_request_bytes: observe ``http_server_request_size_bytes`` (the driver
         then counts the request body as it is read; it is never buffered).
+    :param backend: ``"prometheus"``, ``"otel"`` (the OpenTelemetry metrics API, with
+        the HTTP semantic conventions' names and attributes) or both as a list. The other
+        concerns of the same stack write their metrics where this policy does.
+    :param meter_provider: the OpenTelemetry meter provider (default the global one);
+        only with the ``"otel"`` backend.
+    :param labels: constant labels on every kitmw metric of the registry (OpenTelemetry:
+        attributes on every data point), such as ``{"service": "checkout"}``; policies
+        sharing a registry or meter provider must agree on them (``None``: theirs).
     """
 
     name: ClassVar[str] = "metrics"
@@ -133,34 +170,51 @@ class MetricsPolicy(Policy):
         exclude_paths: Iterable[str] | str | None = (),
         status_class: bool = False,
         counts_request_bytes: bool = True,
+        backend: str | Sequence[str] = "prometheus",
+        meter_provider: MeterProvider | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if expose is not None and (not isinstance(expose, str) or not expose.startswith("/")):
             raise ConfigError(f"expose: expected a path starting with '/' or None, got {expose!r}")
-        inst = instruments(registry)
-        self.registry = inst.registry
+        inst, self.registry = open_instruments(registry, backend, meter_provider, labels, buckets, "server_duration")
         self.instruments = inst
-        inst.use_buckets("server_duration", buckets)
-        self.expose = expose
+        prometheus = inst.prometheus
+        # Only a Prometheus registry has an exposition to serve.
+        self.expose = expose if prometheus is not None else None
         self.status_class = bool(status_class)
         self.counts_request_bytes = bool(counts_request_bytes)
         self._excluded = PathMatcher(exclude_paths) or None
         self._status = _STATUS_CLASS if status_class else _STATUS
-        self._requests = inst.server_requests
-        self._duration = inst.server_duration
-        self._request_size = inst.server_request_size if counts_request_bytes else None
-        self._response_size = inst.server_response_size
-        gauge = inst.server_in_progress
-        # Writers of the in-progress gauge per method label (see _instruments: the
-        # value objects of the label children, fetched once).
-        self._in_progress = {m: add_writer(gauge.labels(m)) for m in (*KNOWN_METHODS, OTHER_METHOD)}
-        self._other_in_progress = self._in_progress[OTHER_METHOD]
         self._children: BoundedCache[tuple[str, str, int], _Series] = BoundedCache(_MAX_CHILDREN)
         self._series = self._children.get  # bound once: a plain dict's lookup per request
+        if prometheus is not None:
+            self._exposed = prometheus.registry
+            self._requests = prometheus.server_requests
+            self._duration = prometheus.server_duration
+            self._request_size = prometheus.server_request_size if counts_request_bytes else None
+            self._response_size = prometheus.server_response_size
+            gauge = prometheus.server_in_progress
+            # Writers of the in-progress gauge per method label (see _instruments: the
+            # value objects of the label children, fetched once).
+            self._in_progress = {m: add_writer(gauge.labels(m)) for m in (*KNOWN_METHODS, OTHER_METHOD)}
+            self._other_in_progress = self._in_progress[OTHER_METHOD]
+        if inst.otel is not None:
+            from ._semconv import ServerRecorder
+
+            self._otel = ServerRecorder(inst.otel, request_size=self.counts_request_bytes)
+            both = prometheus is not None
+            self.enter = self._enter_both if both else self._enter_otel  # type: ignore[method-assign]
+            self.exit = self._exit_both if both else self._exit_otel  # type: ignore[method-assign]
 
     @property
     def join_key(self) -> Hashable:
         # A second Metrics layer on the same registry would count every request twice.
         return (MetricsPolicy, self.registry)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The backends this policy records to, ``("prometheus",)``, ``("otel",)`` or both."""
+        return tuple(b for b, side in (("prometheus", self.instruments.prometheus), ("otel", self.instruments.otel)) if side)
 
     # -- exposition --------------------------------------------------------------------
 
@@ -171,13 +225,13 @@ class MetricsPolicy(Policy):
     def respond(self, ex: Exchange) -> Rejection:
         """The exposition, rendered only once every other policy let the scrape through."""
         return self._answer(
-            *render(self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query)
+            *render(self._exposed, ex.header("accept"), ex.header("accept-encoding"), ex.query)
         )
 
     async def arespond(self, ex: Exchange) -> Rejection:
         # Off the event loop: multiprocess mode reads every worker's files.
         rendered = await render_async(
-            self.registry, ex.header("accept"), ex.header("accept-encoding"), ex.query
+            self._exposed, ex.header("accept"), ex.header("accept-encoding"), ex.query
         )
         return self._answer(*rendered)
 
@@ -240,6 +294,34 @@ class MetricsPolicy(Policy):
         )
         return self._children.put(raw, children)
 
+    # -- through OpenTelemetry (chosen in __init__) ---------------------------------------
+
+    def _enter_otel(self, ex: Exchange) -> Rejection | None:
+        if self._excluded is not None and self._excluded(ex.path):
+            return None
+        self._otel.enter(ex, _METHOD_LABEL.get(ex.method, OTHER_METHOD))
+        return None
+
+    def _exit_otel(self, ex: Exchange) -> None:
+        if self._excluded is not None and self._excluded(ex.path):
+            return
+        try:
+            route = ex.route_label()
+        except Exception:  # a router that cannot be walked must not fail the request
+            route = UNMATCHED
+        self._otel.exit(ex, _METHOD_LABEL.get(ex.method, OTHER_METHOD), route)
+
+    def _enter_both(self, ex: Exchange) -> Rejection | None:
+        answer = MetricsPolicy.enter(self, ex)
+        if answer is None:
+            self._enter_otel(ex)
+        return answer
+
+    def _exit_both(self, ex: Exchange) -> None:
+        MetricsPolicy.exit(self, ex)
+        if not (ex.path == self.expose and ex.method in _EXPOSE_METHODS):
+            self._exit_otel(ex)
+
 
 class ClientMetricsPolicy(Policy):
     """Prometheus RED metrics of outgoing httpx calls (for ``kitmw.httpx`` transports).
@@ -251,6 +333,11 @@ class ClientMetricsPolicy(Policy):
     :param registry: prometheus-client registry (default its global ``REGISTRY``).
     :param buckets: latency histogram bounds in seconds.
     :param status_class: label ``"2xx"`` instead of ``"200"``.
+    :param backend: ``"prometheus"``, ``"otel"`` (``http.client.request.duration`` with the
+        semantic conventions' attributes) or both as a list.
+    :param meter_provider: the OpenTelemetry meter provider (default the global one).
+    :param labels: constant labels on every kitmw metric of the registry (OpenTelemetry:
+        attributes); ``None``: the ones the registry or meter provider already has.
     """
 
     name: ClassVar[str] = "metrics"
@@ -262,16 +349,24 @@ class ClientMetricsPolicy(Policy):
         registry: CollectorRegistry | None = None,
         buckets: Sequence[float] | None = None,
         status_class: bool = False,
+        backend: str | Sequence[str] = "prometheus",
+        meter_provider: MeterProvider | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
-        inst = instruments(registry)
-        self.registry = inst.registry
+        inst, self.registry = open_instruments(registry, backend, meter_provider, labels, buckets, "client_duration")
         self.instruments = inst
-        inst.use_buckets("client_duration", buckets)
         self._status = _STATUS_CLASS if status_class else _STATUS
-        self._requests = inst.client_requests
-        self._duration = inst.client_duration
         self._children: BoundedCache[tuple[str, str, str], tuple[Any, Any]] = BoundedCache(_MAX_CHILDREN)
         self._series = self._children.get  # bound once: a plain dict's lookup per call
+        prometheus = inst.prometheus
+        if prometheus is not None:
+            self._requests = prometheus.client_requests
+            self._duration = prometheus.client_duration
+        if inst.otel is not None:
+            from ._semconv import ClientRecorder
+
+            self._otel = ClientRecorder(inst.otel, CLIENT_ERROR_LABELS)
+            self.exit = self._exit_both if prometheus is not None else self._exit_otel  # type: ignore[method-assign]
 
     def exit(self, ex: Exchange) -> None:
         status = ex.status
@@ -287,6 +382,13 @@ class ClientMetricsPolicy(Policy):
             duration.observe(ex.duration)
         else:
             _observe_with_exemplar(requests, duration, ex.duration, trace_id)
+
+    def _exit_otel(self, ex: Exchange) -> None:
+        self._otel.exit(ex, _METHOD_LABEL.get(ex.method, OTHER_METHOD))
+
+    def _exit_both(self, ex: Exchange) -> None:
+        ClientMetricsPolicy.exit(self, ex)
+        self._otel.exit(ex, _METHOD_LABEL.get(ex.method, OTHER_METHOD))
 
 
 def _error_label(error: BaseException | None) -> str:
