@@ -161,6 +161,15 @@ def traced(request: Any) -> HttpResponse:
         return HttpResponse("traced")
 
 
+def sync_only(get_response: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A middleware as many are written: sync only (Django's default for a function)."""
+
+    def middleware(request: Any) -> Any:
+        return get_response(request)
+
+    return middleware
+
+
 urlpatterns = [
     path("items/<int:pk>", item),
     path("aitems/<int:pk>", aitem),
@@ -660,6 +669,30 @@ def test_under_asgi_the_middleware_is_async_and_the_request_never_leaves_the_loo
     assert access.thread == view.thread == loop_thread
 
 
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume")
+def test_under_asgi_with_a_sync_only_middleware_below_it_the_policies_still_run_in_their_context(
+    serve_asgi: Any, records: Records, spans: Any
+) -> None:
+    """Django then runs kitmw in a worker thread (sync), and sends the body from its task."""
+    provider, exporter = spans
+    kitmw_settings = {"access_log": True, "tracing": {"tracer_provider": provider}}
+    with project(kitmw_settings, middleware=[MIDDLEWARE, f"{URLCONF}.sync_only"]):
+        app = handler("asgi")
+        with serve_asgi(app, lifespan="off") as server, httpx.Client(base_url=server.url, timeout=10) as c:
+            assert c.get("/items/2", headers={"X-Request-ID": "so-1"}).text == "item 2"
+            assert c.get("/astream", headers={"X-Request-ID": "so-2"}).content == b"first\nsecond\n"
+            assert c.get("/stream", headers={"X-Request-ID": "so-3"}).content == b"first\nsecond\n"
+            wait_until(lambda: len(records.of("kitmw.access")) == 3)
+    assert [(r.path, r.bytes_out, r.request_id) for r in records.of("kitmw.access")] == [
+        ("/items/2", 6, "so-1"),
+        ("/astream", 13, "so-2"),
+        ("/stream", 13, "so-3"),
+    ]
+    assert [r.request_id for r in records.of("tests.django")] == ["so-1", "so-2", "so-2", "so-3", "so-3"]  # type: ignore[attr-defined]
+    assert sorted(s.name for s in exporter.get_finished_spans()) == ["GET /astream", "GET /items/<int:pk>", "GET /stream"]
+    assert [r for r in records.records if r.levelno >= logging.ERROR] == []
+
+
 def test_the_middleware_runs_sync_under_wsgi() -> None:
     from asgiref.sync import iscoroutinefunction
 
@@ -907,3 +940,74 @@ def test_json_body_of_refusals_is_kitmws(serve: Any) -> None:
         refused = c.get("/items/1")
     assert json.loads(refused.content) == {"error": "rate_limited"}
     assert refused.headers["content-length"] == str(len(refused.content))
+
+
+REMOTE_USER_PROJECT = '''
+import json, sys, asyncio
+import django
+from django.conf import settings
+from django.http import JsonResponse
+from django.urls import path
+import kitmw.auth
+
+def me(request):
+    return JsonResponse({"user": request.user.get_username(), "authenticated": request.user.is_authenticated})
+
+urlpatterns = [path("me", me)]
+settings.configure(
+    SECRET_KEY="tests", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__, USE_TZ=True,
+    INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": sys.argv[1]}},
+    MIDDLEWARE=[
+        "kitmw.django.Middleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.auth.middleware.RemoteUserMiddleware",
+    ],
+    AUTHENTICATION_BACKENDS=["django.contrib.auth.backends.RemoteUserBackend"],
+    KITMW={"auth": {"backend": kitmw.auth.APIKey(keys={"k-alice": "alice"}), "optional": True}},
+)
+django.setup()
+from django.core.management import call_command
+from django.contrib.auth.models import User
+from django.test import AsyncClient, Client
+call_command("migrate", verbosity=0)
+seen = {
+    "wsgi": Client().get("/me", HTTP_X_API_KEY="k-alice").json(),
+    "anonymous": Client().get("/me").json(),
+    "asgi": asyncio.run(AsyncClient().get("/me", headers={"X-API-Key": "k-alice"})).json(),
+    "spoofed": asyncio.run(AsyncClient().get("/me", headers={"Remote-User": "mallory"})).json(),
+    "users": list(User.objects.values_list("username", flat=True)),
+}
+print(json.dumps(seen))
+'''
+
+
+def test_remote_user_middleware_makes_the_kitmw_principal_djangos_user(tmp_path: Path) -> None:
+    """Django's documented way for a caller authenticated in front of it: kitmw sets
+    REMOTE_USER, RemoteUserMiddleware + RemoteUserBackend log that user into
+    django.contrib.auth (created on first sight). A process of its own: its settings
+    (auth, sessions, a database) differ from this module's project."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "remote_user_project.py"
+    script.write_text(REMOTE_USER_PROJECT)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "db.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["wsgi"] == {"user": "alice", "authenticated": True}
+    assert seen["asgi"] == {"user": "alice", "authenticated": True}
+    assert seen["anonymous"] == {"user": "", "authenticated": False}
+    # Django 5.2's async RemoteUserMiddleware reads the Remote-User request header: kitmw's
+    # verdict replaces what a client sends there
+    assert seen["spoofed"] == {"user": "", "authenticated": False}
+    assert seen["users"] == ["alice"]

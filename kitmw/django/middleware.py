@@ -314,13 +314,21 @@ def _add_headers(response: Any, added: list[tuple[bytes, bytes]]) -> None:
         headers[key] = text
 
 
-def _publish(request: Any, ex: Exchange) -> None:
+def _publish(request: Any, ex: Exchange, decides: bool) -> None:
     """Tell Django who the caller is: ``request.kitmw_principal`` (the principal, or
-    None), and ``REMOTE_USER`` in ``request.META``, the variable Django's
-    ``RemoteUserMiddleware`` trusts, for a caller kitmw verified."""
-    request.kitmw_principal = ex.user
-    if ex.user is not None and ex.principal is not None:
-        request.META["REMOTE_USER"] = ex.principal
+    None), and, for a caller kitmw verified, ``REMOTE_USER`` in ``request.META``: what
+    Django's ``RemoteUserMiddleware`` trusts. Under ASGI, Django 5.2's async
+    ``RemoteUserMiddleware`` reads the ``Remote-User`` request header instead
+    (``HTTP_REMOTE_USER``), which any client can send: when kitmw decides who the caller
+    is (``decides``: auth is enabled), that key holds kitmw's verdict only."""
+    request.kitmw_principal = user = ex.user
+    meta = request.META
+    if user is not None and ex.principal is not None:
+        meta["REMOTE_USER"] = ex.principal
+        if ex.protocol == "asgi":
+            meta["HTTP_REMOTE_USER"] = ex.principal
+    elif decides and ex.protocol == "asgi":
+        meta.pop("HTTP_REMOTE_USER", None)
 
 
 def _mirror(ctx: contextvars.Context) -> list[Token[Any]]:
@@ -468,6 +476,8 @@ class Middleware:
         if not built:
             raise MiddlewareNotUsed(f"settings.{_config.SETTING} enables no concern")
         self.policies: tuple[Policy, ...] = tuple(built)
+        #: Auth decides who the caller is (what Django is told in REMOTE_USER).
+        self._decides = any(p.name == "auth" for p in self.policies)
         self._chains: dict[str, Chain] = {}
         self._outer_keys: tuple[str, str] | None = None
 
@@ -599,7 +609,7 @@ class Middleware:
         ex = run.ex
         tokens = _mirror(run.ctx) if mirror and run.ctx is not None else None
         try:
-            _publish(request, ex)
+            _publish(request, ex, self._decides)
             serving = ex.serving
             if serving is None:
                 return self.get_response(request)
@@ -610,7 +620,7 @@ class Middleware:
 
     async def _aapp(self, run: _Run, request: Any) -> Any:
         ex = run.ex
-        _publish(request, ex)
+        _publish(request, ex, self._decides)
         serving = ex.serving
         if serving is None:
             return await self.get_response(request)

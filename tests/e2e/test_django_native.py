@@ -1,0 +1,201 @@
+"""examples/django_native, a Django project that adopted kitmw in its settings only
+(``MIDDLEWARE`` and ``KITMW``; its wsgi.py and asgi.py are Django's own), served as it is
+deployed: gunicorn (gthread workers, WSGI) and uvicorn (ASGI), each a real process on
+loopback. Every concern is checked from the outside: headers, answers, /metrics and the
+JSON log lines the server prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import free_port, wait_for_port
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "django_native"
+OPS = {"X-API-Key": "e2e-ops-key"}
+READER = {"X-API-Key": "e2e-reader-key"}
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+SERVERS = {
+    "gunicorn": ["-m", "gunicorn", "--worker-class", "gthread", "--threads", "8", "--workers", "1",
+                 "--no-control-socket", "--bind", "127.0.0.1:{port}", "mysite.wsgi:application"],
+    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--lifespan", "off",
+                "mysite.asgi:application"],
+}  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(EXAMPLE), env.get("PYTHONPATH", "")])
+    env["DJANGO_SETTINGS_MODULE"] = "mysite.settings"
+    env.update(
+        CATALOG_OPS_KEY=OPS["X-API-Key"],
+        CATALOG_READER_KEY=READER["X-API-Key"],
+        KITMW_TIMEOUT="1",
+        KITMW_RATELIMIT="60/minute",
+        KITMW_CONCURRENCY="2",
+        KITMW_BREAKER_FAILURES="2",
+        PYTHONWARNINGS="ignore",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[bytes]
+    output: str = ""
+    lines: list[dict[str, Any]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=15)
+        self.output = out.decode()
+        for line in self.output.splitlines():
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+
+@pytest.fixture(params=list(SERVERS))
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    port = free_port()
+    argv = [sys.executable, *(arg.format(port=port) for arg in SERVERS[request.param])]
+    proc = subprocess.Popen(argv, cwd=EXAMPLE, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    running = Server(f"http://127.0.0.1:{port}", proc)
+    try:
+        wait_for_port(port, timeout=30)
+        yield running
+    finally:
+        if proc.poll() is None:
+            running.stop()
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(exposition):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
+
+
+def _until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_every_concern_from_settings_only(server: Server, request: pytest.FixtureRequest) -> None:
+    asgi = "uvicorn" in request.node.name
+    c = httpx.Client(base_url=server.url, timeout=15)
+
+    # access log + request id; tracing: the incoming trace continues
+    item = c.get(
+        "/items/7",
+        headers={"X-Request-ID": "e2e-item", "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
+    )
+    assert item.json() == {"id": 7} and item.headers["x-request-id"] == "e2e-item"
+    # rate limit headers on an allowed answer
+    assert item.headers["ratelimit-policy"] == '"default";q=60;w=60'
+
+    # auth: the catalogue is public, orders need a key granting orders:read
+    assert c.get("/orders").status_code == 401
+    assert c.get("/orders", headers=READER).json() == {"error": "forbidden"}
+    assert c.get("/orders", headers=OPS).json() == {"orders": [], "for": "ops"}
+
+    # breaker: the failing route opens after 2 failures; the others keep serving
+    assert [c.get("/inventory").status_code for _ in range(2)] == [500, 500]
+    refused = c.get("/inventory")
+    assert refused.json() == {"error": "circuit_open"} and refused.headers["retry-after"]
+    assert c.get("/items/1").status_code == 200
+
+    # timeout: ASGI cuts the view at its 1 s deadline; WSGI cannot, and counts it
+    slow = c.get("/report", params={"seconds": "1.5"})
+    assert slow.status_code == (504 if asgi else 200)
+
+    # concurrency: two reports hold both slots, the next request gets a 503
+    with ThreadPoolExecutor(2) as pool:
+        holders = [pool.submit(c.get, "/report", params={"seconds": "0.8"}) for _ in range(2)]
+        _until(lambda: _sample(c.get("/metrics").text, "kitmw_concurrency_in_flight") == 2)
+        busy = httpx.get(server.url + "/items/2", timeout=15)
+        assert [h.result().status_code for h in holders] == [200, 200]
+    assert busy.status_code == 503 and busy.json() == {"error": "concurrency_limited"}
+
+    # streaming passes through
+    assert c.get("/events").text == "".join(f"data: {i}\n\n" for i in range(3))
+
+    # rate limit: 60 a minute, then 429
+    statuses = [c.get("/items/3").status_code for _ in range(70)]
+    assert 429 in statuses
+    limited = c.get("/items/3")
+    assert limited.json() == {"error": "rate_limited"} and int(limited.headers["retry-after"]) > 0
+
+    # metrics: labelled by the URL pattern; the concerns' own instruments
+    metrics = c.get("/metrics").text
+    assert _sample(metrics, "http_server_requests_total", route="/items/<int:pk>", status="200") >= 2
+    assert _sample(metrics, "http_server_requests_total", route="/orders", status="401") == 1
+    assert _sample(metrics, "http_server_requests_total", route="/inventory", status="503") == 1
+    assert any(
+        s.labels.get("state") == "open" and s.labels["breaker"].endswith(":/inventory") and s.value == 1
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+        if s.name == "kitmw_breaker_state"
+    )
+    assert _sample(metrics, "kitmw_concurrency_rejections_total") == 1
+    assert _sample(metrics, "kitmw_ratelimit_decisions_total", decision="limited") >= 1
+    assert _sample(metrics, "kitmw_timeouts_total") == 1
+    assert _sample(metrics, "http_server_requests_total", route="/metrics") == 0  # excluded
+    openmetrics = c.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
+    assert f'trace_id="{TRACE_ID}"' in openmetrics  # an exemplar of the traced request
+    c.close()
+
+    server.stop()
+    access = [line for line in server.lines if line.get("logger") == "kitmw.access"]
+    mine = [line for line in server.lines if line.get("request_id") == "e2e-item"]
+    # the view's own record and the access record, with the request id and the trace id
+    assert sorted(line["logger"] for line in mine) == ["catalog.views", "kitmw.access"], server.output[-3000:]
+    assert all(line.get("trace_id") == TRACE_ID for line in mine)
+    principals = {line.get("principal") for line in access if line["path"] == "/orders"}
+    assert principals == {None, "reader", "ops"}
+    failing = [line for line in access if line["path"] == "/inventory" and line["status"] == 500]
+    assert [line["error"] for line in failing] == ["ConnectionError", "ConnectionError"]
+
+
+def test_the_entry_points_are_djangos_own() -> None:
+    """Adopting kitmw changed the settings only: wsgi.py and asgi.py do not mention it."""
+    for name in ("wsgi.py", "asgi.py"):
+        assert "kitmw" not in (EXAMPLE / "mysite" / name).read_text()
+
+
+def test_manage_py_check_validates_kitmw() -> None:
+    ok = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=EXAMPLE, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=EXAMPLE,
+        env=_env(KITMW_RATELIMIT="100/minnute"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert "(kitmw.E001) settings.KITMW: ratelimit: limit:" in bad.stderr, bad.stderr
