@@ -125,7 +125,7 @@ def stream_fails(request: Any) -> StreamingHttpResponse:
 
 
 def file(request: Any) -> FileResponse:
-    return FileResponse(open(__file__, "rb"), content_type="text/plain")  # noqa: SIM115 (closed by Django)
+    return FileResponse(open(__file__, "rb"), content_type="text/plain")
 
 
 def wait(request: Any) -> HttpResponse:
@@ -476,16 +476,15 @@ def test_concurrency_limit_refuses_past_its_slots(serve: Any, registry: Collecto
     GATES[gate] = threading.Event()
     kitmw_settings = {"metrics": {"registry": registry}, "concurrency": 1}
     try:
-        with serve(kitmw_settings) as url:
-            with httpx.Client(base_url=url, timeout=10) as c:
-                holder = threading.Thread(target=c.get, args=(f"/wait?gate={gate}",))
-                holder.start()
-                wait_until(lambda: samples(registry, "kitmw_concurrency_in_flight").get(
-                    (("scope", "<all>"), ("side", "server")), 0.0) == 1)  # fmt: skip
-                refused = httpx.get(url + "/items/1", timeout=10)
-                GATES[gate].set()
-                holder.join(timeout=10)
-                after = httpx.get(url + "/items/1", timeout=10)
+        with serve(kitmw_settings) as url, httpx.Client(base_url=url, timeout=10) as c:
+            holder = threading.Thread(target=c.get, args=(f"/wait?gate={gate}",))
+            holder.start()
+            wait_until(lambda: samples(registry, "kitmw_concurrency_in_flight").get(
+                (("scope", "<all>"), ("side", "server")), 0.0) == 1)  # fmt: skip
+            refused = httpx.get(url + "/items/1", timeout=10)
+            GATES[gate].set()
+            holder.join(timeout=10)
+            after = httpx.get(url + "/items/1", timeout=10)
     finally:
         GATES.pop(gate).set()
     assert (refused.status_code, refused.json()) == (503, {"error": "concurrency_limited"})
@@ -885,9 +884,10 @@ def test_manage_py_check_runs_kitmws_check_when_the_app_is_installed() -> None:
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
 
-    with project({"ratelimit": "100/minnute"}, INSTALLED_APPS=["kitmw.django"]):
-        with pytest.raises(SystemCheckError) as raised:
-            call_command("check")
+    with project({"ratelimit": "100/minnute"}, INSTALLED_APPS=["kitmw.django"]), pytest.raises(
+        SystemCheckError
+    ) as raised:
+        call_command("check")
     assert "(kitmw.E001) settings.KITMW: ratelimit: limit:" in str(raised.value)
 
 
@@ -895,16 +895,18 @@ def test_manage_py_check_runs_kitmws_check_when_the_app_is_installed() -> None:
 
 
 def _settings_blocks() -> list[dict[str, Any]]:
-    """The namespaces of docs/django.md's python blocks that define KITMW."""
+    """(MIDDLEWARE, KITMW) after each python block of docs/django.md that sets KITMW, the
+    blocks run in page order in one namespace, as test_docs runs them."""
     from test_docs import DOCS, extract
 
     found = []
+    ns: dict[str, Any] = {"__name__": "docs_settings"}
     for block in extract(DOCS / "django.md"):
-        if "KITMW = " not in block.source:
-            continue
-        ns: dict[str, Any] = {"__name__": "docs_settings"}
+        if "get_asgi_application" in block.source or "get_wsgi_application" in block.source:
+            continue  # the wrapping form's entry points
         exec(compile(block.source, block.id, "exec"), ns)
-        found.append(ns)
+        if "KITMW = " in block.source:
+            found.append({"MIDDLEWARE": ns["MIDDLEWARE"], "KITMW": ns["KITMW"]})
     return found
 
 
