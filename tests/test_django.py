@@ -804,10 +804,16 @@ def test_inside_a_wrapping_layer_the_middleware_joins_its_exchange(
         with server, httpx.Client(base_url=server.url, timeout=10) as c:
             refused = c.get("/whoami", headers={"X-Request-ID": "j-1"})
             allowed = c.get("/whoami", headers={"X-API-Key": "k", "X-Request-ID": "j-2"})
-            wait_until(lambda: len(records.of("kitmw.access")) == 2)
+            streamed = c.get("/astream" if mode == "asgi" else "/stream", headers={"X-API-Key": "k"})
+            wait_until(lambda: len(records.of("kitmw.access")) == 3)
     assert refused.status_code == 401 and allowed.json()["principal"] == "reader"
+    assert streamed.content == b"first\nsecond\n"
     assert [r.headers.get_list("x-request-id") for r in (refused, allowed)] == [["j-1"], ["j-2"]]
-    assert [(r.status, r.principal) for r in records.of("kitmw.access")] == [(401, None), (200, "reader")]
+    assert [(r.status, r.principal, r.bytes_out) for r in records.of("kitmw.access")] == [
+        (401, None, len(refused.content)),
+        (200, "reader", len(allowed.content)),
+        (200, "reader", 13),
+    ]
     assert requests_total(registry, "/whoami", "401") == requests_total(registry, "/whoami", "200") == 1
     sizes = samples(registry, "http_server_response_size_bytes_sum")
     assert sizes[(("method", "GET"), ("route", "/whoami"), ("status", "200"))] == len(allowed.content)
@@ -1013,3 +1019,44 @@ def test_remote_user_middleware_makes_the_kitmw_principal_djangos_user(tmp_path:
     # verdict replaces what a client sends there
     assert seen["spoofed"] == {"user": "", "authenticated": False}
     assert seen["users"] == ["alice"]
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume")
+def test_policies_that_await_redis_run_on_the_loop_wherever_the_exchange_ends(
+    serve_asgi: Any, records: Records, redis_url: str, registry: CollectorRegistry
+) -> None:
+    """A shared breaker and rate limit (Redis): awaited enters and exits, for an ordinary
+    response, a streamed one and one whose client left mid-stream (ended in close(), in
+    Django's worker thread, then run on the event loop)."""
+    gate = "redis-gone"
+    GATES[gate] = threading.Event()
+    kitmw_settings = {
+        "access_log": True,
+        "metrics": {"registry": registry},
+        "ratelimit": {"limit": "100/minute", "storage": redis_url},
+        "breaker": {"storage": redis_url, "fail_max": 1},
+    }
+    try:
+        with project(kitmw_settings), serve_asgi(handler("asgi"), lifespan="off") as server:
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                assert c.get("/items/1").status_code == 200
+                assert c.get("/astream").content == b"first\nsecond\n"
+                assert c.get("/stream").content == b"first\nsecond\n"  # ends in Django's worker thread
+                assert c.get("/status/500").status_code == 500
+                assert c.get("/status/500").json() == {"error": "circuit_open"}
+            with httpx.stream("GET", f"{server.url}/astream?gate={gate}", timeout=10) as r:
+                next(r.iter_raw())
+            wait_until(lambda: len(records.of("kitmw.access")) == 6)
+    finally:
+        GATES.pop(gate).set()
+    assert [(r.path, r.status) for r in records.of("kitmw.access")] == [
+        ("/items/1", 200),
+        ("/astream", 200),
+        ("/stream", 200),
+        ("/status/500", 500),
+        ("/status/500", 503),
+        ("/astream", 499),
+    ]
+    assert samples(registry, "kitmw_ratelimit_decisions_total")[(("decision", "allowed"), ("side", "server"))] == 6
+    errors = [r for r in records.records if r.levelno >= logging.ERROR]
+    assert [r for r in errors if r.name not in ("django.request", "kitmw.access")] == []

@@ -519,7 +519,7 @@ class Middleware:
         if response.streaming:
             self._stream(run, response)
         elif run.outer == _JOINED_ASGI:
-            _snapshot(run, response, _end)
+            _snapshot(run, response)
         elif run.outer == _OWN:
             run.ex.bytes_out = len(response.content)
             _end(run)
@@ -675,7 +675,7 @@ def _joined(ex: Exchange, chain: Chain) -> Chain:
     return left
 
 
-def _snapshot(run: _Run, response: Any, end: Callable[[_Run], None]) -> None:
+def _snapshot(run: _Run, response: Any) -> None:
     """An ordinary response inside an outer ASGI layer, which counts the body when it
     sends it, after this middleware: the exits run now on what the response is, then
     the outer layer's exchange is left as it was for its own count."""
@@ -684,7 +684,7 @@ def _snapshot(run: _Run, response: Any, end: Callable[[_Run], None]) -> None:
     ex.status = response.status_code
     ex.bytes_out += len(response.content)
     try:
-        end(run)
+        _end(run)
     finally:
         ex.status, ex.bytes_out, ex.end_ns, ex.response_started = saved
 
