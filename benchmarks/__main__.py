@@ -1,6 +1,6 @@
 """``python -m benchmarks``: every in-process suite, then throughput under real servers.
 
-The in-process suites (``asgi``, ``wsgi``, ``httpx``; see :mod:`kitmw._bench`) print one
+The in-process suites (``asgi``, ``wsgi``, ``httpx``; see :mod:`kitmw.bench`) print one
 table each; the throughput part (uvicorn / gunicorn + wrk) prints another. Figures, the
 machine, the commit and the settings go to ``--json`` (default
 benchmarks/results/latest.json); ``--plot`` also draws docs/performance.png from it
@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from kitmw._bench import SUITES, format_table, missing_note, run_suite
+from kitmw.bench import SUITES, format_table, missing_note, run_suite
 from kitmw.cli import Progress
 
 from . import throughput

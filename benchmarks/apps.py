@@ -5,30 +5,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from kitmw._bench import _concern_options, _Env, _peer_stack, _starlette_app
+from kitmw.bench import asgi
+from kitmw.bench.asgi import starlette_app
+from kitmw.bench.harness import SIX, Env, concern_options
+from kitmw.bench.wsgi import flask_app
 
-_env = _Env()
-SIX = ("tracing", "access_log", "metrics", "ratelimit", "auth", "breaker")
+_env = Env()
 
 
 def bare() -> Any:
-    return _starlette_app()
+    return starlette_app()
 
 
 def kitmw_stack() -> Any:
     import kitmw
 
-    return kitmw.stack(_starlette_app(), **_concern_options(_env, SIX))
+    return kitmw.stack(starlette_app(), **concern_options(_env, SIX))
 
 
 def kitmw_stack_no_tracing() -> Any:
     import kitmw
 
-    return kitmw.stack(_starlette_app(), **_concern_options(_env, SIX[1:]))
+    return kitmw.stack(starlette_app(), **concern_options(_env, SIX[1:]))
 
 
 def peer_stack() -> Any:
-    return _peer_stack(_env)
+    return asgi.peer_stack(_env)
 
 
 async def raw(scope: Any, receive: Any, send: Any) -> None:
@@ -47,15 +49,11 @@ def raw_factory() -> Any:
 
 
 def flask_bare() -> Any:
-    from kitmw._bench_wsgi import flask_app
-
     return flask_app()
 
 
 def flask_kitmw_stack() -> Any:
     import kitmw
-    from kitmw._bench_wsgi import flask_app
-
     app = flask_app()
-    app.wsgi_app = kitmw.stack(app.wsgi_app, **_concern_options(_env, SIX))
+    app.wsgi_app = kitmw.stack(app.wsgi_app, **concern_options(_env, SIX))
     return app

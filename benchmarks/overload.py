@@ -37,12 +37,12 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from .servers import free_port, uvicorn_command, wait_until_serving
 
 __all__ = ["CONFIGS", "app", "main", "run"]
 
@@ -192,51 +192,20 @@ async def _load(port: int, phases: list[tuple[float, float]], args: argparse.Nam
 # -- one run: a fresh server, the load, the figures --------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _serve(concurrency: Any, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         _ENV: json.dumps({"concurrency": concurrency, "workers": args.workers, "service": args.service}),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.overload:app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--http",
-        "httptools",
-        "--loop",
-        "asyncio",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--backlog",
-        "4096",
-    ]
+    command = uvicorn_command("benchmarks.overload:app", port, "--backlog", "4096")
     server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            err = server.stderr.read().decode(errors="replace") if server.stderr else ""
-            raise RuntimeError(f"the server exited with {server.returncode}:\n{err[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server, port
-        except OSError:
-            time.sleep(0.05)
-    server.kill()
-    raise TimeoutError("the server did not start")
+    try:
+        wait_until_serving(port, server)
+    except BaseException:
+        server.kill()
+        raise
+    return server, port
 
 
 def run(name: str, concurrency: Any, phases: list[tuple[float, float]], args: argparse.Namespace) -> Run:

@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from kitmw._bench import Result, format_table
+from kitmw.bench import Result, format_table
 
 from . import throughput
 from .plot import DEFAULT_JSON

@@ -20,12 +20,13 @@ import os
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from .servers import free_port, uvicorn_command, wait_until_serving
 
 __all__ = ["CONFIGS", "format_table", "measure", "run"]
 
@@ -48,54 +49,15 @@ CONFIGS: dict[str, tuple[str, str, str]] = {
 PEER_STACK = "peer stack (all six peers)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int, server: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            err = server.stderr.read().decode(errors="replace") if server.stderr else ""
-            raise RuntimeError(f"server exited with {server.returncode}:\n{err[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"server on port {port} did not start")
-
-
 def _token() -> str:
-    from kitmw._bench import _hs256_token
+    from kitmw.bench.harness import hs256_token
 
-    return _hs256_token()
+    return hs256_token()
 
 
 def _command(server: str, factory: str, port: int) -> list[str]:
     if server == "uvicorn":
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            f"benchmarks.apps:{factory}",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--http",
-            "httptools",
-            "--loop",
-            "asyncio",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--workers",
-            "1",
-        ]
+        return uvicorn_command(f"benchmarks.apps:{factory}", port, "--workers", "1")
     return [
         sys.executable,
         "-m",
@@ -142,7 +104,7 @@ def measure(
     """One run: ``rps``; ``server_cpu`` / ``wrk_cpu`` as shares of one core (1.0 = 100 %);
     ``server_us`` (server CPU µs per request) and ``wrk_max_rps`` (requests wrk could send
     per second of a whole core, at the CPU cost per request it had in this run)."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         _command(server, factory, port),
         stdout=subprocess.DEVNULL,
@@ -150,7 +112,7 @@ def measure(
         cwd=ROOT,
     )
     try:
-        _wait(port, proc)
+        wait_until_serving(port, proc)
         # a few requests first, so that lazy imports and first-request work are not timed
         subprocess.run(
             [

@@ -2,8 +2,9 @@
 
 ASGI middlewares (``kitmw.AccessLog``, ``Metrics``, ``Tracing``, ``RateLimit``,
 ``CircuitBreaker``, ``Auth``), their WSGI twins (``kitmw.wsgi``), one fused layer
-(``kitmw.stack``), httpx transports (``kitmw.httpx``, ``kitmw.httpx2``) and the same
-concerns around any function (``kitmw.endpoint``).
+(``kitmw.stack``; ``kitmw.Stack`` for ``app.add_middleware``), httpx transports
+(``kitmw.httpx``, ``kitmw.httpx2``) and the same concerns around any function
+(``kitmw.endpoint``). FastAPI's own forms are in ``kitmw.fastapi``.
 Submodules and optional extras are imported on first use.
 """
 
@@ -33,7 +34,17 @@ from .exchange import Exchange, Policy
 from .stack import stack
 
 if TYPE_CHECKING:
-    from .asgi import AccessLog, Auth, CircuitBreaker, ConcurrencyLimit, Metrics, RateLimit, Timeout, Tracing
+    from .asgi import (
+        AccessLog,
+        Auth,
+        CircuitBreaker,
+        ConcurrencyLimit,
+        Metrics,
+        RateLimit,
+        Stack,
+        Timeout,
+        Tracing,
+    )
 
 __version__ = "0.1.0"
 
@@ -54,6 +65,7 @@ __all__ = [
     "RateLimited",
     "Rejected",
     "Rejection",
+    "Stack",
     "StorageError",
     "Timeout",
     "Tracing",
@@ -62,8 +74,8 @@ __all__ = [
     "stack",
 ]
 
-#: Per-concern ASGI classes (``kitmw.RateLimit``), named by the registry.
-_MIDDLEWARES = frozenset(middleware_names())
+#: ASGI classes: per concern (``kitmw.RateLimit``, named by the registry) and fused (``kitmw.Stack``).
+_MIDDLEWARES = frozenset(middleware_names()) | {"Stack"}
 _SUBMODULES = {
     "asgi",
     "chain",
@@ -71,6 +83,8 @@ _SUBMODULES = {
     "concerns",
     "errors",
     "exchange",
+    "fastapi",
+    "flask",
     "httpx",
     "httpx2",
     "routes",

@@ -24,24 +24,32 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
-from time import monotonic, perf_counter_ns
+from time import perf_counter_ns
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from . import concerns as _concerns
 from .balance import STRATEGIES
 from .chain import Pending, afinish, compile_chain, finish
-from .concerns import build_all, check_options, concern
-from .errors import BreakerOpen, ConfigError, Rejected
-from .exchange import Exchange, Policy, current_deadline
+from .concerns import ClientConcerns, build_all, check_options, concern, policy_objects
+from .errors import BreakerOpen, ConfigError, Rejected, Rejection
+from .exchange import Exchange, Policy, current_remaining, inherit_deadline
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "OPTIONS_DOC",
     "AsyncTransportBase",
+    "AsyncTransportOptions",
+    "AsyncWrappedTransport",
     "Binding",
     "ClientExchange",
     "ClientOptions",
+    "LibraryError",
     "SyncTransportBase",
+    "TransportOptions",
+    "WrappedTransport",
     "bind",
     "client_options",
 ]
@@ -164,6 +172,25 @@ class ClientExchange(Exchange):
 
 
 # -- the library binding -------------------------------------------------------------------
+
+
+class LibraryError(Exception):
+    """The first base of a binding's refusal errors (``kitmw.httpx.BreakerOpen(LibraryError,
+    kitmw.BreakerOpen, httpx.TransportError)``): the kitmw error's arguments (its own
+    message by default; ``name=`` for a ``BreakerOpen``) and the library's ``request``."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float = 0.0,
+        rejection: Rejection | None = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        init: Any = super().__init__  # the kitmw error's
+        init(*(() if message is None else (message,)), retry_after=retry_after, rejection=rejection, **kwargs)
+        self._request = request  # where the library's RequestError keeps it
 
 
 class Binding:
@@ -307,6 +334,42 @@ def client_options() -> list[str]:
     return sorted([c.name for c in _concerns.CONCERNS if "client" in c.policies] + list(_OWN))
 
 
+class WrappedTransport(Protocol):
+    """What the sync transports wrap: the library's ``HTTPTransport``, a ``MockTransport``…"""
+
+    def handle_request(self, request: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class AsyncWrappedTransport(Protocol):
+    """What the async transports wrap: ``AsyncHTTPTransport``, a ``MockTransport``…"""
+
+    async def handle_async_request(self, request: Any) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TransportOptions(ClientConcerns, total=False):
+    """Every option of ``kitmw.httpx.Transport`` / ``kitmw.httpx2.Transport``, typed: the
+    client concerns (:class:`~kitmw.concerns.ClientConcerns`) and the transport's own."""
+
+    transport: WrappedTransport | None
+    policies: Policy | Iterable[Policy] | None
+    balance: Literal["round_robin", "random"]
+    request_id_header: str | None
+
+
+class AsyncTransportOptions(ClientConcerns, total=False):
+    """Every option of ``kitmw.httpx.AsyncTransport`` / ``kitmw.httpx2.AsyncTransport``, typed:
+    those of :class:`TransportOptions`, with an async ``transport``."""
+
+    transport: AsyncWrappedTransport | None
+    policies: Policy | Iterable[Policy] | None
+    balance: Literal["round_robin", "random"]
+    request_id_header: str | None
+
+
 @lru_cache(maxsize=8)
 def _signature_target(names: tuple[str, ...]) -> Callable[..., None]:
     """A function whose signature is the options ``names`` (for ``check_options``)."""
@@ -350,21 +413,7 @@ class ClientOptions:
         given = {id(v) for v in values.values() if isinstance(v, Policy)}
         built = build_all("client", values)
         self.owned = tuple(p for p in built if id(p) not in given)
-        self.policies: tuple[Policy, ...] = (*built, *_own_policies(options.get("policies")))
-
-
-def _own_policies(value: Any) -> list[Policy]:
-    if value is None:
-        return []
-    if isinstance(value, Policy):
-        value = [value]
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise ConfigError(f"policies: expected a list of kitmw.Policy objects, got {value!r}")
-    found = list(value)
-    for policy in found:
-        if not isinstance(policy, Policy):
-            raise ConfigError(f"policies: expected kitmw.Policy objects, got {policy!r}")
-    return found
+        self.policies: tuple[Policy, ...] = (*built, *policy_objects(options.get("policies")))
 
 
 def _with_balance(balance: Any, instances: Any) -> Any:
@@ -423,9 +472,8 @@ OPTIONS_DOC = _options_doc()
 # -- the driver --------------------------------------------------------------------------------
 
 
-def _cap_timeouts(request: Any, deadline: float) -> None:
-    """Fit this attempt's httpx timeouts in what remains of the exchange's deadline."""
-    remaining = deadline - monotonic()
+def _cap_timeouts(request: Any, remaining: float) -> None:
+    """Fit this attempt's httpx timeouts in the ``remaining`` seconds of its deadline."""
     if remaining < 0.001:
         remaining = 0.001
     timeout = request.extensions.get("timeout") or {}
@@ -442,9 +490,9 @@ def _prepare(ex: ClientExchange) -> Any:
     if n > 1:
         ex.state["attempts"] = n
     request = ex.request
-    deadline = ex.deadline
-    if deadline is not None:
-        _cap_timeouts(request, deadline)
+    remaining = ex.remaining
+    if remaining is not None:
+        _cap_timeouts(request, remaining)
     return request
 
 
@@ -465,7 +513,7 @@ class _Driver:
     def begin(self, request: Any) -> ClientExchange:
         ex = self.new(request)
         ex.start_ns = perf_counter_ns()
-        ex.deadline = current_deadline()
+        inherit_deadline(ex)
         return ex
 
     def failed(self, ex: ClientExchange, exc: BaseException) -> BaseException:
@@ -501,9 +549,9 @@ class _SyncDriver(_Driver):
 
     def send(self, request: Any) -> Any:
         if not self.chain:  # no policy: only the deadline
-            deadline = current_deadline()
-            if deadline is not None:
-                _cap_timeouts(request, deadline)
+            remaining = current_remaining()
+            if remaining is not None:
+                _cap_timeouts(request, remaining)
             return self.inner.handle_request(request)
         ex = self.begin(request)
         exits: list[Pending] = []
@@ -538,9 +586,9 @@ class _AsyncDriver(_Driver):
 
     async def send(self, request: Any) -> Any:
         if not self.chain:
-            deadline = current_deadline()
-            if deadline is not None:
-                _cap_timeouts(request, deadline)
+            remaining = current_remaining()
+            if remaining is not None:
+                _cap_timeouts(request, remaining)
             return await self.inner.handle_async_request(request)
         ex = self.begin(request)
         exits: list[Pending] = []
@@ -576,11 +624,27 @@ class _AsyncDriver(_Driver):
 class _TransportBase:
     _lib: Binding
     _options: ClientOptions
+    _driver: _Driver
+
+    def _setup(self, options: Mapping[str, Any], *, is_async: bool) -> None:
+        self._options = ClientOptions(options, what=type(self).__name__)
+        module = self._lib.module
+        method = "handle_async_request" if is_async else "handle_request"
+        transport = self._options.transport
+        if transport is None:
+            transport = module.AsyncHTTPTransport() if is_async else module.HTTPTransport()
+        elif not callable(getattr(transport, method, None)):
+            kind = "an async" if is_async else "a"
+            raise ConfigError(
+                f"transport: expected {kind} {module.__name__} transport with {method}(), got {transport!r}"
+            )
+        driver = _AsyncDriver if is_async else _SyncDriver
+        self._driver = driver(self._lib, transport, self._options.policies, is_async=is_async)
 
     @property
     def transport(self) -> Any:
         """The wrapped transport."""
-        return self._driver.inner  # type: ignore[attr-defined]
+        return self._driver.inner
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -591,16 +655,10 @@ class _TransportBase:
 class SyncTransportBase(_TransportBase):
     """The sync transport, bound to a library by a subclass setting ``_lib``."""
 
-    def __init__(self, **options: Any) -> None:
-        self._options = ClientOptions(options, what=type(self).__name__)
-        transport = self._options.transport
-        if transport is None:
-            transport = self._lib.module.HTTPTransport()
-        elif not callable(getattr(transport, "handle_request", None)):
-            raise ConfigError(
-                f"transport: expected a {self._lib.module.__name__} transport with handle_request(), got {transport!r}"
-            )
-        self._driver = _SyncDriver(self._lib, transport, self._options.policies, is_async=False)
+    _driver: _SyncDriver
+
+    def __init__(self, **options: Unpack[TransportOptions]) -> None:
+        self._setup(options, is_async=False)
 
     def handle_request(self, request: Any) -> Any:
         return self._driver.send(request)
@@ -618,17 +676,10 @@ class SyncTransportBase(_TransportBase):
 class AsyncTransportBase(_TransportBase):
     """The async transport, bound to a library by a subclass setting ``_lib``."""
 
-    def __init__(self, **options: Any) -> None:
-        self._options = ClientOptions(options, what=type(self).__name__)
-        transport = self._options.transport
-        if transport is None:
-            transport = self._lib.module.AsyncHTTPTransport()
-        elif not callable(getattr(transport, "handle_async_request", None)):
-            raise ConfigError(
-                f"transport: expected an async {self._lib.module.__name__} transport with "
-                f"handle_async_request(), got {transport!r}"
-            )
-        self._driver = _AsyncDriver(self._lib, transport, self._options.policies, is_async=True)
+    _driver: _AsyncDriver
+
+    def __init__(self, **options: Unpack[AsyncTransportOptions]) -> None:
+        self._setup(options, is_async=True)
 
     async def handle_async_request(self, request: Any) -> Any:
         return await self._driver.send(request)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +17,15 @@ from starlette.requests import ClientDisconnect
 
 from ._types import ASGIApp, Message, Receive, Scope, Send, is_asgi
 from .chain import Chain, Pending, afinish, compile_chain, finish
-from .concerns import build, middleware_names
+from .concerns import build, build_all, concern_class
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
 from .routes import django_route, starlette_route, url_map_route
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .concerns import ServerConcerns
 
 __all__ = [
     "AccessLog",
@@ -27,10 +33,14 @@ __all__ = [
     "Auth",
     "CircuitBreaker",
     "ConcernMiddleware",
+    "ConcurrencyLimit",
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Stack",
+    "Timeout",
     "Tracing",
+    "exchange_of",
     "is_asgi",
 ]
 
@@ -70,7 +80,7 @@ class AsgiExchange(Exchange):
     __slots__ = ("_counting", "_gone", "_root", "_router_kind", "_start_headers", "scope")
     protocol = "asgi"
 
-    def __init__(self, scope: Scope, root: Any, router_kind: int) -> None:
+    def __init__(self, scope: Scope, root: Any = None, router_kind: int = 0) -> None:
         super().__init__(scope.get("method", "GET"), scope.get("path", "/"))
         self.scope = scope
         self._root = root
@@ -523,36 +533,71 @@ class ConcernMiddleware(Middleware):
         super().__init__(app, policy, handle_errors=handle_errors)
 
 
-_CLASSES: dict[str, type[ConcernMiddleware]] = {}
-
-
-def concern_class(name: str) -> type[ConcernMiddleware]:
-    """The per-concern ASGI class called ``name`` (``"RateLimit"``), made once."""
-    found = _CLASSES.get(name)
-    if found is None:
-        entry = middleware_names().get(name)
-        if entry is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        policy = entry.policies["server"]
-        doc = f"The ASGI driver with :class:`{entry.package}.{policy}` (its options, keyword-only)."
-        found = _CLASSES[name] = type(
-            name, (ConcernMiddleware,), {"concern": entry.name, "__doc__": doc, "__module__": __name__}
-        )
-    return found
-
-
 def __getattr__(name: str) -> Any:
-    cls = concern_class(name)
+    cls = concern_class(ConcernMiddleware, name)  # the registry's per-concern classes, made on first use
     globals()[name] = cls
     return cls
 
 
 if TYPE_CHECKING:
-    AccessLog = ConcernMiddleware
-    Auth = ConcernMiddleware
-    CircuitBreaker = ConcernMiddleware
-    ConcurrencyLimit = ConcernMiddleware
-    Metrics = ConcernMiddleware
-    RateLimit = ConcernMiddleware
-    Timeout = ConcernMiddleware
-    Tracing = ConcernMiddleware
+    # The per-concern classes as type checkers and editors see them: ConcernMiddleware
+    # with the options of their concern (kitmw.concerns declares the constructors).
+    from . import concerns
+
+    class AccessLog(concerns.AccessLogInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.logging.AccessLogPolicy`; options: :class:`~kitmw.logging.AccessLogOptions`."""
+
+    class Auth(concerns.AuthInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.auth.AuthPolicy`; options: :class:`~kitmw.auth.AuthOptions`."""
+
+    class CircuitBreaker(concerns.CircuitBreakerInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.breaker.BreakerPolicy`; options: :class:`~kitmw.breaker.BreakerOptions`."""
+
+    class ConcurrencyLimit(concerns.ConcurrencyLimitInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.concurrency.ConcurrencyPolicy`; options: :class:`~kitmw.concurrency.ConcurrencyOptions`."""
+
+    class Metrics(concerns.MetricsInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.metrics.MetricsPolicy`; options: :class:`~kitmw.metrics.MetricsOptions`."""
+
+    class RateLimit(concerns.RateLimitInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.ratelimit.RateLimitPolicy`; options: :class:`~kitmw.ratelimit.RateLimitOptions`."""
+
+    class Timeout(concerns.TimeoutInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.timeout.TimeoutPolicy`; options: :class:`~kitmw.timeout.TimeoutOptions`."""
+
+    class Tracing(concerns.TracingInit[ASGIApp], ConcernMiddleware):
+        """The ASGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""
+
+
+def exchange_of(scope: Scope) -> AsgiExchange | None:
+    """The exchange a kitmw layer opened for the request of ``scope``, while it runs.
+
+    What code running inside the layer (a FastAPI dependency, a handler) reads to see the
+    request as the policies see it: ``principal``, ``scopes``, ``request_id``, ``route``.
+    """
+    found = scope.get(_EXCHANGE_KEY)
+    return found if isinstance(found, AsgiExchange) else None
+
+
+class Stack(Middleware):
+    """:func:`kitmw.stack` as a middleware class: the same fused layer, added the framework's way.
+
+    ``app.add_middleware(kitmw.Stack, tracing=True, metrics=True, ratelimit="100/minute")``
+    keeps the Starlette/FastAPI object itself (``dependency_overrides``, ``state``,
+    routes added later, ``TestClient(app)``). The options are ``stack()``'s: each concern
+    ``True``, a dict of its options, its shorthand value or a policy object;
+    ``exclude_paths`` for every concern that sets none; ``handle_errors`` as for
+    :class:`Middleware`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        *,
+        exclude_paths: Iterable[str] | str | None = None,
+        handle_errors: bool | None = None,
+        **concerns: Unpack[ServerConcerns],
+    ) -> None:
+        policies = build_all("server", concerns, shared={"exclude_paths": exclude_paths})
+        super().__init__(app, *policies, handle_errors=handle_errors)

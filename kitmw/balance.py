@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import random as _random
 from collections.abc import Callable, Generator, Iterable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypedDict
 from urllib.parse import urlsplit
 
 from .chain import CALL, Call, Sleep
@@ -23,9 +23,19 @@ from .errors import ConfigError, Rejected
 from .exchange import Exchange, Policy
 from .retry import GATE
 
-__all__ = ["STRATEGIES", "Balancer", "Instance", "InstancesPolicy", "origin_key", "parse_instance"]
+__all__ = [
+    "STRATEGIES",
+    "Balancer",
+    "Instance",
+    "InstancesOptions",
+    "InstancesPolicy",
+    "origin_key",
+    "parse_instance",
+]
 
 STRATEGIES = ("round_robin", "random")
+#: The ``balance`` names (:data:`STRATEGIES`).
+Strategy = Literal["round_robin", "random"]
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -126,6 +136,19 @@ class Balancer:
 
 #: ``ex.state`` key: index of the instance the last attempt went to (a retry avoids it).
 _LAST = "kitmw.instances.last"
+
+
+class _Instances(TypedDict):
+    instances: Iterable[str]  # required (a total base keeps __required_keys__ right at runtime)
+
+
+class InstancesOptions(_Instances, total=False):
+    """Options of :class:`InstancesPolicy` (a transport's ``instances=``; a bare list is
+    ``instances``), for editors and type checkers (tests/test_options.py keeps them equal
+    to its keyword arguments)."""
+
+    balance: Strategy
+    random: Callable[[], float]
 
 
 class InstancesPolicy(Policy):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ._cache import BoundedCache
 from .errors import Rejected, Rejection
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ class Chain:
                 steps = []
         segments.append((tuple(steps), None))
         self._segments = tuple(segments)
-        self._variants: dict[frozenset[Hashable], Chain] = {}
+        self._variants: BoundedCache[frozenset[Hashable], Chain] = BoundedCache(_MAX_VARIANTS)
         every = [step for seg in segments for step in seg[0]]
         #: No around and no enter that awaits: a driver may call :meth:`enter` and then
         #: the application itself, with no coroutine between them (the common case).
@@ -186,10 +187,7 @@ class Chain:
         found = self._variants.get(skip)
         if found is None:
             kept = [p for p in self.policies if p.join_key not in skip]
-            found = Chain(kept, self._protocol, is_async=self.is_async)
-            if len(self._variants) >= _MAX_VARIANTS:
-                self._variants.clear()
-            self._variants[skip] = found
+            found = self._variants.put(skip, Chain(kept, self._protocol, is_async=self.is_async))
         return found
 
     def enter(self, ex: Exchange, exits: list[Pending]) -> None:

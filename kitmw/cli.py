@@ -62,7 +62,7 @@ def _bar(message: str, width: int = 20) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ._bench import SUITES, format_table, missing_note, run_suite
+    from .bench import SUITES, format_table, missing_note, run_suite
 
     progress = Progress(sys.stderr, quiet=args.quiet)
     only = None

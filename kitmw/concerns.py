@@ -13,6 +13,14 @@ Options given as a dict (``stack(app, metrics={...})``, ``kitmw.Metrics(app,
 what they configure, so a misspelled or missing option raises
 :class:`~kitmw.errors.ConfigError` naming the concern, the option and the closest
 valid name, never Python's ``TypeError`` about an ``__init__``.
+
+The same options are typed for editors and type checkers: each concern's package has a
+typed dict per policy (``kitmw.ratelimit.RateLimitOptions``), and this module, beside
+the entries, the concerns of each side as typed options (:class:`ServerConcerns`,
+:class:`ClientConcerns`, :class:`EndpointConcerns`) and the constructors of the
+per-concern classes (typing only), so that a concern's entry and its typed options are
+written in one file. tests/test_options.py keeps them equal to the registry and to the
+policies' signatures.
 """
 
 from __future__ import annotations
@@ -23,25 +31,44 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypedDict, TypeVar, cast
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .exchange import Policy
 
+if TYPE_CHECKING:  # the concerns' typed options (no import at runtime: import kitmw stays light)
+    from typing_extensions import Unpack
+
+    from .auth import AuthOptions, Backend
+    from .balance import InstancesOptions
+    from .breaker import Breaker, BreakerOptions, ClientBreakerOptions, EndpointBreakerOptions
+    from .concurrency import ClientConcurrencyOptions, ConcurrencyOptions, EndpointConcurrencyOptions
+    from .logging import AccessLogOptions, ClientLogOptions, ClientRequestIdOptions, EndpointLogOptions
+    from .metrics import ClientMetricsOptions, EndpointMetricsOptions, MetricsOptions
+    from .ratelimit import ClientRateLimitOptions, EndpointRateLimitOptions, Limiter, RateLimitOptions
+    from .retry import ClientRetryOptions, EndpointRetryOptions, Retry
+    from .timeout import ClientTimeoutOptions, EndpointTimeoutOptions, TimeoutOptions
+    from .tracing import ClientTracingOptions, EndpointTracingOptions, TracingOptions
+
 __all__ = [
     "CONCERNS",
     "SIDES",
+    "ClientConcerns",
     "Concern",
+    "EndpointConcerns",
     "Instrument",
+    "ServerConcerns",
     "build",
     "build_all",
     "check_options",
     "check_storage_uri",
     "concern",
+    "concern_class",
     "construct",
     "instruments",
     "middleware_names",
+    "policy_objects",
 ]
 
 Side = Literal["server", "client", "endpoint"]
@@ -103,6 +130,11 @@ class Concern:
             raise ConfigError(f"{self.name}: not available on the {side} side") from None
         cls: type[Policy] = getattr(importlib.import_module(self.package), attr)
         return cls
+
+    def options_name(self, side: str) -> str:
+        """The name of the typed dict of the ``side`` policy's options in the concern's
+        package (``RateLimitPolicy``: ``RateLimitOptions``)."""
+        return self.policies[side].removesuffix("Policy") + "Options"
 
     def options(self, value: Any) -> dict[str, Any]:
         """The options dict a value of this concern's option stands for."""
@@ -383,6 +415,135 @@ _BY_NAME = {c.name: c for c in CONCERNS}
 _BY_CLASS = {c.middleware: c for c in CONCERNS if c.middleware}
 
 
+# -- the concerns as typed options, one key per concern of a side (in the order above) -----------
+#
+# A concern's value: True (its defaults; Literal[False] where it has none, such as a rate
+# limit without a limit), False or None (off), a dict of its policy's options, a bare value
+# for its shorthand option, or a policy object.
+
+
+class ServerConcerns(TypedDict, total=False):
+    """The concerns of ``stack(app, **concerns)`` (the server side), typed."""
+
+    tracing: bool | TracingOptions | Policy | None
+    access_log: bool | AccessLogOptions | Policy | None
+    metrics: bool | MetricsOptions | Policy | None
+    timeout: float | TimeoutOptions | Policy | Literal[False] | None
+    ratelimit: str | RateLimitOptions | Policy | Literal[False] | None
+    auth: Backend | Iterable[Backend] | AuthOptions | Policy | Literal[False] | None
+    concurrency: int | ConcurrencyOptions | Policy | Literal[False] | None
+    breaker: bool | BreakerOptions | Policy | None
+
+
+class ClientConcerns(TypedDict, total=False):
+    """The concerns of the httpx transports (the client side), typed; ``request_id`` is
+    on unless set ``False``."""
+
+    tracing: bool | ClientTracingOptions | Policy | None
+    access_log: bool | ClientLogOptions | Policy | None
+    request_id: bool | str | ClientRequestIdOptions | Policy | None
+    metrics: bool | ClientMetricsOptions | Policy | None
+    timeout: bool | float | ClientTimeoutOptions | Policy | None
+    ratelimit: str | Limiter | ClientRateLimitOptions | Policy | Literal[False] | None
+    concurrency: int | ClientConcurrencyOptions | Policy | Literal[False] | None
+    retry: bool | int | Retry | ClientRetryOptions | Policy | None
+    instances: Iterable[str] | InstancesOptions | Policy | Literal[False] | None
+    breaker: bool | Breaker | ClientBreakerOptions | Policy | None
+
+
+class EndpointConcerns(TypedDict, total=False):
+    """The concerns of ``kitmw.endpoint(name, **concerns)``, typed."""
+
+    tracing: bool | EndpointTracingOptions | Policy | None
+    access_log: bool | EndpointLogOptions | Policy | None
+    metrics: bool | EndpointMetricsOptions | Policy | None
+    timeout: float | EndpointTimeoutOptions | Policy | Literal[False] | None
+    ratelimit: str | EndpointRateLimitOptions | Policy | Literal[False] | None
+    concurrency: int | EndpointConcurrencyOptions | Policy | Literal[False] | None
+    retry: bool | int | EndpointRetryOptions | Policy | None
+    breaker: bool | EndpointBreakerOptions | Policy | None
+
+
+# -- the per-concern classes -------------------------------------------------------------------
+
+_T = TypeVar("_T")
+_CLASSES: dict[tuple[type, str], type] = {}
+
+
+def concern_class(base: type[_T], name: str) -> type[_T]:
+    """The per-concern class ``name`` (``"RateLimit"``) of a server driver, made once.
+
+    It subclasses ``base``, the driver's ``ConcernMiddleware`` (which builds the server
+    policy of the class's ``concern``), in the driver's module. Both drivers make theirs
+    here, from the entry whose ``middleware`` is ``name``; an unknown name raises
+    ``AttributeError``, as a missing module attribute does.
+    """
+    found = _CLASSES.get((base, name))
+    if found is None:
+        entry = _BY_CLASS.get(name)
+        if entry is None:
+            raise AttributeError(f"module {base.__module__!r} has no attribute {name!r}")
+        driver = base.__module__.rpartition(".")[2].upper()
+        doc = (
+            f"The {driver} driver with :class:`{entry.package}.{entry.policies['server']}`: its"
+            f" options (:class:`{entry.package}.{entry.options_name('server')}`), keyword-only."
+        )
+        made = type(
+            name,
+            (base,),
+            {"concern": entry.name, "__doc__": doc, "__module__": base.__module__, "__qualname__": name},
+        )
+        found = _CLASSES.setdefault((base, name), made)  # one class, even if two threads made one
+    return cast("type[_T]", found)
+
+
+if TYPE_CHECKING:
+    # The constructors of the per-concern classes, for type checkers only: each driver
+    # declares its classes as ``class RateLimit(RateLimitInit[ASGIApp], ConcernMiddleware)``
+    # in a TYPE_CHECKING block, while at runtime they are made by concern_class().
+    _App = TypeVar("_App")
+
+    class TracingInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[TracingOptions]
+        ) -> None: ...
+
+    class AccessLogInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[AccessLogOptions]
+        ) -> None: ...
+
+    class MetricsInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[MetricsOptions]
+        ) -> None: ...
+
+    class TimeoutInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[TimeoutOptions]
+        ) -> None: ...
+
+    class RateLimitInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[RateLimitOptions]
+        ) -> None: ...
+
+    class AuthInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[AuthOptions]
+        ) -> None: ...
+
+    class ConcurrencyLimitInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[ConcurrencyOptions]
+        ) -> None: ...
+
+    class CircuitBreakerInit(Generic[_App]):
+        def __init__(
+            self, app: _App, *, handle_errors: bool | None = None, **options: Unpack[BreakerOptions]
+        ) -> None: ...
+
+
 def concern(name: str) -> Concern:
     """The registry entry of ``name`` (a :class:`ConfigError` with the closest name if none)."""
     found = _BY_NAME.get(name)
@@ -410,6 +571,22 @@ def instruments() -> dict[str, Instrument]:
 def middleware_names() -> dict[str, Concern]:
     """Per-concern class name (``RateLimit``) -> its concern, for the drivers."""
     return dict(_BY_CLASS)
+
+
+def policy_objects(value: Any, option: str = "policies") -> list[Policy]:
+    """The value of the ``policies`` option of the drivers of calls (your own policy
+    objects): None, a policy, or an iterable of policies."""
+    if value is None:
+        return []
+    if isinstance(value, Policy):
+        value = [value]
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{option}: expected a list of kitmw.Policy objects, got {value!r}")
+    found = list(value)
+    for policy in found:
+        if not isinstance(policy, Policy):
+            raise ConfigError(f"{option}: expected kitmw.Policy objects, got {policy!r}")
+    return found
 
 
 def build(side: str, name: str, value: Any, *, shared: Mapping[str, Any] | None = None) -> Policy | None:

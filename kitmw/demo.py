@@ -148,6 +148,8 @@ def build_service(
 
     import kitmw
     from kitmw.auth import JWT
+    from kitmw.breaker import BreakerOptions
+    from kitmw.ratelimit import RateLimitOptions
 
     class SumRequest(BaseModel):
         a: int
@@ -185,15 +187,18 @@ def build_service(
             raise
         return {"report": "ready", "instance": instance}
 
-    storage = {"storage": redis} if redis else {}
+    limit: RateLimitOptions = {"limit": "10/second", "key": "principal"}
+    breaker: BreakerOptions = {"fail_max": 5, "reset_timeout": 10, "name": f"addsvc-{instance}"}
+    if redis:
+        limit["storage"] = breaker["storage"] = redis
     return kitmw.stack(
         api,
         tracing={"tracer_provider": tracer_provider},
         access_log=True,
         metrics={"registry": registry},
-        ratelimit={"limit": "10/second", "key": "principal", **storage},
+        ratelimit=limit,
         auth=JWT(key=secret, algorithms=["HS256"]),
-        breaker={"fail_max": 5, "reset_timeout": 10, "name": f"addsvc-{instance}", **storage},
+        breaker=breaker,
         timeout={"seconds": 5.0, "routes": {"/report": 0.5}},
         concurrency={"routes": {"/report": 2}},
         exclude_paths=["/health", "/metrics"],

@@ -20,16 +20,27 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from time import perf_counter_ns
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .chain import Chain, Pending, afinish, compile_chain, finish
-from .concerns import CONCERNS, build_all
+from .concerns import CONCERNS, EndpointConcerns, build_all, policy_objects
 from .errors import ConfigError, Rejected
-from .exchange import Exchange, Policy, current_deadline
+from .exchange import Exchange, Policy, inherit_deadline
 
-__all__ = ["METHOD", "OUTCOMES", "Endpoint", "EndpointExchange", "endpoint", "endpoint_options"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "METHOD",
+    "OUTCOMES",
+    "Endpoint",
+    "EndpointExchange",
+    "EndpointOptions",
+    "endpoint",
+    "endpoint_options",
+]
 
 #: The exchange's ``method`` for a function call (there is no HTTP method).
 METHOD = "CALL"
@@ -39,6 +50,13 @@ OUTCOMES = ("ok", "error", "rejected")
 _POLICIES = "policies"
 
 _F = TypeVar("_F")
+
+
+class EndpointOptions(EndpointConcerns, total=False):
+    """Every option of :func:`endpoint`, typed: the concerns that have an endpoint policy
+    (:class:`~kitmw.concerns.EndpointConcerns`) and ``policies``."""
+
+    policies: Policy | Iterable[Policy] | None
 
 
 def endpoint_options() -> list[str]:
@@ -84,7 +102,7 @@ class EndpointExchange(Exchange):
         self.args = args
         self.kwargs = kwargs
         self.result: Any = None
-        self.deadline = current_deadline()
+        inherit_deadline(self)
 
     @property
     def endpoint(self) -> str:
@@ -164,15 +182,17 @@ class Endpoint:
         return wrapper  # type: ignore[return-value]
 
 
-def endpoint(name: str, /, **concerns: Any) -> Endpoint:
+def endpoint(name: str, /, **concerns: Unpack[EndpointOptions]) -> Endpoint:
     """Go kit's endpoint middleware for any function: the concerns run around each call.
 
     ``name`` names the endpoint (the ``endpoint`` label of its metrics, its log records,
     the route of route-keyed policies). Each concern is ``True`` (defaults), a dict of
     its endpoint policy's options, a bare value for its shorthand option, or a policy
     object; ``policies`` takes your own policy objects, run inside the concerns
-    (closest to the function), outermost first. Options are checked now: an unknown
-    one, or a concern without an endpoint policy, raises :class:`~kitmw.errors.ConfigError`.
+    (closest to the function), outermost first. The options are typed
+    (:class:`EndpointOptions`), so editors complete them and type checkers reject a
+    misspelled one; they are checked now too: an unknown one, or a concern without an
+    endpoint policy, raises :class:`~kitmw.errors.ConfigError`.
 
     Works as ``@kitmw.endpoint(name, ...)`` and as ``kitmw.endpoint(name, ...)(fn)``;
     the wrapper keeps ``fn``'s name, docstring and signature, and is a coroutine
@@ -187,8 +207,9 @@ def endpoint(name: str, /, **concerns: Any) -> Endpoint:
     for option in concerns:
         if option not in valid:
             raise ConfigError(_not_an_option(option, valid))
-    extra = _extra_policies(concerns.pop(_POLICIES, None))
-    return Endpoint(name, [*build_all("endpoint", concerns), *extra])
+    options: dict[str, Any] = dict(concerns)
+    extra = policy_objects(options.pop(_POLICIES, None), _POLICIES)
+    return Endpoint(name, [*build_all("endpoint", options), *extra])
 
 
 def _not_an_option(option: str, valid: list[str]) -> str:
@@ -199,20 +220,6 @@ def _not_an_option(option: str, valid: list[str]) -> str:
     else:
         problem = f"{option}: unknown option"
     return f"{problem}{suggestion} (kitmw.endpoint options: {', '.join(valid)})"
-
-
-def _extra_policies(value: Any) -> list[Policy]:
-    if value is None:
-        return []
-    if isinstance(value, Policy):
-        value = [value]
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-        raise ConfigError(f"{_POLICIES}: expected a list of kitmw.Policy objects, got {value!r}")
-    found = list(value)
-    for policy in found:
-        if not isinstance(policy, Policy):
-            raise ConfigError(f"{_POLICIES}: expected kitmw.Policy objects, got {policy!r}")
-    return found
 
 
 def _failed(ex: EndpointExchange, exc: BaseException) -> None:

@@ -16,37 +16,73 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from contextvars import ContextVar, Token
 from time import monotonic
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
+from ._types import Clock
 from .chain import SERVE, Hooks
 from .errors import Rejection
 
-__all__ = ["SERVE", "UNMATCHED", "Exchange", "Policy", "current_deadline", "reset_deadline", "set_deadline"]
+__all__ = [
+    "SERVE",
+    "UNMATCHED",
+    "Deadline",
+    "Exchange",
+    "Policy",
+    "current_deadline",
+    "current_remaining",
+    "inherit_deadline",
+    "reset_deadline",
+    "set_deadline",
+]
 
 _EMPTY: frozenset[Any] = frozenset()
 
-#: The deadline (``time.monotonic()`` seconds) of the exchange the current code runs in:
-#: Go kit's ``context`` deadline. The timeout concern sets it; client exchanges start
-#: with it, so an httpx call made while serving a request fits in what remains.
-_DEADLINE: ContextVar[float | None] = ContextVar("kitmw.deadline", default=None)
+class Deadline(NamedTuple):
+    """A deadline and the clock it is read on: ``time.monotonic`` seconds, unless a test
+    injected another clock into the policy that set it (then every reader uses that one)."""
+
+    at: float
+    clock: Clock
+
+
+#: The deadline of the exchange the current code runs in: Go kit's ``context``
+#: deadline. The timeout concern sets it; client and endpoint exchanges start with it,
+#: so an httpx call made while serving a request fits in what remains.
+_DEADLINE: ContextVar[Deadline | None] = ContextVar("kitmw.deadline", default=None)
 
 
 def current_deadline() -> float | None:
     """The deadline of the exchange the calling code runs inside, or None."""
-    return _DEADLINE.get()
+    found = _DEADLINE.get()
+    return None if found is None else found.at
 
 
-def set_deadline(deadline: float | None) -> Token[float | None]:
-    """Make ``deadline`` current (never later than the one already current); reset the
-    returned token with :func:`reset_deadline` when the exchange is over."""
+def current_remaining() -> float | None:
+    """Seconds left before :func:`current_deadline` (0.0 once it passed), or None."""
+    found = _DEADLINE.get()
+    return None if found is None else max(0.0, found.at - found.clock())
+
+
+def set_deadline(deadline: float | None, clock: Clock = monotonic) -> Token[Deadline | None]:
+    """Make ``deadline`` (on ``clock``) current, never later than the one already
+    current; reset the returned token with :func:`reset_deadline` when it is over."""
     outer = _DEADLINE.get()
-    if outer is not None and (deadline is None or outer < deadline):
-        deadline = outer
-    return _DEADLINE.set(deadline)
+    if deadline is None or (outer is not None and outer.at < deadline):
+        return _DEADLINE.set(outer)
+    return _DEADLINE.set(Deadline(deadline, clock))
 
 
-def reset_deadline(token: Token[float | None]) -> None:
+def reset_deadline(token: Token[Deadline | None]) -> None:
     _DEADLINE.reset(token)
+
+
+def inherit_deadline(ex: Exchange) -> None:
+    """Give an outgoing call's exchange the deadline of the code that makes it."""
+    found = _DEADLINE.get()
+    if found is not None:
+        ex.deadline = found.at
+        ex.deadline_clock = found.clock
+
 
 #: Route label of a request no route matched: a scan of random URLs adds one series only.
 UNMATCHED = "<unmatched>"
@@ -75,6 +111,7 @@ class Exchange:
         "bytes_out",
         "claims",
         "deadline",
+        "deadline_clock",
         "end_ns",
         "error",
         "method",
@@ -117,6 +154,8 @@ class Exchange:
         #: Monotonic time (``time.monotonic()``) by which the exchange must be over, or
         #: None. Client exchanges start with the deadline of the request being served.
         self.deadline: float | None = None
+        #: The clock :attr:`deadline` is read on (``time.monotonic`` but in tests).
+        self.deadline_clock: Clock = monotonic
         self._response_started = False
         #: The policy answering in place of the application (see :data:`SERVE`).
         self.serving: Policy | None = None
@@ -223,7 +262,7 @@ class Exchange:
     def remaining(self) -> float | None:
         """Seconds left before :attr:`deadline` (never negative), or None without one."""
         deadline = self.deadline
-        return None if deadline is None else max(0.0, deadline - monotonic())
+        return None if deadline is None else max(0.0, deadline - self.deadline_clock())
 
     # -- response side --------------------------------------------------------------------
 

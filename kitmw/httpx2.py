@@ -21,78 +21,43 @@ from __future__ import annotations
 import httpx2
 
 from . import errors
-from ._client import OPTIONS_DOC, AsyncTransportBase, SyncTransportBase, bind
+from ._client import (
+    OPTIONS_DOC,
+    AsyncTransportBase,
+    AsyncTransportOptions,
+    LibraryError,
+    SyncTransportBase,
+    TransportOptions,
+    bind,
+)
 
 __all__ = [
     "AsyncTransport",
+    "AsyncTransportOptions",
     "BreakerOpen",
     "ClientExchange",
     "ConcurrencyLimited",
     "DeadlineExceeded",
     "RateLimited",
     "Transport",
+    "TransportOptions",
 ]
 
 
-class BreakerOpen(errors.BreakerOpen, httpx2.TransportError):
+class BreakerOpen(LibraryError, errors.BreakerOpen, httpx2.TransportError):
     """The upstream's breaker is open; no request was sent (an ``httpx2.TransportError``)."""
 
-    def __init__(
-        self,
-        message: str = "circuit breaker is open",
-        *,
-        retry_after: float = 0.0,
-        name: str = "",
-        rejection: errors.Rejection | None = None,
-        request: httpx2.Request | None = None,
-    ) -> None:
-        errors.BreakerOpen.__init__(self, message, retry_after=retry_after, name=name, rejection=rejection)
-        self._request = request
 
-
-class RateLimited(errors.RateLimited, httpx2.TransportError):
+class RateLimited(LibraryError, errors.RateLimited, httpx2.TransportError):
     """A client rate limit refused the call; no request was sent (an ``httpx2.TransportError``)."""
 
-    def __init__(
-        self,
-        message: str = "rate limited",
-        *,
-        retry_after: float = 0.0,
-        rejection: errors.Rejection | None = None,
-        request: httpx2.Request | None = None,
-    ) -> None:
-        errors.RateLimited.__init__(self, message, retry_after=retry_after, rejection=rejection)
-        self._request = request
 
-
-class ConcurrencyLimited(errors.ConcurrencyLimited, httpx2.TransportError):
+class ConcurrencyLimited(LibraryError, errors.ConcurrencyLimited, httpx2.TransportError):
     """Every slot of a client concurrency limit was taken; no request was sent."""
 
-    def __init__(
-        self,
-        message: str = "concurrency limit reached",
-        *,
-        retry_after: float = 0.0,
-        rejection: errors.Rejection | None = None,
-        request: httpx2.Request | None = None,
-    ) -> None:
-        errors.ConcurrencyLimited.__init__(self, message, retry_after=retry_after, rejection=rejection)
-        self._request = request
 
-
-class DeadlineExceeded(errors.DeadlineExceeded, httpx2.TimeoutException):
+class DeadlineExceeded(LibraryError, errors.DeadlineExceeded, httpx2.TimeoutException):
     """The call's deadline passed (an ``httpx2.TimeoutException`` and a ``TimeoutError``)."""
-
-    def __init__(
-        self,
-        message: str = "deadline exceeded",
-        *,
-        retry_after: float = 0.0,
-        rejection: errors.Rejection | None = None,
-        request: httpx2.Request | None = None,
-    ) -> None:
-        errors.DeadlineExceeded.__init__(self, message, retry_after=retry_after, rejection=rejection)
-        self._request = request
 
 
 _LIB = bind(httpx2, BreakerOpen, RateLimited, ConcurrencyLimited, DeadlineExceeded)
@@ -102,8 +67,9 @@ ClientExchange = _LIB.Exchange
 class Transport(SyncTransportBase, httpx2.BaseTransport):
     """A sync httpx2 transport running kitmw's client concerns around ``transport``.
 
-    Every option is keyword-only and validated here (:class:`kitmw.errors.ConfigError`
-    naming the option).
+    Every option is keyword-only, typed (:class:`TransportOptions`: editors complete
+    them, type checkers reject a misspelled one) and validated here
+    (:class:`kitmw.errors.ConfigError` naming the option).
     """
 
     _lib = _LIB

@@ -14,67 +14,29 @@
   match Django made (``kitmw.django``), both spelled by :func:`django_template`.
 * Flask (WSGI): the app's ``url_map`` bound to the environ.
 
-Results of walks are cached per (router, type, method, root_path, path) in one bounded
-cache, so a scan of random URLs cannot grow memory.
+Results of walks are cached per (router, type, method, root_path, path), and Django's per
+(urlconf, path), in bounded LRU caches (:class:`kitmw._cache.LRUCache`), so a scan of
+random URLs cannot grow memory.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
-__all__ = ["RouteCache", "django_route", "django_template", "flask_route", "starlette_route", "url_map_route"]
+from ._cache import LRUCache
+
+__all__ = ["django_route", "django_template", "flask_route", "starlette_route", "url_map_route"]
 
 _MAX_CACHE = 2048
+_MISSING: Any = object()
 
-
-class RouteCache:
-    """A small bounded LRU: the least recently used entry goes first."""
-
-    __slots__ = ("_data", "_max")
-
-    def __init__(self, max_entries: int = _MAX_CACHE) -> None:
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-        self._max = max_entries
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
-        data = self._data
-        try:
-            value = data[key]
-        except KeyError:
-            value = compute()
-            data[key] = value
-            if len(data) > self._max:
-                data.popitem(last=False)
-            return value
-        data.move_to_end(key)
-        return value
-
-    def lookup(self, key: Any) -> Any:
-        """The value stored under ``key`` (now the most recently used), or None."""
-        data = self._data
-        value = data.get(key)
-        if value is not None:
-            data.move_to_end(key)
-        return value
-
-    def store(self, key: Any, value: Any) -> None:
-        data = self._data
-        data[key] = value
-        data.move_to_end(key)
-        if len(data) > self._max:
-            data.popitem(last=False)
-
-
-_cache = RouteCache()
+#: Django: (urlconf, path) -> template (or None: no pattern resolves it).
+_django: LRUCache[tuple[int, str], str | None] = LRUCache(_MAX_CACHE)
 #: Starlette walks: (id(owner), ...) -> (weak reference to the owner, template). The
 #: reference tells a hit from an entry left by a freed router whose id was reused.
-_walks = RouteCache()
+_walks: LRUCache[tuple[Any, ...], tuple[Any, str | None]] = LRUCache(_MAX_CACHE)
 
 
 def _routes_of(app: Any) -> list[Any] | None:
@@ -94,21 +56,13 @@ def _routes_of(app: Any) -> list[Any] | None:
 
 def _candidates(routes: list[Any]) -> Iterator[Any]:
     """The routes as the router matches them: FastAPI's ``include_router()`` branches
-    (``_IncludedRouter``, no ``path``) give way to their effective route contexts, whose
-    Starlette route (a prefixed copy of a websocket route, ``Route`` or ``Mount``) or
-    the context itself (an ``APIRoute``'s, with the prefixed template) is matchable."""
+    give way to the routes they hold (:func:`_included`)."""
     for route in routes:
-        contexts = getattr(route, "effective_route_contexts", None)
-        if callable(contexts) and not isinstance(getattr(route, "path", None), str):
-            try:
-                found = list(contexts())
-            except Exception:
-                continue
-            for ctx in found:
-                starlette = getattr(ctx, "starlette_route", None)
-                yield ctx if starlette is None else starlette
-        else:
+        included = _included(route)
+        if included is None:
             yield route
+        else:
+            yield from included
 
 
 def _mounted_routes(mount: Any) -> list[Any] | None:
@@ -116,7 +70,7 @@ def _mounted_routes(mount: Any) -> list[Any] | None:
     routes = getattr(mount, "routes", None)
     if isinstance(routes, list) and routes:
         return routes
-    return _routes_of(getattr(mount, "_base_app", None) or getattr(mount, "app", None)) or None
+    return _routes_of(_mounted_app(mount)) or None
 
 
 def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
@@ -159,20 +113,6 @@ def _walk(routes: list[Any], scope: dict[str, Any]) -> str | None:
     return partial
 
 
-def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
-    """The prefixed template FastAPI selected for a route reached through include_router()."""
-    fastapi_scope = scope.get("fastapi")
-    if not isinstance(fastapi_scope, dict):
-        return None
-    ctx = fastapi_scope.get("effective_route_context")
-    if ctx is None or getattr(ctx, "original_route", None) is not route:
-        return None
-    path = getattr(getattr(ctx, "starlette_route", None), "path_format", None) or getattr(
-        ctx, "path_format", None
-    )
-    return path if isinstance(path, str) and path else None
-
-
 def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
     """Template of the Starlette/FastAPI route that handles (or will handle) ``scope``.
 
@@ -201,13 +141,13 @@ def starlette_route(scope: dict[str, Any], root: Any) -> str | None:
     # as app_root_path while it moves root_path on.
     root_path = app_root if app_root is not None else scope.get("root_path", "")
     key = (id(owner), kind, method, root_path, path)
-    entry = _walks.lookup(key)
+    entry = _walks.get(key)
     if entry is not None and entry[0]() is owner:  # else a miss, or a freed router's id reused
         return entry[1]  # type: ignore[no-any-return]
     probe = {"type": kind, "path": path, "root_path": root_path, "method": method, "headers": []}
     template = _walk(routes, probe)
     try:
-        _walks.store(key, (weakref.ref(owner), template))
+        _walks.put(key, (weakref.ref(owner), template))
     except TypeError:  # not weak-referenceable: not cached rather than risk a stale hit
         pass
     return template
@@ -231,8 +171,11 @@ def django_route(path: str) -> str | None:
         return django_template(route)
 
     urlconf = get_urlconf() or getattr(settings, "ROOT_URLCONF", "")
-    template: str | None = _cache.get((hash(str(urlconf)), "django", path), compute)
-    return template
+    key = (hash(str(urlconf)), path)
+    template = _django.get(key, _MISSING)
+    if template is _MISSING:
+        template = _django.put(key, compute())
+    return template  # type: ignore[no-any-return]
 
 
 def django_template(route: object) -> str:
@@ -243,12 +186,19 @@ def django_template(route: object) -> str:
 
 
 def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:
-    """The Flask url rule (``/items/<int:item_id>``) that matches ``environ``."""
+    """The Flask url rule (``/items/<int:item_id>``) that matches ``environ``, also when
+    its method is not one the rule allows (a 405, labelled with the rule as on ASGI)."""
     try:
         adapter = flask_app.url_map.bind_to_environ(environ)
         rule, _ = adapter.match(return_rule=True)
-    except Exception:
-        return None
+    except Exception as exc:
+        allowed = getattr(exc, "valid_methods", None)  # werkzeug's MethodNotAllowed
+        if not allowed:
+            return None
+        try:
+            rule, _ = adapter.match(method=next(iter(allowed)), return_rule=True)
+        except Exception:
+            return None
     return str(rule.rule)
 
 
@@ -260,3 +210,55 @@ def url_map_route(app: Any, scope: MutableMapping[str, Any]) -> str | None:
     except Exception:
         return None
     return str(rule.rule)
+
+
+# -- what kitmw reads of FastAPI's and Starlette's internals --------------------------------
+#
+# The one place kitmw reads framework internals, each checked by tests/test_seams.py
+# (which names this module when a release changes them), each with a fallback:
+#
+# * FastAPI's include_router() keeps what it includes as *route contexts*: an included
+#   router (``_IncludedRouter``, no ``path``) lists them with ``effective_route_contexts()``,
+#   each with the prefixed ``starlette_route`` (websocket routes, ``Route``, ``Mount``) or
+#   itself matchable with the prefixed ``path_format`` (an ``APIRoute``'s); per request
+#   ``scope["fastapi"]["effective_route_context"]`` is the one selected, whose
+#   ``original_route`` is ``scope["route"]``. Without them an included route is labelled
+#   by its unprefixed template.
+# * Starlette's ``Mount._base_app``: the app or router a mount was given, before its
+#   middleware. Without it the walk goes down the middleware's ``.app`` attributes.
+
+
+def _included(route: Any) -> list[Any] | None:
+    """The matchable routes of a FastAPI ``include_router()`` branch, or None when
+    ``route`` is not one."""
+    contexts = getattr(route, "effective_route_contexts", None)
+    if not callable(contexts) or isinstance(getattr(route, "path", None), str):
+        return None
+    try:
+        found = list(contexts())
+    except Exception:
+        return []
+    out = []
+    for ctx in found:
+        starlette = getattr(ctx, "starlette_route", None)
+        out.append(ctx if starlette is None else starlette)
+    return out
+
+
+def _fastapi_effective_path(scope: dict[str, Any], route: Any) -> str | None:
+    """The prefixed template FastAPI selected for a route reached through include_router()."""
+    fastapi_scope = scope.get("fastapi")
+    if not isinstance(fastapi_scope, dict):
+        return None
+    ctx = fastapi_scope.get("effective_route_context")
+    if ctx is None or getattr(ctx, "original_route", None) is not route:
+        return None
+    path = getattr(getattr(ctx, "starlette_route", None), "path_format", None) or getattr(
+        ctx, "path_format", None
+    )
+    return path if isinstance(path, str) and path else None
+
+
+def _mounted_app(mount: Any) -> Any:
+    """The app a Starlette ``Mount`` was given, before its middleware (else its ``app``)."""
+    return getattr(mount, "_base_app", None) or getattr(mount, "app", None)

@@ -7,21 +7,33 @@ first; ``docs/architecture.md`` explains each place), around one wrapped ``send`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._types import is_asgi
-from .concerns import CONCERNS, build_all
+from .concerns import CONCERNS, ServerConcerns, build_all
 from .errors import ConfigError
 from .exchange import Policy
 
-__all__ = ["CANONICAL_ORDER", "build_policies", "stack"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["CANONICAL_ORDER", "StackOptions", "build_policies", "stack"]
 
 #: (option, package, server policy class) of every server concern, outermost first
 #: (read from :data:`kitmw.concerns.CONCERNS`).
 CANONICAL_ORDER: tuple[tuple[str, str, str], ...] = tuple(
     (c.name, c.package, c.policies["server"]) for c in CONCERNS if "server" in c.policies
 )
+
+
+class StackOptions(ServerConcerns, total=False):
+    """Every option of :func:`stack`, typed: the concerns and the layer's own options,
+    for a dict of them (``stack(app, **options)``, a framework's settings)."""
+
+    exclude_paths: Iterable[str] | str | None
+    protocol: Literal["asgi", "wsgi"] | None
+    handle_errors: bool | None
 
 
 def build_policies(concerns: Mapping[str, Any], *, shared: Mapping[str, Any] | None = None) -> list[Policy]:
@@ -35,18 +47,21 @@ def stack(
     app: Any,
     /,
     *,
-    exclude_paths: Any = None,
-    protocol: str | None = None,
+    exclude_paths: Iterable[str] | str | None = None,
+    protocol: Literal["asgi", "wsgi"] | None = None,
     handle_errors: bool | None = None,
-    **concerns: Any,
+    **concerns: Unpack[ServerConcerns],
 ) -> Any:
     """Wrap ``app`` (ASGI or WSGI, detected) in one layer running the chosen concerns.
 
-    Each concern (``tracing``, ``access_log``, ``metrics``, ``ratelimit``, ``auth``,
-    ``breaker``, …) is ``True`` (defaults), a dict of that concern's options, or a
-    policy object; ``ratelimit`` also takes a rate string and ``auth`` a backend (or a
-    list). A concern left out is off. ``exclude_paths`` applies to every concern that
-    does not set its own. ``protocol`` forces ``"asgi"`` or ``"wsgi"``.
+    Each concern (``tracing``, ``access_log``, ``metrics``, ``timeout``, ``ratelimit``,
+    ``auth``, ``concurrency``, ``breaker``) is ``True`` (defaults), a dict of that
+    concern's options, or a policy object; ``timeout`` also takes seconds, ``ratelimit``
+    a rate string, ``auth`` a backend (or a list) and ``concurrency`` a limit. A concern
+    left out is off. The options are typed (:class:`~kitmw.concerns.ServerConcerns`,
+    each concern's dict its package's ``...Options``), so editors complete them and
+    type checkers reject a misspelled one. ``exclude_paths`` applies to every concern
+    that does not set its own. ``protocol`` forces ``"asgi"`` or ``"wsgi"``.
     """
     if app is None or not callable(app):
         raise ConfigError(

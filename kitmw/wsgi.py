@@ -30,20 +30,30 @@ from typing import TYPE_CHECKING, Any
 
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .chain import Chain, Pending, compile_chain, finish
-from .concerns import build, middleware_names
+from .concerns import build, build_all, concern_class
 from .errors import NoResponse, Rejected, Rejection
 from .exchange import Exchange, Policy
 from .routes import django_route, flask_route
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .concerns import ServerConcerns
 
 __all__ = [
     "AccessLog",
     "Auth",
     "CircuitBreaker",
+    "ConcernMiddleware",
+    "ConcurrencyLimit",
     "Metrics",
     "Middleware",
     "RateLimit",
+    "Stack",
+    "Timeout",
     "Tracing",
     "WsgiExchange",
+    "layer_of",
 ]
 
 _INTERNAL_ERROR = Rejection(500, "internal_error")
@@ -168,8 +178,9 @@ class WsgiExchange(Exchange):
                 rule = getattr(request, "url_rule", None)
                 if rule is not None:
                     return str(rule.rule)
-                if getattr(request, "routing_exception", None) is not None:
-                    return None
+                failed = getattr(request, "routing_exception", None)
+                if failed is not None and not getattr(failed, "valid_methods", None):
+                    return None  # no rule (a 405 names one: matched again below)
             return flask_route(flask_app, self.environ)
         if self._django:
             return django_route(_decode_path(self.environ.get("PATH_INFO", "") or "/"))
@@ -581,6 +592,14 @@ def _inner_layer(layer: Middleware) -> bool:
 _BODY_KEY = "kitmw.body"
 
 
+def layer_of(environ: WSGIEnviron) -> tuple[WsgiExchange, list[Pending]] | None:
+    """The exchange a kitmw layer opened for the request of ``environ``, while it runs, and
+    the exits it runs when the body is over: what a framework's own middleware
+    (``kitmw.django``) joins instead of opening a second exchange."""
+    body = environ.get(_BODY_KEY)
+    return (body.ex, body.exits) if isinstance(body, _Body) else None
+
+
 def _pass_file(body: _Body, result: Any) -> Iterable[bytes] | None:
     """Hand the server's own file wrapper back so it can use ``sendfile``."""
     try:
@@ -604,36 +623,55 @@ class ConcernMiddleware(Middleware):
         super().__init__(app, policy, handle_errors=handle_errors)
 
 
-_CLASSES: dict[str, type[ConcernMiddleware]] = {}
-
-
-def concern_class(name: str) -> type[ConcernMiddleware]:
-    """The per-concern WSGI class called ``name`` (``"RateLimit"``), made once."""
-    found = _CLASSES.get(name)
-    if found is None:
-        entry = middleware_names().get(name)
-        if entry is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        policy = entry.policies["server"]
-        doc = f"The WSGI driver with :class:`{entry.package}.{policy}` (its options, keyword-only)."
-        found = _CLASSES[name] = type(
-            name, (ConcernMiddleware,), {"concern": entry.name, "__doc__": doc, "__module__": __name__}
-        )
-    return found
-
-
 def __getattr__(name: str) -> Any:
-    cls = concern_class(name)
+    cls = concern_class(ConcernMiddleware, name)  # the registry's per-concern classes, made on first use
     globals()[name] = cls
     return cls
 
 
 if TYPE_CHECKING:
-    AccessLog = ConcernMiddleware
-    Auth = ConcernMiddleware
-    CircuitBreaker = ConcernMiddleware
-    ConcurrencyLimit = ConcernMiddleware
-    Metrics = ConcernMiddleware
-    RateLimit = ConcernMiddleware
-    Timeout = ConcernMiddleware
-    Tracing = ConcernMiddleware
+    # The per-concern classes as type checkers and editors see them: ConcernMiddleware
+    # with the options of their concern (kitmw.concerns declares the constructors).
+    from . import concerns
+
+    class AccessLog(concerns.AccessLogInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.logging.AccessLogPolicy`; options: :class:`~kitmw.logging.AccessLogOptions`."""
+
+    class Auth(concerns.AuthInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.auth.AuthPolicy`; options: :class:`~kitmw.auth.AuthOptions`."""
+
+    class CircuitBreaker(concerns.CircuitBreakerInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.breaker.BreakerPolicy`; options: :class:`~kitmw.breaker.BreakerOptions`."""
+
+    class ConcurrencyLimit(concerns.ConcurrencyLimitInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.concurrency.ConcurrencyPolicy`; options: :class:`~kitmw.concurrency.ConcurrencyOptions`."""
+
+    class Metrics(concerns.MetricsInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.metrics.MetricsPolicy`; options: :class:`~kitmw.metrics.MetricsOptions`."""
+
+    class RateLimit(concerns.RateLimitInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.ratelimit.RateLimitPolicy`; options: :class:`~kitmw.ratelimit.RateLimitOptions`."""
+
+    class Timeout(concerns.TimeoutInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.timeout.TimeoutPolicy`; options: :class:`~kitmw.timeout.TimeoutOptions`."""
+
+    class Tracing(concerns.TracingInit[WSGIApp], ConcernMiddleware):
+        """The WSGI driver with :class:`~kitmw.tracing.TracingPolicy`; options: :class:`~kitmw.tracing.TracingOptions`."""
+
+
+class Stack(Middleware):
+    """:func:`kitmw.stack` as a WSGI middleware class: ``app.wsgi_app =
+    kitmw.wsgi.Stack(app.wsgi_app, metrics=True, ...)``, the twin of :class:`kitmw.Stack`
+    with the same options."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        /,
+        *,
+        exclude_paths: Iterable[str] | str | None = None,
+        handle_errors: bool | None = None,
+        **concerns: Unpack[ServerConcerns],
+    ) -> None:
+        policies = build_all("server", concerns, shared={"exclude_paths": exclude_paths})
+        super().__init__(app, *policies, handle_errors=handle_errors)

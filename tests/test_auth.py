@@ -24,19 +24,11 @@ import kitmw
 from kitmw.auth import JWT, APIKey, AuthError, AuthPolicy, Backend, Basic, Principal
 from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange, Policy
-from kitmw.testing import NeutralExchange
+from kitmw.testing import FakeClock, NeutralExchange
 
 SECRET = "kitmw-test-secret-0123456789abcdef"
 AUD = "orders-api"
 ISS = "https://issuer.example"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # One RSA key pair for the module (generating one takes a while).
@@ -323,7 +315,7 @@ async def test_missing_token_challenge_has_no_error() -> None:
 
 @pytest.mark.anyio
 async def test_leeway_accepts_a_recently_expired_token() -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(backend=hs_backend(leeway=30, clock=clock))
     token = hs256(exp=int(clock.now) - 10)
     assert (await get(app, headers=bearer(token))).status_code == 200
@@ -331,7 +323,7 @@ async def test_leeway_accepts_a_recently_expired_token() -> None:
 
 @pytest.mark.anyio
 async def test_leeway_is_bounded() -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(backend=hs_backend(leeway=30, clock=clock))
     token = hs256(exp=int(clock.now) - 31)
     assert (await get(app, headers=bearer(token))).status_code == 401
@@ -339,14 +331,14 @@ async def test_leeway_is_bounded() -> None:
 
 @pytest.mark.anyio
 async def test_leeway_applies_to_nbf() -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(backend=hs_backend(leeway=30, clock=clock))
     assert (await get(app, headers=bearer(hs256(nbf=int(clock.now) + 20)))).status_code == 200
 
 
 @pytest.mark.anyio
 async def test_cached_token_stops_working_when_it_expires() -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(backend=hs_backend(clock=clock))
     token = hs256(exp=int(clock.now) + 60)
     assert (await get(app, headers=bearer(token))).status_code == 200
@@ -371,7 +363,7 @@ def test_verified_claims_cache_is_bounded() -> None:
     backend = hs_backend(cache_size=3)
     policy = AuthPolicy(backend=backend)
     for i in range(10):
-        ex = HeaderExchange("/me", {"authorization": "Bearer " + hs256(jti=str(i))})
+        ex = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + hs256(jti=str(i))})
         assert policy.enter(ex) is None
     assert len(backend._cache) == 3
 
@@ -379,8 +371,8 @@ def test_verified_claims_cache_is_bounded() -> None:
 def test_repeated_token_is_served_from_the_cache() -> None:
     backend = hs_backend()
     token = hs256()
-    first = backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + token}))
-    second = backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + token}))
+    first = backend.authenticate(NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token}))
+    second = backend.authenticate(NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token}))
     assert first is second
 
 
@@ -389,9 +381,12 @@ def test_cached_token_is_not_taken_under_another_scheme() -> None:
     # scheme is still not this backend's, and the lower-case scheme still works.
     backend = hs_backend()
     token = hs256()
-    assert backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + token})) is not None
-    assert backend.authenticate(HeaderExchange("/me", {"authorization": "Basic " + token})) is None
-    assert backend.authenticate(HeaderExchange("/me", {"authorization": "bearer " + token})) is not None
+    request = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token})
+    assert backend.authenticate(request) is not None
+    request = NeutralExchange("GET", "/me", headers={"authorization": "Basic " + token})
+    assert backend.authenticate(request) is None
+    request = NeutralExchange("GET", "/me", headers={"authorization": "bearer " + token})
+    assert backend.authenticate(request) is not None
 
 
 def test_async_drivers_call_enter_directly_unless_a_backend_does_io() -> None:
@@ -405,7 +400,8 @@ def test_async_drivers_call_enter_directly_unless_a_backend_does_io() -> None:
 
 def test_claims_are_read_only() -> None:
     backend = hs_backend()
-    principal = backend.authenticate(HeaderExchange("/me", {"authorization": "Bearer " + hs256(role="x")}))
+    request = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + hs256(role="x")})
+    principal = backend.authenticate(request)
     assert principal is not None and principal.claims is not None
     assert principal.claims["role"] == "x"
     with pytest.raises(TypeError):
@@ -512,7 +508,7 @@ async def test_basic_with_async_verify() -> None:
 
 def test_basic_with_sync_verify_on_the_sync_path() -> None:
     policy = AuthPolicy(backend=Basic(verify=lambda n, p: (n, p) == ("svc", "pw")))
-    good = HeaderExchange("/", {"authorization": basic("svc", "pw")["Authorization"]})
+    good = NeutralExchange("GET", "/", headers={"authorization": basic("svc", "pw")["Authorization"]})
     assert policy.enter(good) is None
     assert good.principal == "svc"
 
@@ -533,7 +529,9 @@ def test_basic_compares_every_user(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("user0", "nobody"):
         compared.clear()
         with pytest.raises(AuthError):
-            backend.authenticate(HeaderExchange("/", {"authorization": basic(name, "bad")["Authorization"]}))
+            wrong = basic(name, "bad")["Authorization"]
+            request = NeutralExchange("GET", "/", headers={"authorization": wrong})
+            backend.authenticate(request)
         assert len(compared) == 10
 
 
@@ -864,22 +862,9 @@ async def test_websocket_missing_scope_is_closed_with_1008() -> None:
 # -- the exchange, stack() and the policy on its own ------------------------------------------
 
 
-class HeaderExchange(Exchange):
-    """A neutral exchange with a header dict (what the sync drivers give a policy)."""
-
-    __slots__ = ("_headers",)
-
-    def __init__(self, path: str, headers: dict[str, str], method: str = "GET") -> None:
-        super().__init__(method, path)
-        self._headers = {k.lower(): v for k, v in headers.items()}
-
-    def header(self, name: str) -> str | None:
-        return self._headers.get(name)
-
-
 def test_policy_records_principal_and_scopes_on_the_exchange() -> None:
     policy = AuthPolicy(backend=hs_backend())
-    ex = HeaderExchange("/me", {"authorization": "Bearer " + hs256(scope="a b")})
+    ex = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + hs256(scope="a b")})
     assert policy.enter(ex) is None
     assert ex.principal == "alice"
     assert ex.scopes == frozenset({"a", "b"})
@@ -888,7 +873,7 @@ def test_policy_records_principal_and_scopes_on_the_exchange() -> None:
 
 def test_policy_returns_rejections_not_exceptions() -> None:
     policy = AuthPolicy(backend=hs_backend())
-    answer = policy.enter(HeaderExchange("/me", {"authorization": "Bearer nope"}))
+    answer = policy.enter(NeutralExchange("GET", "/me", headers={"authorization": "Bearer nope"}))
     assert isinstance(answer, Rejection)
     assert (answer.status, answer.code) == (401, "unauthorized")
 
@@ -1082,20 +1067,14 @@ print(sorted(m for m in sys.modules if m.startswith("starlette")))
     assert _run_fresh(code).strip() == "[]"
 
 
-class _Mounted(NeutralExchange):
-    """An exchange of an app mounted under ``/api`` (what ASGI's root_path, WSGI's
-    SCRIPT_NAME or any driver's prefix says), full path as every driver gives it."""
-
-    @property
-    def mount_prefix(self) -> str:
-        return "/api"
-
-
 def test_scope_rules_read_the_mount_prefix_of_any_exchange() -> None:
     policy = AuthPolicy(backend=APIKey(keys={"k-user": "user"}), scopes={"/admin": ["admin"]})
-    answer = policy.enter(_Mounted("GET", "/api/admin/users", headers={"x-api-key": "k-user"}))
+    # mounted under /api (ASGI root_path, WSGI SCRIPT_NAME): the full path, as every driver gives it
+    request = NeutralExchange("GET", "/api/admin/users", headers={"x-api-key": "k-user"}, mount_prefix="/api")
+    answer = policy.enter(request)
     assert answer is not None and answer.status == 403  # /admin, as the mounted app routes it
-    assert policy.enter(_Mounted("GET", "/api/other", headers={"x-api-key": "k-user"})) is None
+    request = NeutralExchange("GET", "/api/other", headers={"x-api-key": "k-user"}, mount_prefix="/api")
+    assert policy.enter(request) is None
 
 
 # -- configuration errors ----------------------------------------------------------------------

@@ -26,19 +26,11 @@ from starlette.routing import Route
 
 import kitmw
 from kitmw.auth import JWT, AuthPolicy
-from kitmw.exchange import Exchange
+from kitmw.testing import FakeClock, NeutralExchange
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 KEYS = {kid: rsa.generate_private_key(public_exponent=65537, key_size=2048) for kid in ("k1", "k2")}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def jwk(kid: str, **extra: Any) -> dict[str, Any]:
@@ -112,7 +104,7 @@ def jwks_errors(registry: CollectorRegistry) -> float:
 @pytest.mark.anyio
 async def test_keys_are_fetched_once_and_cached(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    app = make_app(url, FakeClock())
+    app = make_app(url, FakeClock(time.time()))
     for i in range(5):
         assert await status(app, token(jti=str(i))) == 200
     assert provider.requests == 1
@@ -121,7 +113,7 @@ async def test_keys_are_fetched_once_and_cached(idp: tuple[IdentityProvider, str
 @pytest.mark.anyio
 async def test_keys_are_fetched_again_after_the_ttl(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock, jwks_cache_ttl=300)
     assert await status(app, token(jti="a")) == 200
     clock.now += 301
@@ -132,7 +124,7 @@ async def test_keys_are_fetched_again_after_the_ttl(idp: tuple[IdentityProvider,
 @pytest.mark.anyio
 async def test_unknown_kid_refetches_and_finds_a_rotated_key(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock, jwks_refresh_cooldown=30)
     assert await status(app, token("k1")) == 200
     provider.rotate("k1", "k2")
@@ -144,7 +136,7 @@ async def test_unknown_kid_refetches_and_finds_a_rotated_key(idp: tuple[Identity
 @pytest.mark.anyio
 async def test_unknown_kid_within_the_cooldown_does_not_refetch(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock, jwks_refresh_cooldown=30)
     assert await status(app, token("k1")) == 200
     provider.rotate("k1", "k2")
@@ -158,7 +150,7 @@ async def test_flood_of_random_kids_fetches_at_most_once_per_cooldown(
     idp: tuple[IdentityProvider, str],
 ) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock, jwks_refresh_cooldown=30)
     assert await status(app, token("k1")) == 200
     for _ in range(3):  # three cooldown periods
@@ -171,7 +163,7 @@ async def test_flood_of_random_kids_fetches_at_most_once_per_cooldown(
 @pytest.mark.anyio
 async def test_concurrent_first_requests_share_one_fetch(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    app = make_app(url, FakeClock())
+    app = make_app(url, FakeClock(time.time()))
     results = await asyncio.gather(*(status(app, token(jti=str(i))) for i in range(20)))
     assert results == [200] * 20
     assert provider.requests == 1
@@ -181,7 +173,7 @@ async def test_concurrent_first_requests_share_one_fetch(idp: tuple[IdentityProv
 async def test_a_cancelled_request_does_not_abort_the_fetch(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
     provider.delay = 0.3
-    backend = JWT(jwks_url=url, algorithms=["RS256"], clock=FakeClock())
+    backend = JWT(jwks_url=url, algorithms=["RS256"], clock=FakeClock(time.time()))
     app = FastAPI()
     app.add_middleware(kitmw.Auth, backend=backend)
     first = asyncio.ensure_future(status(app, token(jti="a")))
@@ -198,7 +190,7 @@ async def test_a_cancelled_request_does_not_abort_the_fetch(idp: tuple[IdentityP
 @pytest.mark.anyio
 async def test_failed_refresh_keeps_the_last_good_keys(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     registry = CollectorRegistry()
     app = make_app(url, clock, registry, jwks_cache_ttl=300)
     assert await status(app, token(jti="a")) == 200
@@ -212,7 +204,7 @@ async def test_failed_refresh_keeps_the_last_good_keys(idp: tuple[IdentityProvid
 @pytest.mark.anyio
 async def test_failed_refresh_is_retried_only_after_the_cooldown(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock, jwks_cache_ttl=300, jwks_refresh_cooldown=30)
     assert await status(app, token(jti="a")) == 200
     provider.down = True
@@ -229,7 +221,7 @@ async def test_failed_refresh_is_retried_only_after_the_cooldown(idp: tuple[Iden
 async def test_jwks_down_at_start_is_401_counted_then_recovers(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
     provider.down = True
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     registry = CollectorRegistry()
     app = make_app(url, clock, registry, jwks_refresh_cooldown=30)
     assert await status(app, token(jti="a")) == 401
@@ -249,7 +241,7 @@ async def test_unreachable_jwks_url_is_401() -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/jwks"  # nothing listens there
     registry = CollectorRegistry()
-    app = make_app(url, FakeClock(), registry, jwks_timeout=2.0)
+    app = make_app(url, FakeClock(time.time()), registry, jwks_timeout=2.0)
     assert await status(app, token()) == 401
     assert jwks_errors(registry) == 1
 
@@ -257,14 +249,14 @@ async def test_unreachable_jwks_url_is_401() -> None:
 @pytest.mark.anyio
 async def test_token_without_kid_uses_the_only_key(idp: tuple[IdentityProvider, str]) -> None:
     _, url = idp
-    assert await status(make_app(url, FakeClock()), token(kid=None)) == 200
+    assert await status(make_app(url, FakeClock(time.time())), token(kid=None)) == 200
 
 
 @pytest.mark.anyio
 async def test_token_without_kid_is_refused_when_several_keys(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
     provider.rotate("k1", "k2")
-    assert await status(make_app(url, FakeClock()), token(kid=None)) == 401
+    assert await status(make_app(url, FakeClock(time.time())), token(kid=None)) == 401
 
 
 @pytest.mark.anyio
@@ -272,7 +264,7 @@ async def test_token_signed_by_another_key_under_a_known_kid_is_401(
     idp: tuple[IdentityProvider, str],
 ) -> None:
     _, url = idp
-    assert await status(make_app(url, FakeClock()), token("k1", signer="k2")) == 401
+    assert await status(make_app(url, FakeClock(time.time())), token("k1", signer="k2")) == 401
 
 
 @pytest.mark.anyio
@@ -288,7 +280,7 @@ async def test_unusable_keys_in_the_document_are_ignored(idp: tuple[IdentityProv
         jwk("k2", use="enc"),  # not a signing key
         jwk("k1"),
     ]
-    app = make_app(url, FakeClock())
+    app = make_app(url, FakeClock(time.time()))
     assert await status(app, token("k1")) == 200
     assert await status(app, token("k2", signer="k2")) == 401
 
@@ -297,25 +289,14 @@ async def test_unusable_keys_in_the_document_are_ignored(idp: tuple[IdentityProv
 async def test_alg_none_token_never_triggers_a_fetch(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
     unsigned = jwt.encode({"sub": "x"}, None, algorithm="none", headers={"kid": "zzz"})
-    assert await status(make_app(url, FakeClock()), unsigned) == 401
+    assert await status(make_app(url, FakeClock(time.time())), unsigned) == 401
     assert provider.requests == 0
-
-
-class HeaderExchange(Exchange):
-    __slots__ = ("_headers",)
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        super().__init__("GET", "/me")
-        self._headers = headers
-
-    def header(self, name: str) -> str | None:
-        return self._headers.get(name)
 
 
 def test_sync_side_fetches_with_urllib(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=FakeClock()))
-    ex = HeaderExchange({"authorization": "Bearer " + token()})
+    policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=FakeClock(time.time())))
+    ex = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token()})
     assert policy.enter(ex) is None  # what the WSGI driver calls
     assert ex.principal == "alice"
     assert provider.requests == 1
@@ -323,13 +304,15 @@ def test_sync_side_fetches_with_urllib(idp: tuple[IdentityProvider, str]) -> Non
 
 def test_sync_side_keeps_keys_when_down(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     backend = JWT(jwks_url=url, algorithms=["RS256"], clock=clock, jwks_cache_ttl=60)
     policy = AuthPolicy(backend=backend)
-    assert policy.enter(HeaderExchange({"authorization": "Bearer " + token(jti="a")})) is None
+    request = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token(jti="a")})
+    assert policy.enter(request) is None
     provider.down = True
     clock.now += 61
-    assert policy.enter(HeaderExchange({"authorization": "Bearer " + token(jti="b")})) is None
+    request = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token(jti="b")})
+    assert policy.enter(request) is None
     assert backend.jwks is not None
     assert (backend.jwks.fetches, backend.jwks.failures) == (2, 1)
 
@@ -349,7 +332,7 @@ async def test_a_random_kid_just_before_a_rotation_delays_the_new_kid_at_most_th
     idp: tuple[IdentityProvider, str],
 ) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock)  # the defaults
     assert await status(app, token("k1")) == 200
     clock.now += 100
@@ -365,11 +348,11 @@ async def test_a_random_kid_just_before_a_rotation_delays_the_new_kid_at_most_th
 
 def test_the_sync_side_picks_up_a_rotation_within_the_cooldown(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=clock))
 
     def enter(tok: str) -> Any:
-        return policy.enter(HeaderExchange({"authorization": "Bearer " + tok}))
+        return policy.enter(NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + tok}))
 
     assert enter(token("k1")) is None
     clock.now += 100
@@ -385,7 +368,7 @@ async def test_a_steady_stream_of_random_kids_neither_holds_a_rotation_back_nor_
     idp: tuple[IdentityProvider, str],
 ) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock)
     assert await status(app, token("k1")) == 200
     start, rotated_at, accepted_at = clock.now, clock.now + 20.25, None
@@ -406,7 +389,7 @@ async def test_a_fetch_that_started_before_the_rotation_does_not_hold_back_its_w
     idp: tuple[IdentityProvider, str],
 ) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     app = make_app(url, clock)
     assert await status(app, token("k1")) == 200
     clock.now += 100
@@ -427,7 +410,7 @@ async def test_a_fetch_that_started_before_the_rotation_does_not_hold_back_its_w
 @pytest.mark.anyio
 async def test_failed_fetches_back_off_to_the_maximum_and_recover(idp: tuple[IdentityProvider, str]) -> None:
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     registry = CollectorRegistry()
     backend = JWT(jwks_url=url, algorithms=["RS256"], clock=clock)
     app = FastAPI()
@@ -462,9 +445,10 @@ def test_concurrent_misses_on_the_sync_side_share_one_fetch(idp: tuple[IdentityP
     import threading
 
     provider, url = idp
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     policy = AuthPolicy(backend=JWT(jwks_url=url, algorithms=["RS256"], clock=clock))
-    assert policy.enter(HeaderExchange({"authorization": "Bearer " + token("k1")})) is None
+    request = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + token("k1")})
+    assert policy.enter(request) is None
     provider.rotate("k1", "k2")
     provider.delay = 0.3  # keeps the one fetch in flight while the other threads arrive
     clock.now += 31
@@ -472,7 +456,9 @@ def test_concurrent_misses_on_the_sync_side_share_one_fetch(idp: tuple[IdentityP
     barrier = threading.Barrier(8)
 
     def worker(i: int) -> None:
-        ex = HeaderExchange({"authorization": "Bearer " + token("k2", signer="k2", jti=str(i))})
+        fresh = token("k2", signer="k2", jti=str(i))
+        request = NeutralExchange("GET", "/me", headers={"authorization": "Bearer " + fresh})
+        ex = request
         barrier.wait(timeout=10)
         results.append(policy.enter(ex))
 
@@ -483,3 +469,16 @@ def test_concurrent_misses_on_the_sync_side_share_one_fetch(idp: tuple[IdentityP
         t.join(timeout=10)
     assert results == [None] * 8
     assert provider.requests == 2
+
+
+def test_a_caller_right_after_the_fetch_decision_waits_for_that_fetch(idp: tuple[IdentityProvider, str]) -> None:
+    """The decision to fetch and the fetch being visible to others are one step: a second
+    caller arriving in between waits for the fetch instead of finding neither a key nor a
+    fetch to wait for (under load, a thread landed in that gap and got a 401)."""
+    _, url = idp
+    cache = JWT(jwks_url=url, algorithms=["RS256"]).jwks
+    assert cache is not None
+    _, first, inflight = cache._plan("k1")  # the decision, before any fetch ran
+    _, second, waits_on = cache._plan("k1")
+    assert (first, second) == (1, 2)  # this one fetches, the next one waits for it
+    assert waits_on is inflight

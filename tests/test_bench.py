@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kitmw._bench import SUITES, Result, format_table, run_suite, summarize
+from kitmw.bench import SUITES, Result, format_table, run_suite, summarize
 from kitmw.cli import main as cli_main
 
 ROUNDS = 2

@@ -21,25 +21,13 @@ from starlette.routing import Route
 import kitmw
 from kitmw.breaker import Breaker, BreakerPolicy, BreakerRegistry, Permit, default_name
 from kitmw.errors import BreakerOpen, ConfigError
+from kitmw.testing import FakeClock
 
 _names = itertools.count()
 
 
 def unique(prefix: str = "t") -> str:
     return f"{prefix}-{next(_names)}"
-
-
-class FakeClock:
-    """Seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Backend:

@@ -1,7 +1,7 @@
 """The policies of calls on ``kitmw.endpoint``'s side: retry, rate limit and breaker.
 
 Driven through the real chain (:func:`kitmw.chain.compile_chain`, sync and async
-runners) over :class:`kitmw.testing.NeutralExchange` objects named like endpoints, the
+runners) over :class:`kitmw.testing.NeutralEndpointExchange` objects named like endpoints, the
 way the ``kitmw.endpoint`` driver runs them; clocks are :class:`kitmw.testing.FakeClock`
 objects and waits are recorded, never taken.
 """
@@ -23,7 +23,7 @@ from kitmw.errors import BreakerOpen, ConfigError, RateLimited, Rejected
 from kitmw.exchange import Policy
 from kitmw.ratelimit import EndpointRateLimitPolicy
 from kitmw.retry import EndpointRetryPolicy, Retry, RetryBudget
-from kitmw.testing import FakeClock, NeutralExchange
+from kitmw.testing import FakeClock, NeutralEndpointExchange
 
 pytestmark = pytest.mark.anyio
 
@@ -33,20 +33,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class CallExchange(NeutralExchange):
-    """A neutral exchange for one call of endpoint ``name`` (its route), with its result."""
-
-    __slots__ = ("result",)
-
-    def __init__(self, name: str = "charge_card") -> None:
-        super().__init__("CALL", name, route=name)
-        self.result: Any = None
-
-
 def call(policies: list[Policy], fn: Callable[[], Any], name: str = "charge_card") -> Any:
     """One call of ``fn`` through ``policies`` as a sync driver of calls makes it."""
     chain = compile_chain(policies, "endpoint", is_async=False)
-    ex = CallExchange(name)
+    ex = NeutralEndpointExchange("CALL", name)
     exits: list[Any] = []
 
     def attempt() -> Any:
@@ -73,7 +63,7 @@ def call(policies: list[Policy], fn: Callable[[], Any], name: str = "charge_card
 async def acall(policies: list[Policy], fn: Callable[[], Any], name: str = "charge_card") -> Any:
     """:func:`call` for async functions (the async runner, awaiting hooks that await)."""
     chain = compile_chain(policies, "endpoint", is_async=True)
-    ex = CallExchange(name)
+    ex = NeutralEndpointExchange("CALL", name)
     exits: list[Any] = []
 
     async def attempt() -> Any:
@@ -348,7 +338,7 @@ def test_a_delaying_limit_does_not_wait_past_the_deadline(sleeps: list[float]) -
     policy = limit(limit="1/minute", wait=True, max_wait=120, sleep=sleeps.append)
     assert call([policy], Flaky(0)) == "ok"
     chain = compile_chain([policy], "endpoint", is_async=False)
-    ex = CallExchange()
+    ex = NeutralEndpointExchange("CALL", "charge_card")
     ex.deadline = time.monotonic() + 5.0  # the caller's deadline: 5 s left, the slot is ~60 s away
     with pytest.raises(RateLimited):
         chain.run_sync(ex, Flaky(0), [])

@@ -36,6 +36,7 @@ from kitmw.errors import ConcurrencyLimited, ConfigError, DeadlineExceeded
 from kitmw.errors import RateLimited as KitmwRateLimited
 from kitmw.exchange import reset_deadline, set_deadline
 from kitmw.retry import Retry, RetryBudget, parse_retry_after
+from kitmw.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -924,12 +925,12 @@ def test_parse_retry_after(value: str, expected: float | None) -> None:
 
 
 def test_retry_budget_allows_the_ratio_plus_the_floor() -> None:
-    now = [0.0]
-    budget = RetryBudget(ratio=0.5, min_per_second=0.1, window=10, clock=lambda: now[0])
+    clock = FakeClock(0.0)
+    budget = RetryBudget(ratio=0.5, min_per_second=0.1, window=10, clock=clock)
     for _ in range(10):
         budget.deposit()
     assert sum(budget.withdraw() for _ in range(20)) == 6  # 0.5 * 10 + 0.1 * 10
-    now[0] = 11.0  # the window has passed: the budget refills from new requests only
+    clock.now = 11.0  # the window has passed: the budget refills from new requests only
     assert sum(budget.withdraw() for _ in range(5)) == 1
 
 

@@ -37,7 +37,7 @@ from kitmw.concurrency import (
     WindowedLimit,
 )
 from kitmw.errors import ConcurrencyLimited, ConfigError, DeadlineExceeded
-from kitmw.testing import FakeClock, NeutralExchange
+from kitmw.testing import FakeClock, NeutralClientExchange, NeutralEndpointExchange, NeutralExchange
 
 
 def samples(registry: CollectorRegistry, metric: str) -> dict[tuple[str, str], float]:
@@ -65,18 +65,6 @@ class Recording(LimitAlgorithm):
 
     def fresh(self, initial_limit: int | None = None) -> Recording:
         return Recording(self.limit if initial_limit is None else initial_limit, self.log)
-
-
-class ClientExchange(NeutralExchange):
-    __slots__ = ()
-    side = "client"
-    protocol = "httpx"
-
-
-class EndpointExchange(NeutralExchange):
-    __slots__ = ()
-    side = "endpoint"
-    protocol = "endpoint"
 
 
 # -- the algorithms -------------------------------------------------------------------------------
@@ -480,8 +468,8 @@ async def test_client_limits_are_per_upstream_origin(registry) -> None:
         await gate.wait()
         return "response"
 
-    def ex(host: str) -> ClientExchange:
-        return ClientExchange("GET", "/", headers={"host": host})
+    def ex(host: str) -> NeutralClientExchange:
+        return NeutralClientExchange("GET", "/", headers={"host": host})
 
     a, b = ex("a.test"), ex("b.test")
     first = asyncio.ensure_future(chain.run_async(a, call, a_exits := []))
@@ -512,7 +500,7 @@ def test_a_sync_endpoint_waits_for_a_slot_in_its_thread(registry) -> None:
 
     def invoke() -> None:
         exits: list[Any] = []
-        ex = EndpointExchange("CALL", "charge")
+        ex = NeutralEndpointExchange("CALL", "charge")
         results.append(chain.run_sync(ex, call, exits))
         chain.finish_sync(ex, exits)
 

@@ -531,6 +531,7 @@ DEPLOYMENT_EXAMPLES = [
     "docs/snippets/fastapi_app.py",
     "docs/snippets/fastapi_add_middleware.py",
     "examples/fastapi_app.py",
+    "examples/fastapi_service.py",
     "examples/flask_app.py",
     "examples/django_wsgi/kitmw_example/asgi.py",
     "examples/django_wsgi/kitmw_example/wsgi.py",
@@ -540,7 +541,9 @@ DEPLOYMENT_EXAMPLES = [
 @pytest.mark.parametrize("path", DEPLOYMENT_EXAMPLES)
 def test_deployment_examples_exclude_scrapes_and_probes(path: str) -> None:
     """Every exclusion list a reader copies leaves out /metrics and the health probe."""
-    lists = re.findall(r"exclude_paths=\[([^\]]*)\]", (ROOT / path).read_text())
+    # the keyword (stack(exclude_paths=[...])) or a settings dict's key ("exclude_paths": [...])
+    pattern = r"""(?:exclude_paths=|["']exclude_paths["']:\s*)\[([^\]]*)\]"""
+    lists = re.findall(pattern, (ROOT / path).read_text())
     assert lists, f"{path} shows no exclude_paths"
     for found in lists:
         assert '"/metrics"' in found and '"/health"' in found, f"{path}: exclude_paths=[{found}]"
@@ -930,6 +933,9 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     reference = (site / "reference" / "index.html").read_text()
     assert "build_policies" not in reference  # the reference shows the public API only
     assert 'id="kitmw.stack.stack"' in reference
+    assert ":class:<code>" not in reference and ":meth:<code>" not in reference  # roles read as code
+    architecture = (site / "architecture" / "index.html").read_text()
+    assert "kitmw.ConcurrencyLimit" in architecture  # the order table, rendered from the registry
     # identifiers in table cells never break mid-word (docs/stylesheets/extra.css)
     css = (site / "stylesheets" / "extra.css").read_text()
     assert "word-break: normal" in css and "overflow-wrap: normal" in css

@@ -186,6 +186,7 @@ async def test_raw_asgi_example_answers_and_counts_as_unmatched(example: Any) ->
 
 def test_flask_example_labels_by_url_rule_and_serves_metrics(example: Any) -> None:
     mod = example("examples.flask_app")
+    assert mod.app.extensions["kitmw"].middleware is mod.app.wsgi_app  # installed by the extension
     before = requests_total("/items/<int:item_id>", "200")
     with httpx.Client(transport=httpx.WSGITransport(app=mod.app), base_url=BASE) as client:
         found = client.get("/items/1", headers={"X-Request-ID": "ex-flask-1"})
@@ -197,6 +198,20 @@ def test_flask_example_labels_by_url_rule_and_serves_metrics(example: Any) -> No
     assert missing.status_code == 404 and health.text == "ok"
     assert requests_total("/items/<int:item_id>", "200") == before + 1
     assert 'route="/items/<int:item_id>"' in metrics.text
+
+
+def test_flask_example_views_read_the_caller_the_request_id_and_the_budget(example: Any) -> None:
+    mod = example("examples.flask_app")
+    admin = {"X-API-Key": mod.ADMIN_KEY}
+    with httpx.Client(transport=httpx.WSGITransport(app=mod.app), base_url=BASE) as client:
+        anonymous = client.get("/me", headers={"X-Request-ID": "ex-flask-me"})
+        me = client.get("/me", headers=admin)
+        refused = client.get("/admin/stats")
+        stats = client.get("/admin/stats", headers=admin)
+    assert anonymous.json() == {"caller": None, "request_id": "ex-flask-me"}
+    assert me.json()["caller"] == "ops" and me.json()["request_id"] == me.headers["x-request-id"]
+    assert refused.status_code == 401 and refused.json() == {"error": "unauthorized"}
+    assert stats.json()["caller"] == "ops" and 0 < stats.json()["budget_ms"] <= 5000
 
 
 def test_django_wsgi_example_labels_by_url_pattern(example: Any, django_example: None) -> None:

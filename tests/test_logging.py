@@ -37,6 +37,7 @@ from kitmw.logging import (
     is_valid_request_id,
     structlog_processor,
 )
+from kitmw.testing import NeutralClientExchange, NeutralExchange
 
 UUID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 NGINX = "8a5d6b1f3c2e4d7f9a0b1c2d3e4f5a6b"
@@ -100,7 +101,7 @@ def output() -> Iterator[Any]:
     for n, (level, propagate) in saved.items():
         lg = logging.getLogger(n)
         for h in list(lg.handlers):
-            if type(h).__name__ == "_KitmwHandler":
+            if type(h).__name__ == "KitmwHandler":
                 lg.removeHandler(h)
         lg.setLevel(level)
         lg.propagate = propagate
@@ -697,38 +698,8 @@ def test_configure_rejects_an_unknown_format() -> None:
 # -- client side -----------------------------------------------------------------------------
 
 
-class ClientExchange(Exchange):
-    """A neutral client-side exchange, as the httpx driver builds one."""
-
-    __slots__ = ("_query", "_url")
-    side = "client"
-
-    def __init__(self, method: str, url: str, query: str = "") -> None:
-        super().__init__(method, httpx.URL(url).path)
-        self._url = url
-        self._query = query
-
-    @property
-    def url(self) -> str:
-        return self._url
-
-    @property
-    def query(self) -> str:
-        return self._query
-
-    @property
-    def host(self) -> str:
-        return httpx.URL(self._url).netloc.decode()
-
-
-def finish(ex: Exchange, status: int = 0, error: BaseException | None = None) -> Exchange:
-    ex.start_ns, ex.end_ns = 1_000_000, 3_500_000
-    ex.status, ex.error = status, error
-    return ex
-
-
 def test_client_record_has_the_call_and_the_current_request_id(capture: Capture) -> None:
-    ex = finish(ClientExchange("GET", "http://users:8080/u/1", "api_key=s3cret&x=1"), 200)
+    ex = NeutralClientExchange("GET", "http://users:8080/u/1?api_key=s3cret&x=1", status=200, duration=0.0025)
     ex.state["attempts"] = 2
     with bind_context(request_id=UUID):
         ClientLogPolicy().exit(ex)
@@ -745,7 +716,8 @@ def test_client_record_has_the_call_and_the_current_request_id(capture: Capture)
 
 
 def test_client_failure_is_logged_at_error_with_its_type(capture: Capture) -> None:
-    ex = finish(ClientExchange("POST", "http://users:8080/u"), 0, httpx.ConnectError("refused"))
+    refused = httpx.ConnectError("refused")
+    ex = NeutralClientExchange("POST", "http://users:8080/u", error=refused, duration=0.0025)
     ClientLogPolicy().exit(ex)
     (record,) = capture.named("kitmw.client")
     assert record.levelno == logging.ERROR
@@ -754,14 +726,14 @@ def test_client_failure_is_logged_at_error_with_its_type(capture: Capture) -> No
 
 
 def test_client_query_is_redacted_when_kept(capture: Capture) -> None:
-    ex = finish(ClientExchange("GET", "http://api/search", "q=shoes&token=abc"), 200)
+    ex = NeutralClientExchange("GET", "http://api/search?q=shoes&token=abc", status=200, duration=0.0025)
     ClientLogPolicy(log_query=True).exit(ex)
     (record,) = capture.named("kitmw.client")
     assert record.url == "http://api/search?q=shoes&token=[REDACTED]"
 
 
 def test_client_upstream_5xx_is_logged_at_error(capture: Capture) -> None:
-    ClientLogPolicy().exit(finish(ClientExchange("GET", "http://api/x"), 502))
+    ClientLogPolicy().exit(NeutralClientExchange("GET", "http://api/x", status=502, duration=0.0025))
     (record,) = capture.named("kitmw.client")
     assert record.levelno == logging.ERROR and record.status == 502
 
@@ -780,7 +752,7 @@ async def test_add_middleware_still_logs_an_exception_with_the_request_id(captur
 def test_a_failing_record_never_breaks_the_request_and_still_unbinds(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    class Broken(Exchange):
+    class Broken(NeutralExchange):  # a router that fails
         __slots__ = ()
 
         @property

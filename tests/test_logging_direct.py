@@ -229,3 +229,28 @@ async def test_a_failing_stream_is_reported_by_the_handler_and_the_request_still
         response = await client.get("/items/1")
     assert response.status_code == 200
     assert len(reported) == 1 and reported[0].__dict__["route"] == "/items/{item_id}"
+
+
+# -- one definition of the line: the fields of each kind of kitmw record, in one order --------
+
+
+@pytest.mark.parametrize("static", [None, {"service": "api"}], ids=["no-static", "static"])
+@pytest.mark.parametrize(
+    "fields",
+    [kitmw.logging.ACCESS_FIELDS, kitmw.logging.CLIENT_FIELDS, kitmw.logging.ENDPOINT_FIELDS],
+    ids=["access", "client", "endpoint"],
+)
+def test_a_kitmw_record_is_written_in_its_kinds_order_whatever_order_it_was_built_in(
+    fields: tuple[str, ...], static: dict[str, str] | None
+) -> None:
+    """The order of the line is the record kind's (context fields first), not the order in
+    which the policy happened to set the attributes: the direct path writes that order
+    too, so the two paths cannot drift apart through a reordered dict."""
+    from kitmw.logging import CONTEXT_FIELDS
+
+    record = logging.LogRecord("kitmw.test.order", logging.INFO, __file__, 0, "m", (), None)
+    record.__dict__.update({key: f"v-{key}" for key in reversed(fields)})
+    line = json.loads(JsonFormatter(static=static).format(record))
+    context = [k for k in CONTEXT_FIELDS if k in fields]
+    others = [k for k in fields if k not in CONTEXT_FIELDS]
+    assert list(line) == ["time", "level", "logger", "message", *(static or {}), *context, *others]

@@ -28,6 +28,7 @@ import kitmw
 from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange, Policy
 from kitmw.metrics import ClientMetricsPolicy, MetricsPolicy, instruments
+from kitmw.testing import NeutralClientExchange
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -699,22 +700,9 @@ async def test_django_asgi_app_gets_the_route_template(registry: CollectorRegist
 # -- client policy ------------------------------------------------------------------------
 
 
-class ClientExchange(Exchange):
-    """A neutral client-side exchange (the httpx driver fills the same fields)."""
-
-    __slots__ = ()
-    side = "client"
-
-    @property
-    def host(self) -> str:
-        return "api.example:443"
-
-
-def _client_exchange(status: int = 0, error: BaseException | None = None) -> ClientExchange:
-    ex = ClientExchange("GET", "/v1/things")
-    ex.status, ex.error = status, error
-    ex.start_ns, ex.end_ns = 1_000, 250_001_000
-    return ex
+def _client_exchange(status: int = 0, error: BaseException | None = None) -> NeutralClientExchange:
+    url = "https://api.example/v1/things"
+    return NeutralClientExchange("GET", url, status=status, error=error, duration=0.25)
 
 
 def test_client_policy_counts_by_method_host_status(registry: CollectorRegistry) -> None:

@@ -37,6 +37,7 @@ def test_top_level_names_are_pinned_and_sorted() -> None:
         "RateLimited",
         "Rejected",
         "Rejection",
+        "Stack",
         "StorageError",
         "Timeout",
         "Tracing",
@@ -142,11 +143,30 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+#: What type checkers bring themselves (typeshed): imported for typing only, never at run time.
+_TYPING_ONLY = {"typing_extensions"}
+
+
+def _typing_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes inside ``if TYPE_CHECKING:`` blocks of ``tree``."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for statement in node.body:
+                inside.update(id(child) for child in ast.walk(statement))
+    return inside
+
+
 def _imports() -> dict[str, set[str]]:
-    """Every module kitmw's own code imports (top-level or inside functions) -> importing files."""
+    """Every module kitmw's own code imports (top-level or inside functions) -> importing files;
+    ``typing_extensions`` under ``TYPE_CHECKING`` aside (typing only, see ``_TYPING_ONLY``)."""
     out: dict[str, set[str]] = {}
     for path in (ROOT / "kitmw").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = _typing_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in typing_only and isinstance(node, ast.ImportFrom) and node.module in _TYPING_ONLY:
+                continue
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -314,6 +334,55 @@ def test_the_wheel_holds_kitmw_only_with_its_license_and_metadata(dists: tuple[P
         assert f"Classifier: {classifier}" in meta, classifier
     assert "Project-URL: Documentation, " in meta
     assert "License :: " not in meta  # the SPDX expression replaces license classifiers
+
+
+#: ``kitmw bench`` run from the unpacked wheel alone (its directory first on the path, the
+#: repository's benchmarks/ blocked): the suites it runs are in the wheel.
+BENCH_FROM_WHEEL = """
+import sys
+sys.path.insert(0, sys.argv[1])
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"benchmarks", "tests"}:
+            raise ImportError(f"{name} is not in the wheel")
+sys.meta_path.insert(0, Block())
+import kitmw
+assert kitmw.__file__.startswith(sys.argv[1]), kitmw.__file__
+from kitmw.cli import main
+code = main(["bench", "--suite", "all", "--rounds", "1", "--requests", "2", "--only", "stack() of 6", "--quiet"])
+print("benchmarks" in sys.modules, code)
+"""
+
+
+def test_the_wheel_runs_kitmw_bench_and_ships_no_other_benchmark_code(
+    dists: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import zipfile
+
+    _, wheel = dists
+    with zipfile.ZipFile(wheel) as whl:
+        names = whl.namelist()
+        whl.extractall(tmp_path / "site")
+    bench = sorted(n for n in names if "bench" in n)
+    assert bench == [
+        "kitmw/bench/__init__.py",
+        "kitmw/bench/asgi.py",
+        "kitmw/bench/harness.py",
+        "kitmw/bench/httpx.py",
+        "kitmw/bench/wsgi.py",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", BENCH_FROM_WHEEL, str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "False 0", done.stdout[-3000:]
+    # the asgi and wsgi suites measured the stack, the httpx suite its bare transports
+    assert done.stdout.count("| kitmw stack() of 6 |") == 2, done.stdout
+    assert "| bare MockTransport (async) |" in done.stdout, done.stdout
 
 
 def test_declared_python_versions_match_the_classifiers() -> None:

@@ -24,50 +24,21 @@ from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange
 from kitmw.ratelimit import ClientAddress, Decision, Limiter, RateLimitPolicy
 from kitmw.stack import build_policies
+from kitmw.testing import NeutralExchange
 
 
-class FakeExchange(Exchange):
-    """A neutral exchange: peer, headers, route and principal set by the test."""
-
-    def __init__(
-        self,
-        path: str = "/",
-        *,
-        method: str = "GET",
-        client: str | None = "10.0.0.1",
-        headers: dict[str, str | list[str]] | None = None,
-        route: str | None = None,
-        principal: str | None = None,
-    ) -> None:
-        super().__init__(method, path)
-        self._client = client
-        self._headers = {k.lower(): v for k, v in (headers or {}).items()}
-        self._fake_route = route
-        self.principal = principal
-
-    def header(self, name: str) -> str | None:
-        value = self._headers.get(name)
-        return value[0] if isinstance(value, list) else value
-
-    def header_all(self, name: str) -> list[str]:
-        value = self._headers.get(name)
-        if value is None:
-            return []
-        return list(value) if isinstance(value, list) else [value]
-
-    @property
-    def client(self) -> str | None:
-        return self._client
-
-    def _resolve_route(self) -> str | None:
-        return self._fake_route
+def neutral(
+    path: str = "/", *, method: str = "GET", client: str | None = "10.0.0.1", **options: object
+) -> NeutralExchange:
+    """A neutral exchange from ``client`` (``headers``, ``route``, ``principal``: as set by the test)."""
+    return NeutralExchange(method, path, client=client, **options)  # type: ignore[arg-type]
 
 
 def decisions(policy: RateLimitPolicy, n: int, **exchange: object) -> list[int]:
     """Statuses (200 or the rejection's) of ``n`` requests through ``policy.enter``."""
     out = []
     for _ in range(n):
-        answer = policy.enter(FakeExchange(**exchange))  # type: ignore[arg-type]
+        answer = policy.enter(neutral(**exchange))  # type: ignore[arg-type]
         out.append(200 if answer is None else answer.status)
     return out
 
@@ -168,7 +139,7 @@ async def test_each_strategy_on_the_async_path(strategy: str, registry) -> None:
     policy = RateLimitPolicy(limit="4/minute", strategy=strategy, registry=registry, namespace=ns())
     statuses = []
     for _ in range(6):
-        answer = await policy.aenter(FakeExchange())
+        answer = await policy.aenter(neutral())
         statuses.append(200 if answer is None else answer.status)
     assert statuses == [200] * 4 + [429, 429]
 
@@ -176,7 +147,7 @@ async def test_each_strategy_on_the_async_path(strategy: str, registry) -> None:
 def test_several_limits_all_must_allow(registry) -> None:
     policy = RateLimitPolicy(limit="10/minute;3/hour", registry=registry, namespace=ns())
     assert decisions(policy, 5) == [200, 200, 200, 429, 429]
-    answer = policy.enter(FakeExchange())
+    answer = policy.enter(neutral())
     assert answer is not None
     headers = dict(answer.headers)
     assert headers["RateLimit"].startswith('"3/h";r=0;')
@@ -253,7 +224,7 @@ def test_a_fractional_cost_is_rounded_up(registry, cost: object, expected: list[
 def test_a_cost_that_is_not_a_finite_number_is_an_error_naming_the_option(registry, cost: object) -> None:
     policy = RateLimitPolicy(limit="2/minute", cost=lambda ex: cost, registry=registry, namespace=ns())
     with pytest.raises((TypeError, ValueError), match=r"^cost: "):
-        policy.enter(FakeExchange("/"))
+        policy.enter(neutral("/"))
 
 
 def test_limiter_keys_cannot_reach_another_bucket(registry) -> None:
@@ -323,7 +294,7 @@ def test_callable_key_and_none_exempts(registry) -> None:
 # -- trusted proxies and client addresses --------------------------------------------------
 
 
-def key_of(ex: FakeExchange, **options) -> str:
+def key_of(ex: NeutralExchange, **options) -> str:
     return ClientAddress(**options)(ex)
 
 
@@ -334,24 +305,24 @@ def test_spoofed_forwarding_headers_from_an_untrusted_peer_get_no_fresh_budget(r
     statuses = []
     for i in range(4):
         spoof = {"x-forwarded-for": f"203.0.113.{i}", "forwarded": f"for=198.51.100.{i}"}
-        answer = policy.enter(FakeExchange(client="192.0.2.7", headers=spoof))
+        answer = policy.enter(neutral(client="192.0.2.7", headers=spoof))
         statuses.append(200 if answer is None else answer.status)
     assert statuses == [200, 200, 429, 429]
 
 
 def test_without_trusted_proxies_forwarding_headers_are_ignored() -> None:
-    ex = FakeExchange(client="192.0.2.7", headers={"x-forwarded-for": "203.0.113.9"})
+    ex = neutral(client="192.0.2.7", headers={"x-forwarded-for": "203.0.113.9"})
     assert key_of(ex) == "192.0.2.7"
 
 
 def test_trusted_proxy_chain_yields_the_right_most_untrusted_address() -> None:
     # client spoofs 6.6.6.6; real client 203.0.113.5; two trusted hops after it.
-    ex = FakeExchange(client="10.9.0.1", headers={"x-forwarded-for": ["6.6.6.6, 203.0.113.5", "10.9.3.3"]})
+    ex = neutral(client="10.9.0.1", headers={"x-forwarded-for": ["6.6.6.6, 203.0.113.5", "10.9.3.3"]})
     assert key_of(ex, trusted_proxies=["10.9.0.0/16"]) == "203.0.113.5"
 
 
 def test_trusted_proxy_with_rfc7239_forwarded() -> None:
-    ex = FakeExchange(
+    ex = neutral(
         client="10.9.0.1",
         headers={"forwarded": 'for=6.6.6.6, for="[2001:db8:cafe::17]:4711";proto=https, for=10.9.3.3'},
     )
@@ -359,7 +330,7 @@ def test_trusted_proxy_with_rfc7239_forwarded() -> None:
 
 
 def test_trusted_proxy_single_address_and_ports() -> None:
-    ex = FakeExchange(client="127.0.0.1", headers={"x-forwarded-for": "203.0.113.5:5555"})
+    ex = neutral(client="127.0.0.1", headers={"x-forwarded-for": "203.0.113.5:5555"})
     assert key_of(ex, trusted_proxies="127.0.0.1") == "203.0.113.5"
 
 
@@ -374,23 +345,23 @@ def test_trusted_proxy_single_address_and_ports() -> None:
     ],
 )
 def test_garbage_ends_the_walk_at_the_last_trusted_hop(chain: str) -> None:
-    ex = FakeExchange(client="10.9.0.1", headers={"x-forwarded-for": chain})
+    ex = neutral(client="10.9.0.1", headers={"x-forwarded-for": chain})
     assert key_of(ex, trusted_proxies=["10.9.0.0/16"]) == "10.9.0.1"
 
 
 def test_an_all_trusted_chain_keys_the_left_most_hop() -> None:
-    ex = FakeExchange(client="10.9.0.1", headers={"x-forwarded-for": "10.9.0.7, 10.9.0.8"})
+    ex = neutral(client="10.9.0.1", headers={"x-forwarded-for": "10.9.0.7, 10.9.0.8"})
     assert key_of(ex, trusted_proxies=["10.9.0.0/16"]) == "10.9.0.7"
 
 
 def test_huge_forwarding_chain_is_bounded() -> None:
     chain = ", ".join(["10.9.0.2"] * 10_000)
-    ex = FakeExchange(client="10.9.0.1", headers={"x-forwarded-for": "6.6.6.6, " + chain})
+    ex = neutral(client="10.9.0.1", headers={"x-forwarded-for": "6.6.6.6, " + chain})
     assert key_of(ex, trusted_proxies=["10.9.0.0/16"]) == "10.9.0.2"
 
 
 def test_disagreeing_forwarding_headers_key_the_peer() -> None:
-    ex = FakeExchange(
+    ex = neutral(
         client="10.9.0.1", headers={"x-forwarded-for": "203.0.113.5", "forwarded": "for=198.51.100.1"}
     )
     assert key_of(ex, trusted_proxies=["10.9.0.0/16"]) == "10.9.0.1"
@@ -405,10 +376,10 @@ def test_ipv6_clients_share_a_budget_per_64(registry) -> None:
 
 
 def test_ipv6_prefix_128_keys_each_address() -> None:
-    assert key_of(FakeExchange(client="2001:db8::1"), ipv6_prefix=128) == "2001:db8::1"
-    assert key_of(FakeExchange(client="2001:db8::1")) == "2001:db8::/64"
-    assert key_of(FakeExchange(client="::ffff:192.0.2.1")) == "192.0.2.1"
-    assert key_of(FakeExchange(client=None)) == "unknown"
+    assert key_of(neutral(client="2001:db8::1"), ipv6_prefix=128) == "2001:db8::1"
+    assert key_of(neutral(client="2001:db8::1")) == "2001:db8::/64"
+    assert key_of(neutral(client="::ffff:192.0.2.1")) == "192.0.2.1"
+    assert key_of(neutral(client=None)) == "unknown"
 
 
 # -- per-route limits, exemptions, exclusions ----------------------------------------------
@@ -640,8 +611,8 @@ def test_policy_is_a_kitmw_policy(registry) -> None:
     assert isinstance(policy, kitmw.Policy)
     assert policy.name == "ratelimit"
     assert set(RateLimitPolicy.shared_options) == {"exclude_paths", "registry"}
-    assert isinstance(policy.enter(FakeExchange()), type(None))
-    assert isinstance(policy.enter(FakeExchange()), Rejection)
+    assert isinstance(policy.enter(neutral()), type(None))
+    assert isinstance(policy.enter(neutral()), Rejection)
 
 
 # -- WSGI twin: the sync path, with Flask route templates before dispatch ------------------

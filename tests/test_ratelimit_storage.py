@@ -20,19 +20,11 @@ from prometheus_client import CollectorRegistry
 
 from kitmw.ratelimit import STRATEGY_NAMES, Limiter, RateLimitPolicy
 from kitmw.ratelimit._limits import HeapMemoryStorage, key_affixes
-from kitmw.testing import make_exchange
+from kitmw.testing import FakeClock, make_exchange
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def storage(clock: Clock | None = None) -> HeapMemoryStorage:
-    return HeapMemoryStorage(clock=clock or Clock())
+def storage(clock: FakeClock | None = None) -> HeapMemoryStorage:
+    return HeapMemoryStorage(clock=clock or FakeClock(1_000_000.0))
 
 
 # -- the seam: what kitmw relies on from limits ---------------------------------------------
@@ -146,7 +138,7 @@ def test_no_thread_sweeps_the_keys_under_traffic(strategy: str, monkeypatch: pyt
 
 
 def test_storage_options_reach_the_storage() -> None:
-    clock = Clock(50.0)
+    clock = FakeClock(50.0)
     limiter = Limiter(limit="1/minute", storage_options={"clock": clock}, registry=CollectorRegistry())
     assert limiter.hit("k", stats=False).allowed
     assert not limiter.hit("k", stats=False).allowed
@@ -158,7 +150,7 @@ def test_storage_options_reach_the_storage() -> None:
 
 
 def test_a_counter_expires_exactly_at_the_end_of_its_window() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     assert [s.incr("k", 10) for _ in range(3)] == [1, 2, 3]
     assert s.get_expiry("k") == clock.now + 10
@@ -173,7 +165,7 @@ def test_a_counter_expires_exactly_at_the_end_of_its_window() -> None:
 
 
 def test_elastic_expiry_as_limits_4_passes_it() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     s.incr("k", 10)
     clock.now += 5
@@ -196,7 +188,7 @@ def test_decr_clear_reset() -> None:
 
 
 def test_memory_stays_bounded_as_keys_expire() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     for i in range(1000):
         s.incr(f"old-{i}", 10)
@@ -210,7 +202,7 @@ def test_memory_stays_bounded_as_keys_expire() -> None:
 
 
 def test_a_burst_of_expiries_is_spread_over_calls() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     for i in range(5000):
         s.incr(f"k{i}", 10)
@@ -223,7 +215,7 @@ def test_a_burst_of_expiries_is_spread_over_calls() -> None:
 
 
 def test_moving_window_on_a_fake_clock() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     assert [s.acquire_entry("k", 3, 10) for _ in range(4)] == [True, True, True, False]
     assert s.get_moving_window("k", 3, 10) == (clock.now, 3)
@@ -238,7 +230,7 @@ def test_moving_window_on_a_fake_clock() -> None:
 
 
 def test_a_busy_moving_window_holds_at_most_limit_entries() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     for _ in range(10_000):
         s.acquire_entry("k", 50, 1)
@@ -249,7 +241,7 @@ def test_a_busy_moving_window_holds_at_most_limit_entries() -> None:
 
 
 def test_moving_windows_are_dropped_once_their_last_entry_expires() -> None:
-    clock = Clock()
+    clock = FakeClock(1_000_000.0)
     s = storage(clock)
     for i in range(500):
         s.acquire_entry(f"w{i}", 5, 10)
@@ -267,7 +259,7 @@ def test_moving_windows_are_dropped_once_their_last_entry_expires() -> None:
 
 def test_sliding_window_counter_on_a_fake_clock() -> None:
     """limits' weighting: previous count x the share of the window still ahead, plus current."""
-    clock = Clock(1_000_000.0)  # a multiple of 10: a window starts here
+    clock = FakeClock(1_000_000.0)  # a multiple of 10: a window starts here
     s = storage(clock)
     assert [s.acquire_sliding_window_entry("k", 10, 10) for _ in range(11)] == [True] * 10 + [False]
     clock.now += 10  # next window: the previous one weighs fully

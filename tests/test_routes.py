@@ -303,8 +303,9 @@ async def test_a_scan_under_mounts_keeps_the_route_cache_and_the_series_bounded(
     from starlette.staticfiles import StaticFiles
 
     from kitmw import routes
+    from kitmw._cache import LRUCache
 
-    monkeypatch.setattr(routes, "_walks", routes.RouteCache(64))
+    monkeypatch.setattr(routes, "_walks", LRUCache(64))
     app = Starlette(
         routes=[
             Mount("/static", app=StaticFiles(directory=_static_dir(tmp_path))),
@@ -332,5 +333,5 @@ def test_a_cached_walk_is_never_reused_for_another_router() -> None:
 
     dead = weakref.ref(Gone())  # a reference whose object is gone
     scope = {"type": "http", "path": "/items/1", "root_path": "", "method": "GET", "headers": []}
-    routes._walks.store((id(app), "http", "GET", "", "/items/1"), (dead, "/stale/{x}"))
+    routes._walks.put((id(app), "http", "GET", "", "/items/1"), (dead, "/stale/{x}"))
     assert routes.starlette_route(dict(scope), app) == "/items/{item_id}"

@@ -17,11 +17,19 @@ import pybreaker
 import pytest
 from fastapi import APIRouter, FastAPI, Request  # module level: FastAPI resolves annotations here
 
-# -- pybreaker: the lock, the memory storage's fields, the state objects' handlers ----------
-# (kitmw/breaker/_machine.py and _core.py run pybreaker's own state machine as
-# acquire/release, under pybreaker's lock, against a storage they read directly)
+# -- pybreaker: the lock, the state objects' verdict handlers ---------------------------------
+# (kitmw/breaker/_machine.py, the one module touching them, runs pybreaker's own state
+# machine as acquire/release under pybreaker's lock; its storage is a public
+# CircuitBreakerStorage, kitmw's View, which pybreaker must keep its state in)
 
-PYBREAKER = "pybreaker changed a private part kitmw/breaker/_core.py and _machine.py use"
+PYBREAKER = "pybreaker changed a private part kitmw/breaker/_machine.py uses"
+
+
+def _machine(**options: Any) -> Any:
+    from kitmw.breaker._machine import Machine, View
+
+    view = View()
+    return Machine(clock=lambda: 0.0, view=view, **options), view
 
 
 def test_pybreaker_lock_is_a_reentrant_context_manager() -> None:
@@ -30,33 +38,30 @@ def test_pybreaker_lock_is_a_reentrant_context_manager() -> None:
     assert lock is not None and hasattr(lock, "__enter__"), PYBREAKER
     with lock, lock:  # kitmw's open() takes it inside pybreaker's own use
         pass
+    machine, _ = _machine()
+    assert machine.lock is machine._lock, PYBREAKER
 
 
-def test_pybreaker_memory_storage_fields_are_the_state() -> None:
-    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    for name in ("_state", "_fail_counter", "_success_counter"):
-        assert hasattr(storage, name), f"{PYBREAKER}: CircuitMemoryStorage.{name}"
-    storage._state = pybreaker.STATE_OPEN
-    storage._fail_counter = 3
-    storage._success_counter = 1
-    assert (storage.state, storage.counter, storage.success_counter) == ("open", 3, 1), PYBREAKER
+def test_pybreaker_keeps_its_state_in_kitmws_storage() -> None:
+    machine, view = _machine(fail_max=2, success_threshold=1)
+    assert machine.current_state == pybreaker.STATE_CLOSED
+    view.current = pybreaker.STATE_OPEN  # another process opened it: pybreaker adopts it
+    assert machine.state.name == pybreaker.STATE_OPEN, PYBREAKER
+    view.current = pybreaker.STATE_CLOSED
+    assert machine.state.name == pybreaker.STATE_CLOSED, PYBREAKER
 
 
 def test_pybreaker_state_objects_take_verdicts_and_follow_the_storage() -> None:
-    storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
-    cb = pybreaker.CircuitBreaker(fail_max=2, success_threshold=1, state_storage=storage)
-    state = cb.state
+    machine, view = _machine(fail_max=2, success_threshold=1)
+    state = machine.state
     assert "reraise" in inspect.signature(state._handle_error).parameters, PYBREAKER
-    state._handle_error(RuntimeError("one"), reraise=False)
-    assert storage._fail_counter == 1, PYBREAKER
-    with pytest.raises(pybreaker.CircuitBreakerError):  # the trip is announced by raising
-        cb.state._handle_error(RuntimeError("two"), reraise=False)
-    assert storage._state == pybreaker.STATE_OPEN, PYBREAKER
-    # another process changed the shared state: reading ``state`` adopts it
-    storage._state = pybreaker.STATE_HALF_OPEN
-    assert cb.state.name == pybreaker.STATE_HALF_OPEN, PYBREAKER
-    cb.state._handle_success()
-    assert storage._state == pybreaker.STATE_CLOSED, PYBREAKER
+    machine.record(True, RuntimeError("one"))  # state._handle_error(..., reraise=False)
+    assert view.fails == 1, PYBREAKER
+    machine.record(True, RuntimeError("two"))  # the trip: pybreaker raises, kitmw swallows
+    assert view.current == pybreaker.STATE_OPEN and view.opened_ts == 0.0, PYBREAKER
+    view.current = pybreaker.STATE_HALF_OPEN
+    machine.record(False, None)  # state._handle_success()
+    assert (view.current, view.fails) == (pybreaker.STATE_CLOSED, 0), PYBREAKER
 
 
 # -- prometheus-client: a labelled child's value objects ----------------------------------
@@ -116,6 +121,32 @@ async def test_fastapi_included_routes_expose_their_prefixed_templates() -> None
     assert starlette_route(seen, None) == "/v1/items/{item_id}", FASTAPI
 
 
+# -- Starlette: a Mount's app before its middleware -----------------------------------------
+# (kitmw/routes.py walks the routes under a mount from Mount._base_app; without it, down
+# the middleware's .app attributes)
+
+
+def test_starlette_mount_keeps_the_app_it_was_given_under_its_middleware() -> None:
+    from starlette.middleware import Middleware
+    from starlette.routing import Mount, Route, Router
+
+    class Layer:
+        def __init__(self, app: Any) -> None:
+            self.inner = app  # not .app: the walk cannot go through it
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.inner(scope, receive, send)
+
+    async def item(request: Any) -> Any:
+        raise AssertionError  # never called
+
+    inner = Router(routes=[Route("/items/{item_id}", item)])
+    mount = Mount("/api", app=inner, middleware=[Middleware(Layer)])
+    assert getattr(mount, "_base_app", None) is inner, (
+        "Starlette renamed Mount._base_app, which kitmw/routes.py reads"
+    )
+
+
 # -- opentelemetry-instrumentation: the semconv helpers contrib's middlewares use ------------
 # (kitmw/tracing/_semconv.py binds them so its attributes match opentelemetry-instrumentation-asgi's;
 # tests/test_tracing.py compares both attribute sets request by request)
@@ -142,16 +173,6 @@ def test_opentelemetry_semconv_helpers_are_there_and_kitmw_binds_them() -> None:
         assert bound.schema_url, f"{SEMCONV}: no schema URL for {option!r}"
 
 
-def test_prometheus_client_metrics_keep_their_label_names() -> None:
-    """kitmw/_client.py reads ``_labelnames`` of a user's counter to fill its labels."""
-    from prometheus_client import CollectorRegistry, Counter
-
-    counter = Counter("seam_calls", "d", ["method", "host"], registry=CollectorRegistry())
-    assert tuple(counter._labelnames) == ("method", "host"), (
-        "prometheus-client renamed _labelnames, which kitmw/_client.py reads"
-    )
-
-
 def test_opentelemetry_composite_propagator_lists_its_parts() -> None:
     """kitmw/tracing/_semconv.py reads a CompositePropagator's parts to skip extraction cheaply."""
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
@@ -163,3 +184,31 @@ def test_opentelemetry_composite_propagator_lists_its_parts() -> None:
     assert list(getattr(composite, "_propagators", ())) == parts, (
         "opentelemetry-api renamed CompositePropagator._propagators, which kitmw/tracing/_semconv.py reads"
     )
+
+
+def test_pyjwt_names_a_jwks_key_algorithm() -> None:
+    """kitmw/auth/jwt.py reads ``PyJWK.algorithm_name`` (PyJWT >= 2.9), and on older releases
+    the private ``_algorithms`` table, to bind a JWKS key to its algorithm."""
+    import jwt
+
+    jwk = jwt.PyJWK({"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTAx", "alg": "HS256"})
+    name = getattr(jwk, "algorithm_name", None)
+    if name is None:
+        table = getattr(jwk, "_algorithms", None)
+        assert isinstance(table, dict), "PyJWT removed PyJWK._algorithms, which kitmw/auth/jwt.py reads"
+        name = next((n for n, a in table.items() if a is jwk.Algorithm), None)
+    assert name == "HS256", "PyJWT changed how a PyJWK names its algorithm: kitmw/auth/jwt.py"
+
+
+def test_logging_start_time_is_what_log_records_count_from() -> None:
+    """kitmw/logging/_common.py builds kitmw's records without ``LogRecord.__init__`` and
+    reads ``logging._startTime`` (seconds, or nanoseconds from Python 3.13) for their
+    ``relativeCreated``; without it the records count from kitmw's import."""
+    import logging
+
+    start = getattr(logging, "_startTime", None)
+    message = "logging._startTime changed, which kitmw/logging/_common.py reads"
+    assert isinstance(start, (int, float)), message
+    seconds = start / 1e9 if isinstance(start, int) else start
+    record = logging.LogRecord("seam", logging.INFO, __file__, 0, "m", (), None)
+    assert abs(record.relativeCreated - (record.created - seconds) * 1000) < 1.0, message

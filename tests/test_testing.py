@@ -86,3 +86,72 @@ def test_capture_logs_restores_the_logger_level() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# -- the neutral exchanges of each side ------------------------------------------------------------
+
+
+def test_neutral_exchange_takes_what_a_driver_would_fill_in() -> None:
+    from kitmw.testing import NeutralExchange
+
+    ex = NeutralExchange(
+        "GET",
+        "/api/items/1",
+        headers={"X-Forwarded-For": ["203.0.113.5", "10.0.0.2"], "Host": "shop.example"},
+        route="/items/{id}",
+        mount_prefix="/api",
+        principal="alice",
+        scopes=["read"],
+        status=503,
+        response_headers={"Retry-After": "7"},
+        duration=0.25,
+    )
+    assert ex.header_all("x-forwarded-for") == ["203.0.113.5", "10.0.0.2"]
+    assert (ex.host, ex.route, ex.mount_prefix) == ("shop.example", "/items/{id}", "/api")
+    assert (ex.principal, ex.scopes) == ("alice", frozenset({"read"}))
+    assert (ex.status, ex.response_header("retry-after"), ex.duration) == (503, "7", 0.25)
+    assert (ex.side, ex.protocol) == ("server", "neutral")
+
+
+def test_a_neutral_client_exchange_reads_its_url_as_the_httpx_driver_does() -> None:
+    import httpx
+
+    import kitmw.httpx
+
+    url = "https://user:pw@api.example/v1/items?id=3"
+    neutral = make_exchange("GET", url, side="client")
+    real = kitmw.httpx.ClientExchange(httpx.Request("GET", url))
+    for attr in ("side", "method", "path", "query", "scheme", "host", "url"):
+        assert getattr(neutral, attr) == getattr(real, attr), attr
+    neutral.set_request_header("traceparent", "00-abc")
+    assert neutral.header("traceparent") == "00-abc" and neutral.sent_headers == {"traceparent": "00-abc"}
+
+
+def test_a_neutral_endpoint_exchange_is_named_like_the_endpoint_drivers() -> None:
+    import kitmw.endpoint
+
+    seen = []
+
+    class Spy(kitmw.Policy):
+        def enter(self, ex):  # type: ignore[no-untyped-def]
+            seen.append(ex)
+
+    kitmw.endpoint("charge_card", policies=[Spy()])(lambda cents: cents)(5)
+    neutral = make_exchange("CALL", "charge_card", side="endpoint", arguments={"cents": 5})
+    for attr in ("side", "method", "path", "route", "endpoint", "arguments", "outcome"):
+        assert getattr(neutral, attr) == getattr(seen[0], attr), attr
+
+
+def test_make_exchange_names_a_wrong_side() -> None:
+    with pytest.raises(kitmw.ConfigError, match=r"^side: expected one of server, client, endpoint"):
+        make_exchange(side="browser")
+
+
+def test_scope_and_environ_take_a_mount_prefix() -> None:
+    from kitmw.asgi import AsgiExchange
+    from kitmw.wsgi import WsgiExchange
+
+    scope = asgi_scope("GET", "/api/items", root_path="/api")
+    environ = wsgi_environ("GET", "/items", script_name="/api")
+    assert AsgiExchange(scope, None, 0).mount_prefix == WsgiExchange(environ).mount_prefix == "/api"
+    assert WsgiExchange(environ).path == "/api/items"

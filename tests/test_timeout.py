@@ -22,12 +22,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, StreamingRespon
 from starlette.routing import Route
 
 import kitmw
+import kitmw.httpx
 import kitmw.timeout
 import kitmw.wsgi
 from kitmw.chain import CALL, Call, compile_chain
 from kitmw.errors import ConfigError, DeadlineExceeded, Rejection
 from kitmw.exchange import current_deadline, reset_deadline, set_deadline
-from kitmw.testing import FakeClock, NeutralExchange, capture_logs
+from kitmw.testing import (
+    FakeClock,
+    NeutralClientExchange,
+    NeutralEndpointExchange,
+    NeutralExchange,
+    capture_logs,
+)
 from kitmw.timeout import ClientTimeoutPolicy, EndpointTimeoutPolicy, TimeoutPolicy
 
 
@@ -42,20 +49,6 @@ def samples(registry: CollectorRegistry, metric: str) -> dict[tuple[tuple[str, s
 
 def timeouts(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
     return {(dict(k)["side"], dict(k)["scope"]): v for k, v in samples(registry, "kitmw_timeouts_total").items()}
-
-
-class ClientExchange(NeutralExchange):
-    """A neutral exchange on the client side (upstream origin from the Host header)."""
-
-    __slots__ = ()
-    side = "client"
-    protocol = "httpx"
-
-
-class EndpointExchange(NeutralExchange):
-    __slots__ = ()
-    side = "endpoint"
-    protocol = "endpoint"
 
 
 def around(policy: Any, ex: Any, *, is_async: bool = True) -> Generator[Any, Any, Any]:
@@ -183,7 +176,7 @@ def test_an_earlier_deadline_already_current_wins(registry) -> None:
 def test_a_deadline_already_past_refuses_without_calling(registry) -> None:
     clock = FakeClock()
     policy = ClientTimeoutPolicy(seconds=5.0, clock=clock, registry=registry)
-    ex = ClientExchange("GET", "/", headers={"host": "api.test:8080"})
+    ex = NeutralClientExchange("GET", "/", headers={"host": "api.test:8080"})
     ex.deadline = clock.now - 0.1  # the request it is made in has no time left
     gen = around(policy, ex)
     answer = finished(gen)  # returned before yielding anything
@@ -198,7 +191,7 @@ def test_a_client_call_that_times_out_at_the_deadline_raises_deadline_exceeded(r
     """httpx's own timeouts (capped to what remains) are not TimeoutErrors: they count too."""
     clock = FakeClock()
     policy = ClientTimeoutPolicy(seconds=1.0, clock=clock, registry=registry)
-    ex = ClientExchange("GET", "/", headers={"host": "api.test"})
+    ex = NeutralClientExchange("GET", "/", headers={"host": "api.test"})
     gen = around(policy, ex)
     assert next(gen).timeout == 1.0 and ex.deadline == clock.now + 1.0
     clock.advance(1.0)
@@ -207,7 +200,7 @@ def test_a_client_call_that_times_out_at_the_deadline_raises_deadline_exceeded(r
 
 def test_a_client_error_before_the_deadline_passes_unchanged(registry) -> None:
     clock = FakeClock()
-    gen = around(ClientTimeoutPolicy(seconds=1.0, clock=clock, registry=registry), ClientExchange())
+    gen = around(ClientTimeoutPolicy(seconds=1.0, clock=clock, registry=registry), NeutralClientExchange())
     next(gen)
     with pytest.raises(ConnectionError):
         gen.throw(ConnectionError("refused"))
@@ -216,11 +209,11 @@ def test_a_client_error_before_the_deadline_passes_unchanged(registry) -> None:
 def test_a_client_without_seconds_keeps_the_propagated_deadline_only(registry) -> None:
     clock = FakeClock()
     policy = ClientTimeoutPolicy(clock=clock, registry=registry)
-    plain = around(policy, ClientExchange())
+    plain = around(policy, NeutralClientExchange())
     assert next(plain) is CALL  # no deadline anywhere: nothing to hold
     token = set_deadline(clock.now + 0.25)
     try:
-        ex = ClientExchange()
+        ex = NeutralClientExchange()
         gen = around(policy, ex)
         assert next(gen).timeout == 0.25 and ex.deadline == clock.now + 0.25
     finally:
@@ -232,7 +225,8 @@ def test_a_sync_call_that_returns_after_the_deadline_gives_its_result_up(registr
     """A sync driver cannot cut the call: a late result is refused all the same."""
     clock = FakeClock()
     policy = policy_class(seconds=1.0, clock=clock, registry=registry)
-    ex = (ClientExchange if policy_class is ClientTimeoutPolicy else EndpointExchange)("CALL", "charge")
+    side = NeutralClientExchange if policy_class is ClientTimeoutPolicy else NeutralEndpointExchange
+    ex = side("CALL", "charge")
     gen = around(policy, ex, is_async=False)
     next(gen)
     clock.advance(1.5)
@@ -246,7 +240,7 @@ def test_a_sync_call_that_returns_after_the_deadline_gives_its_result_up(registr
 def test_an_endpoint_call_sees_its_deadline_as_the_context_deadline(registry) -> None:
     clock = FakeClock()
     policy = EndpointTimeoutPolicy(seconds=3.0, clock=clock, registry=registry)
-    ex = EndpointExchange("CALL", "charge_card")
+    ex = NeutralEndpointExchange("CALL", "charge_card")
     gen = around(policy, ex)
     next(gen)
     assert current_deadline() == clock.now + 3.0
@@ -263,7 +257,7 @@ def test_client_scopes_are_bounded(registry, monkeypatch) -> None:
     clock = FakeClock()
     policy = ClientTimeoutPolicy(seconds=1.0, clock=clock, registry=registry)
     for host in ("a.test", "b.test", "c.test", "d.test"):
-        gen = around(policy, ClientExchange(headers={"host": host}))
+        gen = around(policy, NeutralClientExchange(headers={"host": host}))
         next(gen)
         clock.advance(1)
         finished(gen, throw=TimeoutError())
@@ -358,7 +352,7 @@ async def test_an_async_call_is_cancelled_at_the_deadline(registry) -> None:
             raise
         return "never"
 
-    ex = EndpointExchange("CALL", "slow")
+    ex = NeutralEndpointExchange("CALL", "slow")
     with pytest.raises(DeadlineExceeded) as raised:
         await chain.run_async(ex, call, [])
     assert isinstance(raised.value, TimeoutError)
@@ -376,7 +370,7 @@ async def test_an_async_call_within_its_deadline_returns(registry) -> None:
         seen.append(kitmw.timeout.remaining())
         return "done"
 
-    assert await chain.run_async(EndpointExchange(), call, []) == "done"
+    assert await chain.run_async(NeutralEndpointExchange(), call, []) == "done"
     assert seen[0] is not None and 4.0 < seen[0] <= 5.0
     assert current_deadline() is None
 
@@ -392,7 +386,7 @@ def test_a_sync_call_runs_to_its_end_then_raises_if_late(registry) -> None:
         return "late"
 
     with pytest.raises(DeadlineExceeded):
-        chain.run_sync(EndpointExchange(), call, [])
+        chain.run_sync(NeutralEndpointExchange(), call, [])
     assert ran == ["to its end"]
 
 
@@ -661,3 +655,26 @@ def test_uvicorn_cancels_the_app_and_answers_504(serve_asgi: Any, registry: Coll
                     received += chunk
             assert received == b"x" * 10
     assert timeouts(registry) == {("server", "/slow"): 1.0, ("server", "/stream"): 1.0}
+
+
+def test_the_deadline_is_read_on_the_clock_that_set_it() -> None:
+    """A policy given a fake clock sets a deadline on that clock: ``remaining()`` inside the
+    request and an httpx call's caps read it there too (before, they read time.monotonic,
+    so a WSGI view under Timeout(seconds=60, clock=FakeClock()) saw 0.0 seconds left)."""
+    clock = FakeClock()
+    seen: dict[str, Any] = {}
+
+    def view(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen["remaining"] = kitmw.timeout.remaining()
+        request = httpx.Request("GET", "http://upstream.test/")
+        transport = kitmw.httpx.Transport(transport=httpx.MockTransport(lambda r: httpx.Response(204)))
+        transport.handle_request(request)
+        seen["read"] = request.extensions["timeout"]["read"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    app = kitmw.wsgi.Timeout(view, seconds=60, clock=clock)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://svc.test") as c:
+        assert c.get("/").status_code == 200
+    assert seen["remaining"] == 60.0
+    assert seen["read"] == 60.0

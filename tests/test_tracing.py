@@ -22,9 +22,10 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 import kitmw
+import kitmw.httpx
 from kitmw.errors import ConfigError, Rejection
 from kitmw.exchange import Exchange, Policy
-from kitmw.testing import NeutralExchange
+from kitmw.testing import NeutralClientExchange, NeutralEndpointExchange, wsgi_environ
 from kitmw.tracing import ClientTracingPolicy, TracingPolicy
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -488,39 +489,14 @@ async def test_contrib_middleware_outside_is_adopted(spans: Any) -> None:
 # -- the policy over other protocols ----------------------------------------------------------
 
 
-class WsgiLike(Exchange):
-    """A neutral exchange over a WSGI environ, as the WSGI driver presents it."""
-
-    protocol = "wsgi"
-
-    def __init__(self, environ: dict[str, Any]) -> None:
-        super().__init__(environ["REQUEST_METHOD"], environ["PATH_INFO"])
-        self.environ = environ
-
-    @property
-    def native(self) -> dict[str, Any]:
-        return self.environ
-
-    def header(self, name: str) -> str | None:
-        value = self.environ.get("HTTP_" + name.upper().replace("-", "_"))
-        return None if value is None else str(value)
-
-
 def test_wsgi_exchange_gets_wsgi_attributes(spans: Any) -> None:
+    from kitmw.wsgi import WsgiExchange
+
     provider, exporter = spans
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/orders",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "10.0.0.1",
-        "HTTP_HOST": "shop.example",
-        "HTTP_TRACEPARENT": TRACEPARENT,
-        "wsgi.url_scheme": "https",
-    }
-    ex = WsgiLike(environ)
+    headers = {"Host": "shop.example", "traceparent": TRACEPARENT}
+    environ = wsgi_environ("POST", "/orders", headers=headers, remote_addr="10.0.0.1")
+    environ.update({"SERVER_NAME": "localhost", "wsgi.url_scheme": "https"})
+    ex = WsgiExchange(environ)  # what the WSGI driver makes
     policy = TracingPolicy(tracer_provider=provider)
     hooks = policy.hooks("wsgi", False)  # what the WSGI driver runs: contrib's collector bound
     assert hooks.enter is not None and hooks.enter(ex) is None
@@ -581,39 +557,18 @@ def test_wsgi_driver_flask_500_marks_span_error_and_detaches(spans: Any) -> None
 # -- client side ----------------------------------------------------------------------------
 
 
-class ClientExchange(Exchange):
-    """A neutral client-side exchange, as the httpx driver presents it."""
-
-    side = "client"
-
-    def __init__(self, method: str, url: str) -> None:
-        super().__init__(method, url.split("?")[0])
-        self._url = url
-        self.sent_headers: dict[str, str] = {}
-
-    @property
-    def url(self) -> str:
-        return self._url.split("?")[0]
-
-    @property
-    def query(self) -> str:
-        return self._url.partition("?")[2]
-
-    def set_request_header(self, name: str, value: str) -> None:
-        self.sent_headers[name.lower()] = value
-
-
 def test_client_span_injects_traceparent(spans: Any) -> None:
     provider, exporter = spans
     policy = ClientTracingPolicy(tracer_provider=provider)
-    ex = ClientExchange("GET", "https://user:secret@api.example:8443/v1/items?id=3")
+    request = httpx.Request("GET", "https://user:secret@api.example:8443/v1/items?id=3")
+    ex = kitmw.httpx.ClientExchange(request)  # the driver's own
     policy.enter(ex)
     ex.status = 200
     policy.exit(ex)
     (span,) = exporter.get_finished_spans()
     assert span.kind is SpanKind.CLIENT
     assert span.name == "GET"
-    assert ex.sent_headers["traceparent"].startswith(f"00-{ex.trace_id}-{ex.span_id}-")
+    assert ex.request.headers["traceparent"].startswith(f"00-{ex.trace_id}-{ex.span_id}-")
     assert format(span.context.span_id, "016x") == ex.span_id
     assert "secret" not in span.attributes["http.url"]
     assert span.attributes["http.url"].endswith("api.example:8443/v1/items?id=3")
@@ -623,7 +578,7 @@ def test_client_span_injects_traceparent(spans: Any) -> None:
 def test_client_span_stable_semconv_attributes(spans: Any) -> None:
     provider, exporter = spans
     policy = ClientTracingPolicy(tracer_provider=provider, semconv="http")
-    ex = ClientExchange("POST", "http://user:pw@10.1.2.3/submit")
+    ex = kitmw.httpx.ClientExchange(httpx.Request("POST", "http://user:pw@10.1.2.3/submit"))
     policy.enter(ex)
     ex.status = 201
     policy.exit(ex)
@@ -641,7 +596,7 @@ def test_client_span_is_child_of_current_span(spans: Any) -> None:
     policy = ClientTracingPolicy(tracer_provider=provider)
     tracer = provider.get_tracer("test")
     with tracer.start_as_current_span("handler") as parent:
-        ex = ClientExchange("GET", "http://upstream/x")
+        ex = NeutralClientExchange("GET", "http://upstream/x")
         policy.enter(ex)
         ex.status = 200
         policy.exit(ex)
@@ -653,11 +608,11 @@ def test_client_span_is_child_of_current_span(spans: Any) -> None:
 def test_client_error_and_5xx_mark_span_error(spans: Any) -> None:
     provider, exporter = spans
     policy = ClientTracingPolicy(tracer_provider=provider)
-    ex = ClientExchange("GET", "http://upstream/x")
+    ex = NeutralClientExchange("GET", "http://upstream/x")
     policy.enter(ex)
     ex.error = ConnectionError("refused")
     policy.exit(ex)
-    ex2 = ClientExchange("GET", "http://upstream/y")
+    ex2 = NeutralClientExchange("GET", "http://upstream/y")
     policy.enter(ex2)
     ex2.status = 503
     policy.exit(ex2)
@@ -820,7 +775,9 @@ def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overr
     first.update(overrides)
     # Same socket, Host and User-Agent (a cache hit), everything else different.
     second = dict(first, path="/other/2", query_string=b"q=%41", method="POST", client=("198.51.100.9", 4000))
-    cache: dict[Any, Any] = {}
+    from kitmw._cache import BoundedCache
+
+    cache: BoundedCache[Any, Any] = BoundedCache(256)
     sc = _Semconv(mode)
     for scope in (first, second, first):
         assert _asgi_request_attributes(scope, sc, False, cache) == collect_request_attributes(
@@ -844,12 +801,13 @@ def test_cached_asgi_attributes_equal_contribs_on_every_request(mode: str, overr
 def test_attribute_scan_reports_propagation_headers(
     headers: list[tuple[bytes, bytes]], expected: bool
 ) -> None:
+    from kitmw._cache import BoundedCache
     from kitmw.tracing._asgi import scan as _asgi_scan
     from kitmw.tracing._semconv import Semconv as _Semconv
 
     fields = frozenset({b"traceparent", b"tracestate", b"baggage"})
     scope = {"type": "http", "method": "GET", "path": "/", "headers": headers}
-    assert _asgi_scan(scope, _Semconv("default"), False, {}, fields)[1] is expected
+    assert _asgi_scan(scope, _Semconv("default"), False, BoundedCache(8), fields)[1] is expected
 
 
 @pytest.mark.anyio
@@ -1048,21 +1006,14 @@ async def test_contrib_middleware_outside_kitmw_outside_fastapi_is_the_only_serv
 # -- the endpoint side (kitmw.endpoint): an INTERNAL span per call -------------------------------
 
 
-class EndpointCall(NeutralExchange):
-    """A call of a wrapped function as the endpoint driver presents it: named by its route."""
-
-    protocol = "endpoint"
-    side = "endpoint"
-
-
 def call_endpoint(
     policies: list[Policy], fn: Any, name: str = "charge_card", *, record_rejection_as_error: bool = True
-) -> tuple[EndpointCall, Any]:
+) -> tuple[NeutralEndpointExchange, Any]:
     """Run ``fn()`` through ``policies`` as a sync endpoint driver does (enter, call, exits)."""
     from kitmw.chain import compile_chain, finish
 
     chain = compile_chain(policies, "endpoint", is_async=False)
-    ex = EndpointCall("CALL", name, route=name)
+    ex = NeutralEndpointExchange("CALL", name)
     exits: list[Any] = []
     try:
         result = chain.run_sync(ex, fn, exits)
@@ -1075,12 +1026,14 @@ def call_endpoint(
     return ex, result
 
 
-async def acall_endpoint(policies: list[Policy], fn: Any, name: str = "charge_card") -> tuple[EndpointCall, Any]:
+async def acall_endpoint(
+    policies: list[Policy], fn: Any, name: str = "charge_card"
+) -> tuple[NeutralEndpointExchange, Any]:
     """:func:`call_endpoint` for an async function on the async endpoint driver."""
     from kitmw.chain import afinish, compile_chain
 
     chain = compile_chain(policies, "endpoint", is_async=True)
-    ex = EndpointCall("CALL", name, route=name)
+    ex = NeutralEndpointExchange("CALL", name)
     exits: list[Any] = []
     try:
         result = await chain.run_async(ex, fn, exits)
@@ -1129,7 +1082,7 @@ def test_endpoint_span_is_current_while_the_function_runs(spans: Any) -> None:
     client_tracing = ClientTracingPolicy(tracer_provider=provider)
 
     def charge() -> str:
-        outgoing = ClientExchange("POST", "http://payments/charge")
+        outgoing = NeutralClientExchange("POST", "http://payments/charge")
         client_tracing.enter(outgoing)
         outgoing.status = 200
         client_tracing.exit(outgoing)

@@ -8,6 +8,7 @@ imports without it, only constructing :class:`JWT` needs it. See ``docs/auth.md`
 from __future__ import annotations
 
 from ._base import AuthError, AuthResult, Backend, KeysUnavailable, Principal
+from ._options import AuthOptions
 from .apikey import APIKey
 from .basic import Basic
 from .jwt import JWT, JWKSCache
@@ -17,6 +18,7 @@ __all__ = [
     "JWT",
     "APIKey",
     "AuthError",
+    "AuthOptions",
     "AuthPolicy",
     "AuthResult",
     "Backend",

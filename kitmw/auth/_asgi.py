@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 
+from .._cache import BoundedCache
 from ..exchange import Exchange
 from ._base import Principal
 
@@ -36,7 +37,8 @@ def publisher() -> Callable[[Exchange], None]:
     backend hands out the same object (the JWT cache, API keys), in a cache owned by
     this publisher; a principal is immutable, so the twin stays right.
     """
-    twins: dict[int, tuple[Any, Any, tuple[str, ...]]] = {}
+    twins: BoundedCache[int, tuple[Any, Any, tuple[str, ...]]] = BoundedCache(_MAX_TWINS)
+    twin_of = twins.get
 
     def publish(ex: Exchange) -> None:
         scope = ex.native
@@ -48,13 +50,11 @@ def publisher() -> Callable[[Exchange], None]:
                 scope["user"] = _NOBODY
                 scope["auth"] = AuthCredentials()  # a fresh one: its scopes list is mutable
             return
-        found = twins.get(id(user))
+        found = twin_of(id(user))
         if found is None or found[0] is not user:
             found = (user, starlette_user(user), tuple(sorted(ex.scopes)))
             if isinstance(user, Principal):  # immutable: the entry stays right
-                if len(twins) >= _MAX_TWINS:
-                    twins.clear()
-                twins[id(user)] = found  # holding ``user`` keeps its id unique
+                twins.put(id(user), found)  # holding ``user`` keeps its id unique
         scope["user"] = found[1]
         scope["auth"] = AuthCredentials(found[2])  # a fresh one: its scopes list is mutable
 

@@ -107,6 +107,12 @@ class Backend:
         """The ``WWW-Authenticate`` value for this backend (``None`` for none)."""
         return None
 
+    def openapi_scheme(self) -> dict[str, Any] | None:
+        """Where this backend reads credentials, as an OpenAPI Security Scheme Object
+        (``{"type": "http", "scheme": "bearer"}``), or ``None`` to leave it out of OpenAPI.
+        ``kitmw.fastapi`` lists it, so Swagger UI's Authorize asks for the right thing."""
+        return None
+
 
 def quote(value: str) -> str:
     """An RFC 7235 quoted-string (realms and scopes are configuration, never user input)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..exchange import Exchange
@@ -28,7 +29,7 @@ class APIKey(Backend):
     :param realm: the realm of the ``WWW-Authenticate`` challenge.
     """
 
-    __slots__ = ("_challenge", "_header", "_keys")
+    __slots__ = ("_challenge", "_header", "_keys", "_scheme")
 
     name = "apikey"
 
@@ -67,10 +68,14 @@ class APIKey(Backend):
         if not isinstance(realm, str):
             raise ConfigError(f"realm: expected a string, got {realm!r}")
         self._challenge = f"APIKey realm={quote(realm)}, header={quote(header)}"
+        self._scheme = {"type": "apiKey", "in": "header", "name": header}
 
     def challenge(self, error: str | None = None, scope: str | None = None) -> str | None:
         # A 403 needs no challenge: asking for other credentials would not help.
         return None if error == "insufficient_scope" else self._challenge
+
+    def openapi_scheme(self) -> dict[str, Any]:
+        return dict(self._scheme)
 
     def authenticate(self, ex: Exchange) -> Principal | None:
         value = ex.header(self._header)

@@ -76,6 +76,9 @@ class Basic(Backend):
         # A 403 needs no challenge: asking for other credentials would not help.
         return None if error == "insufficient_scope" else self._challenge
 
+    def openapi_scheme(self) -> dict[str, Any]:
+        return {"type": "http", "scheme": "basic"}
+
     def _credentials(self, ex: Exchange) -> tuple[str, str] | None:
         value = ex.header("authorization")
         if value is None or len(value) < 6 or value[:6].lower() != "basic ":

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from .._cache import BoundedCache
 from .._types import Clock
 from ..errors import ConfigError
 from ..exchange import Exchange
@@ -286,28 +287,28 @@ class JWKSCache:
             return self._cooldown
         return min(self._cooldown * 2.0 ** min(streak - 1, 32), self._max_backoff)
 
-    def _plan(self, kid: str | None) -> tuple[KeyEntry | None, int]:
+    def _plan(
+        self, kid: str | None, loop: asyncio.AbstractEventLoop | None = None
+    ) -> tuple[KeyEntry | None, int, _Inflight | None]:
+        """What to do for ``kid``: use a key, wait for the fetch under way, or fetch (the
+        fetch is registered here, under the lock, so no caller can slip in between the
+        decision and the fetch and find neither a key nor a fetch to wait for)."""
         with self._lock:
             now = self._clock()  # read under the lock: decisions are ordered like the clock
             entry = self._find(kid)
             # A clock that jumped backwards counts as "time is up", never as "wait longer".
             if entry is not None and 0.0 <= now - self.fetched_at < self._ttl:
-                return entry, _USE
+                return entry, _USE, None
             if self._inflight is not None:
                 # Someone is fetching: a stale key is good enough meanwhile, a missing one waits.
-                return entry, (_USE if entry is not None else _WAIT)
+                return entry, (_USE if entry is not None else _WAIT), self._inflight
             attempted = self.attempted_at
             if attempted is not None and 0.0 <= now - attempted < self.next_fetch_after:
-                return entry, _USE  # stale or missing: the fetch rate stays bounded
+                return entry, _USE, None  # stale or missing: the fetch rate stays bounded
             self.attempted_at = now
             self.fetches += 1
-            return entry, _FETCH
-
-    def _start(self, future: asyncio.Future[None] | None) -> _Inflight:
-        inflight = _Inflight(future)
-        with self._lock:
-            self._inflight = inflight
-        return inflight
+            inflight = self._inflight = _Inflight(None if loop is None else loop.create_future())
+            return entry, _FETCH, inflight
 
     def _finish(
         self, inflight: _Inflight, document: Any, error: BaseException | None, *, cancelled: bool = False
@@ -380,18 +381,16 @@ class JWKSCache:
         # Twice at most: a caller that waited for a fetch which started before its key was
         # published may start the next one, if the rate bound allows it.
         for _ in range(2):
-            entry, action = self._plan(kid)
+            entry, action, inflight = self._plan(kid)
             if action == _USE:
                 return entry
+            assert inflight is not None
             if action == _WAIT:
-                inflight = self._inflight
-                if inflight is not None:
-                    inflight.done.wait(self._timeout + 1.0)
+                inflight.done.wait(self._timeout + 1.0)
                 entry = self._found(kid)
                 if entry is not None:
                     return entry
                 continue
-            inflight = self._start(None)
             document: Any = None
             error: BaseException | None = None
             try:
@@ -424,24 +423,22 @@ class JWKSCache:
 
     async def aget(self, kid: str | None) -> KeyEntry | None:
         """The key for ``kid``, fetching the set if needed without blocking the loop."""
+        loop = asyncio.get_running_loop()
         for _ in range(2):  # see get()
-            entry, action = self._plan(kid)
+            entry, action, inflight = self._plan(kid, loop)
             if action == _USE:
                 return entry
-            loop = asyncio.get_running_loop()
+            assert inflight is not None
             if action == _WAIT:
-                inflight = self._inflight
-                if inflight is not None:
-                    future = inflight.future
-                    if future is not None and future.get_loop() is loop:
-                        await asyncio.shield(future)
-                    else:  # fetched by another thread or loop
-                        await asyncio.to_thread(inflight.done.wait, self._timeout + 1.0)
+                future = inflight.future
+                if future is not None and future.get_loop() is loop:
+                    await asyncio.shield(future)
+                else:  # fetched by another thread or loop
+                    await asyncio.to_thread(inflight.done.wait, self._timeout + 1.0)
                 entry = self._found(kid)
                 if entry is not None:
                     return entry
                 continue
-            inflight = self._start(loop.create_future())
             # The fetch runs as its own task: a client that disconnects (cancelling this
             # request) must not abort the fetch every other request is waiting for.
             task = inflight.task = loop.create_task(self._run_fetch(inflight))
@@ -516,6 +513,7 @@ class JWT(Backend):
         "_algorithms",
         "_audience",
         "_cache",
+        "_cache_get",
         "_cache_size",
         "_challenge_scheme",
         "_clock",
@@ -615,7 +613,9 @@ class JWT(Backend):
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigError(f"cache_size: expected an integer >= 0, got {cache_size!r}")
         self._cache_size = cache_size
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        # verified tokens cost a signature check to make again: the oldest goes first
+        self._cache: BoundedCache[str, tuple[Principal, float]] = BoundedCache(cache_size or 1, evict="oldest")
+        self._cache_get = self._cache.get  # bound once: a plain dict's lookup per request
         self._max_age = ttl
         if (
             isinstance(max_token_length, bool)
@@ -769,6 +769,13 @@ class JWT(Backend):
             value += f", scope={quote(scope)}"
         return value
 
+    def openapi_scheme(self) -> dict[str, Any]:
+        """HTTP bearer for ``Authorization: Bearer``; an API key in its header otherwise
+        (another scheme, a bare token or another header), which Swagger UI sends as typed."""
+        if self._header == "authorization" and self._prefix == "bearer ":
+            return {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        return {"type": "apiKey", "in": "header", "name": self._header}
+
     def _token(self, value: str) -> str | None:
         """The token in header ``value``; None when it is another scheme's."""
         n = self._prefix_len
@@ -807,7 +814,7 @@ class JWT(Backend):
         return alg, kid
 
     def _cached(self, value: str, now: float) -> Principal | None:
-        hit = self._cache.get(value)
+        hit = self._cache_get(value)
         if hit is None:
             return None
         if now < hit[1]:
@@ -876,13 +883,7 @@ class JWT(Backend):
             raise AuthError(f"the {self._principal_claim} claim is missing or not a string")
         principal = Principal(identity, _scopes(payload), MappingProxyType(payload), "jwt")
         if self._cache_size:
-            cache = self._cache
-            if len(cache) >= self._cache_size:
-                try:
-                    del cache[next(iter(cache))]
-                except (StopIteration, KeyError, RuntimeError):
-                    pass  # another thread evicted it first
-            cache[cache_key] = (principal, until)
+            self._cache.put(cache_key, (principal, until))
         return principal
 
     def _check_claims(self, payload: Mapping[str, Any]) -> None:

@@ -66,6 +66,7 @@ class AuthPolicy(Policy):
         "_async",
         "_backends",
         "_exclude",
+        "_forbidden",
         "_invalid",
         "_io",
         "_missing",
@@ -119,6 +120,14 @@ class AuthPolicy(Policy):
         self._invalid = tuple(
             Rejection(401, "unauthorized", headers=challenges(i)) for i in range(len(backends))
         )
+
+        def forbidden(at: int, listed: str) -> Rejection:
+            b = backends[at]
+            if not b.challenge("insufficient_scope", listed):  # Basic, API keys: no 403 challenge
+                return Rejection(403, "forbidden")
+            return Rejection(403, "forbidden", headers=challenges(at, "insufficient_scope", listed))
+
+        self._forbidden = forbidden
         rules: list[_Rule] = []
         if scopes is not None:
             if not isinstance(scopes, Mapping):
@@ -134,17 +143,8 @@ class AuthPolicy(Policy):
                         f"scopes: {prefix!r} needs scope names without spaces, got {required!r}"
                     )
                 listed = " ".join(sorted(needed))
-                forbidden = tuple(
-                    Rejection(
-                        403,
-                        "forbidden",
-                        headers=challenges(i, "insufficient_scope", listed)
-                        if b.challenge("insufficient_scope", listed)
-                        else (),
-                    )
-                    for i, b in enumerate(backends)
-                )
-                rules.append(_Rule(prefix.rstrip("/") or "/", needed, forbidden))
+                denied = tuple(forbidden(i, listed) for i in range(len(backends)))
+                rules.append(_Rule(prefix.rstrip("/") or "/", needed, denied))
         rules.sort(key=lambda r: len(r.prefix), reverse=True)
         self._rules = tuple(rules)
 
@@ -165,6 +165,29 @@ class AuthPolicy(Policy):
                     f"backend: expected kitmw.auth backends (JWT, Basic, APIKey or a Backend subclass), got {item!r}"
                 )
         return items
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        """The backends, in the order they are tried."""
+        return self._backends
+
+    def authorize(self, ex: Exchange, scopes: Iterable[str] = ()) -> Rejection | None:
+        """The answer for a handler of ``ex`` that requires ``scopes``, once this policy ran.
+
+        ``None`` when the caller holds every scope; the 401 of a request without
+        credentials when there is no caller (an excluded path, ``optional``); else the 403
+        a ``scopes`` rule gives, with the challenge of the backend that admitted the caller.
+        What ``kitmw.fastapi.require()`` answers with when a kitmw layer authenticated.
+        """
+        user = ex.user
+        if user is None:
+            return self._missing
+        needed = frozenset(scopes)
+        if needed <= ex.scopes:
+            return None
+        name = getattr(user, "backend", None)
+        at = next((i for i, b in enumerate(self._backends) if b.name == name), 0)
+        return self._forbidden(at, " ".join(sorted(needed)))
 
     # -- decisions (no I/O) ------------------------------------------------------------------
 

@@ -16,7 +16,15 @@ from __future__ import annotations
 from ._client import ClientBreakerPolicy, EndpointBreakerPolicy
 from ._core import Breaker
 from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, ReportedFailure, guarded_call
-from ._policy import OTHER_ROUTES, BreakerPolicy, default_is_failure, default_name
+from ._options import BreakerOptions, ClientBreakerOptions, EndpointBreakerOptions
+from ._policy import (
+    OTHER_ROUTES,
+    ROUTE_OPTIONS,
+    BreakerPolicy,
+    check_route_options,
+    default_is_failure,
+    default_name,
+)
 from ._registry import BreakerRegistry, default_registry, get_breaker
 
 __all__ = [
@@ -24,13 +32,18 @@ __all__ = [
     "HALF_OPEN",
     "OPEN",
     "OTHER_ROUTES",
+    "ROUTE_OPTIONS",
     "Breaker",
+    "BreakerOptions",
     "BreakerPolicy",
     "BreakerRegistry",
+    "ClientBreakerOptions",
     "ClientBreakerPolicy",
+    "EndpointBreakerOptions",
     "EndpointBreakerPolicy",
     "Permit",
     "ReportedFailure",
+    "check_route_options",
     "default_is_failure",
     "default_name",
     "default_registry",

@@ -20,12 +20,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from .._cache import BoundedCache
 from ..concerns import check_options
 from ..errors import BreakerOpen, ConfigError, Rejected, Rejection
 from ..exchange import Exchange, Policy
 from ..retry import GATE
-from ._core import Breaker
-from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, _check_int
+from ._core import Breaker, redis_clients, use_redis_clients
+from ._machine import CLOSED, HALF_OPEN, OPEN, Permit, check_int
 
 __all__ = ["ClientBreakerPolicy", "EndpointBreakerPolicy"]
 
@@ -71,11 +72,12 @@ class _KeyedBreakerPolicy(Policy):
                 f"failure: expected a callable (result, error) -> True, False or None, got {failure!r}"
             )
         self._failure: Failure | None = failure
-        self._max = _check_int(extra[-1] if extra else "max_keys", max_keys)
+        self._max = check_int(extra[-1] if extra else "max_keys", max_keys)
         self._held = f"kitmw.breaker.{id(self)}"
         self._lock = threading.Lock()
-        self._breakers: dict[str, Breaker] = {}
-        self._refusals: dict[tuple[str, int], Rejection] = {}
+        # a client calling unbounded hosts stays bounded: the oldest origin's breaker goes first
+        self._breakers: BoundedCache[str, Breaker] = BoundedCache(self._max, evict="oldest")
+        self._refusals: BoundedCache[tuple[str, int], Rejection] = BoundedCache(_MAX_REFUSALS)
         self._clients: Any = None
         if breaker is not None:
             if not isinstance(breaker, Breaker):
@@ -99,7 +101,7 @@ class _KeyedBreakerPolicy(Policy):
         from prometheus_client import CollectorRegistry
 
         probe = Breaker(name=f"{prefix}:validate", **{**options, "registry": CollectorRegistry()})
-        self._clients = probe._shared.clients if probe._shared is not None else None
+        self._clients = redis_clients(probe)
         self._single = None
         self._prefix = prefix
         self._options = options
@@ -129,12 +131,8 @@ class _KeyedBreakerPolicy(Policy):
             found = self._breakers.get(key)
             if found is None:
                 found = Breaker(name=f"{self._prefix}:{key}", **self._options)
-                if self._clients is not None and found._shared is not None:
-                    found._shared.clients = self._clients
-                if len(self._breakers) >= self._max:
-                    # forget the oldest key: a client calling unbounded hosts stays bounded
-                    self._breakers.pop(next(iter(self._breakers)))
-                self._breakers[key] = found
+                use_redis_clients(found, self._clients)
+                self._breakers.put(key, found)
         return found
 
     def _peek(self, key: str) -> Breaker | None:
@@ -159,10 +157,9 @@ class _KeyedBreakerPolicy(Policy):
         key = (exc.name, seconds)
         answer = self._refusals.get(key)
         if answer is None:
-            answer = Rejection(503, "circuit_open", headers=(("Retry-After", str(seconds)),), detail=str(exc))
-            if len(self._refusals) >= _MAX_REFUSALS:
-                self._refusals.clear()
-            self._refusals[key] = answer
+            answer = self._refusals.put(
+                key, Rejection(503, "circuit_open", headers=(("Retry-After", str(seconds)),), detail=str(exc))
+            )
         return answer
 
     def _default_failed(self, ex: Exchange, error: BaseException | None) -> bool | None:
@@ -281,9 +278,10 @@ def _stays_open(breaker: Breaker, delay: float, failing: bool) -> bool:
 class ClientBreakerPolicy(_KeyedBreakerPolicy):
     """One breaker per upstream origin (per instance when balancing), for httpx transports.
 
-    Counts connection errors, timeouts and 5xx answers; not 4xx, not kitmw's own
-    refusals, not cancellations. The verdict is taken when the response body is
-    closed. While open, the call is refused without touching the network.
+    Counts connection errors, timeouts (httpx's, and an async call cut at its
+    deadline) and 5xx answers; not 4xx, not kitmw's own refusals, not cancellations.
+    The verdict is taken when the response body is closed. While open, the call is
+    refused without touching the network.
 
     :param name: prefix of the breaker names (``"client:http://host:port"``).
     :param failure: ``(response, error) -> True | False | None`` replacing the default
@@ -336,6 +334,8 @@ class ClientBreakerPolicy(_KeyedBreakerPolicy):
             return ex.status >= 500
         if isinstance(error, Rejected):
             return None  # a refusal by kitmw (another transport inside): not the upstream's
+        if isinstance(error, TimeoutError):
+            return True  # the call cut at its deadline (async): as httpx's own timeouts count
         errors = getattr(ex, "transport_errors", None)
         return True if errors is None or isinstance(error, errors) else None
 

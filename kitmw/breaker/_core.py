@@ -24,20 +24,19 @@ import pybreaker
 from .._types import Clock
 from ..errors import BreakerOpen, ConfigError
 from ._machine import (
-    _ADMITTED,
+    ADMITTED,
     CLOSED,
     HALF_OPEN,
     OPEN,
+    Machine,
+    Observer,
     Permit,
-    ReportedFailure,
-    _check_int,
-    _check_seconds,
-    _instruments,
-    _Machine,
-    _Observer,
-    _predicate,
-    _View,
+    View,
+    breaker_instruments,
+    check_int,
+    check_seconds,
     check_storage,
+    exclusion,
     guarded_call,
     log,
 )
@@ -46,7 +45,7 @@ from ._shared import SharedState, parse_snapshot
 _Op = tuple[Any, ...]
 _Flow = Generator[_Op, Any, Any]
 
-__all__ = ["Breaker"]
+__all__ = ["Breaker", "redis_clients", "use_redis_clients"]
 
 _STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError,)
 try:
@@ -128,10 +127,10 @@ class Breaker:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError(f"name: expected a non-empty string, got {name!r}")
-        fail_max = _check_int("fail_max", fail_max)
-        self._reset_timeout = _check_seconds("reset_timeout", reset_timeout)
-        success_threshold = _check_int("success_threshold", success_threshold)
-        self._half_open_max = _check_int("half_open_max", half_open_max)
+        fail_max = check_int("fail_max", fail_max)
+        self._reset_timeout = check_seconds("reset_timeout", reset_timeout)
+        success_threshold = check_int("success_threshold", success_threshold)
+        self._half_open_max = check_int("half_open_max", half_open_max)
         for item in exclude:
             if not (isinstance(item, type) and issubclass(item, BaseException)) and not callable(item):
                 raise ConfigError(f"exclude: expected exception types or predicates, got {item!r}")
@@ -143,28 +142,28 @@ class Breaker:
         storage = check_storage(storage)
         if clock is not None and not callable(clock):
             raise ConfigError(f"clock: expected a callable returning seconds, got {clock!r}")
-        self._refresh_interval = _check_seconds("refresh_interval", refresh_interval, zero=True)
-        storage_timeout = _check_seconds("storage_timeout", storage_timeout)
-        self._storage_retry = _check_seconds("storage_retry", storage_retry, zero=True)
+        self._refresh_interval = check_seconds("refresh_interval", refresh_interval, zero=True)
+        storage_timeout = check_seconds("storage_timeout", storage_timeout)
+        self._storage_retry = check_seconds("storage_retry", storage_retry, zero=True)
 
         self.name = name
         self._clock: Clock = clock or (time.time if storage else time.monotonic)
-        inst = _instruments(registry)
+        inst = breaker_instruments(registry)
         self._rejections = inst.breaker_rejections.labels(name) if inst is not None else None
         self._storage_errors = inst.storage_errors.labels("breaker") if inst is not None else None
-        self._observer = _Observer(name, inst)
-        self._view = _View()
-        self._machine = _Machine(
+        self._observer = Observer(name, inst)
+        self._view = View()
+        self._machine = Machine(
             clock=self._clock,
             view=self._view,
             fail_max=fail_max,
             reset_timeout=self._reset_timeout,
             success_threshold=success_threshold,
-            exclude=[_predicate(item) for item in exclude],
+            exclude=[exclusion(item) for item in exclude],
             listeners=[self._observer, *listeners],
             name=name,
         )
-        self._lock = self._machine._lock
+        self._lock = self._machine.lock
         self._before = tuple(listeners)
         self._notify_success = bool(listeners)
         self._trials = 0
@@ -218,13 +217,13 @@ class Breaker:
     def acquire(self) -> Permit:
         """Leave to call, or :class:`BreakerOpen`. Never blocks without Redis."""
         if self._shared is None:
-            if self._view._state == CLOSED and not self._before:
-                return _ADMITTED
+            if self._view.current == CLOSED and not self._before:
+                return ADMITTED
             permit = self._decide_local()
         else:
             refresh = self._stale()
-            if not refresh and self._view._state == CLOSED and not self._before:
-                return _ADMITTED  # the cached shared view is fresh enough: no I/O
+            if not refresh and self._view.current == CLOSED and not self._before:
+                return ADMITTED  # the cached shared view is fresh enough: no I/O
             permit = self._drive(self._acquire_flow(refresh))
         self._call_before()
         return permit
@@ -247,13 +246,13 @@ class Breaker:
     async def aacquire(self) -> Permit:
         """Async twin of :meth:`acquire`: no blocking I/O, no lock held across an await."""
         if self._shared is None:
-            if self._view._state == CLOSED and not self._before:
-                return _ADMITTED
+            if self._view.current == CLOSED and not self._before:
+                return ADMITTED
             permit = self._decide_local()
         else:
             refresh = self._stale()
-            if not refresh and self._view._state == CLOSED and not self._before:
-                return _ADMITTED
+            if not refresh and self._view.current == CLOSED and not self._before:
+                return ADMITTED
             permit = await self._adrive(self._acquire_flow(refresh))
         self._call_before()
         return permit
@@ -303,9 +302,9 @@ class Breaker:
 
     def _decide_local(self) -> Permit:
         with self._lock:
-            state = self._view._state
+            state = self._view.current
             if state == CLOSED:
-                return _ADMITTED
+                return ADMITTED
             if state == OPEN:
                 wait = self._view.opened_ts + self._reset_timeout - self._clock()
                 if wait > 0:
@@ -323,8 +322,8 @@ class Breaker:
         return (
             failed is False
             and not permit.trial
-            and view._fail_counter == 0
-            and view._state == CLOSED
+            and view.fails == 0
+            and view.current == CLOSED
             and not self._notify_success
         )
 
@@ -337,29 +336,19 @@ class Breaker:
                     return
                 permit.released = True
                 self._trials -= 1
-            if failed is None or self._view._state != (HALF_OPEN if permit.trial else CLOSED):
+            if failed is None or self._view.current != (HALF_OPEN if permit.trial else CLOSED):
                 return  # cancelled, or the breaker moved on while the call ran
-            self._step(failed, error)
-
-    def _step(self, failed: bool, error: BaseException | None) -> None:
-        state = self._machine.state
-        if failed:
-            try:
-                state._handle_error(error if error is not None else ReportedFailure(), reraise=False)
-            except pybreaker.CircuitBreakerError:
-                pass  # pybreaker announces the trip by raising; the transition is done
-        else:
-            state._handle_success()
+            self._machine.record(failed, error)
 
     def _adopt(self, values: Sequence[Any]) -> None:
         """Take the shared snapshot as this process's state (listeners see any transition)."""
         snap = parse_snapshot(values)
         view = self._view
-        if snap.state != view._state:
-            view._state = snap.state
+        if snap.state != view.current:
+            view.current = snap.state
             self._machine.state  # noqa: B018 - pybreaker notices the storage changed and notifies
-        view._fail_counter = snap.fails
-        view._success_counter = snap.successes
+        view.fails = snap.fails
+        view.successes = snap.successes
         if snap.state != CLOSED:
             view.opened_ts = snap.opened_at
         self._loaded_at = time.monotonic()
@@ -394,7 +383,7 @@ class Breaker:
                 self._refreshing = False
             if reply is not None:
                 with self._lock:
-                    push = self._reconcile and view._state == OPEN
+                    push = self._reconcile and view.current == OPEN
                     self._reconcile = False
                     if not push:
                         self._adopt(reply)
@@ -404,9 +393,9 @@ class Breaker:
                         with self._lock:
                             self._adopt(reply)
         with self._lock:
-            state = view._state
+            state = view.current
             if state == CLOSED:
-                return _ADMITTED
+                return ADMITTED
             if state == OPEN:
                 wait = view.opened_ts + self._reset_timeout - self._clock()
                 if wait > 0:
@@ -424,20 +413,20 @@ class Breaker:
             reply = yield ("lease", token, self._lease_ms, self._clock(), self._reset_timeout)
             with self._lock:
                 if reply is None:  # Redis failed just now: decide locally
-                    if view._state == OPEN:
+                    if view.current == OPEN:
                         self._machine.half_open()
                     granted = True
                     return Permit(True)
                 code = int(reply[0])
                 self._adopt(reply[1:])
                 if code > 0:
-                    if view._state == OPEN:
+                    if view.current == OPEN:
                         self._machine.half_open()
                     granted = True
                     return Permit(True, token)
                 if code < 0:
-                    return _ADMITTED  # closed meanwhile by another process
-                wait = view.opened_ts + self._reset_timeout - self._clock() if view._state == OPEN else 0.0
+                    return ADMITTED  # closed meanwhile by another process
+                wait = view.opened_ts + self._reset_timeout - self._clock() if view.current == OPEN else 0.0
                 raise self._reject(wait if wait > 0 else self._busy_retry)
         finally:
             if not granted:
@@ -454,7 +443,7 @@ class Breaker:
                     return
                 permit.released = True
                 self._trials -= 1
-            if failed is None or view._state != expected:
+            if failed is None or view.current != expected:
                 return
             counts = failed and (error is None or self._machine.is_system_error(error))
             pre: _Op | None = None
@@ -470,21 +459,21 @@ class Breaker:
                     self._adopt(reply)
                     # pybreaker's state object is about to count this call itself.
                     if pre[0] == "fail":
-                        view._fail_counter = max(view._fail_counter - 1, 0)
+                        view.fails = max(view.fails - 1, 0)
                     else:
-                        view._success_counter = max(view._success_counter - 1, 0)
+                        view.successes = max(view.successes - 1, 0)
         with self._lock:
-            if view._state != expected:
+            if view.current != expected:
                 return
-            fails_before = view._fail_counter
-            self._step(bool(failed), error)
-            after = view._state
+            fails_before = view.fails
+            self._machine.record(bool(failed), error)
+            after = view.current
         if self._down:
             return
         post: _Op | None = None
         if after != expected:
             post = ("open", view.opened_ts) if after == OPEN else ("close",) if after == CLOSED else None
-        elif after == CLOSED and fails_before > 0 and view._fail_counter == 0:
+        elif after == CLOSED and fails_before > 0 and view.fails == 0:
             post = ("reset",)
         if post is not None:
             reply = yield post
@@ -575,3 +564,17 @@ class Breaker:
         task = loop.create_task(self._arun(("unlease", token)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def redis_clients(breaker: Breaker) -> Any:
+    """The Redis clients of a shared ``breaker`` (None for a process-local one), for
+    :func:`use_redis_clients`: the breakers one policy makes share one pool."""
+    shared = breaker._shared
+    return None if shared is None else shared.clients
+
+
+def use_redis_clients(breaker: Breaker, clients: Any) -> None:
+    """Make a shared ``breaker`` use ``clients`` (from :func:`redis_clients`)."""
+    shared = breaker._shared
+    if shared is not None and clients is not None:
+        shared.clients = clients

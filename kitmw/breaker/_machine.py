@@ -1,4 +1,13 @@
-"""pybreaker's state machine and storage, adapted: clock-stamped opens, a cached view, observers.
+"""pybreaker's state machine, adapted: clock-stamped opens, a plain-attribute view, observers.
+
+The one module of kitmw that touches pybreaker's private parts, each checked by
+tests/test_seams.py: the breaker's lock (``CircuitBreaker._lock``, which
+:attr:`Machine.lock` names) and the state objects' verdict handlers
+(``_handle_error``/``_handle_success``, behind :meth:`Machine.record`): pybreaker's
+public ``call()`` holds the lock across the whole guarded call and cannot await, so
+kitmw drives the same state objects itself. The storage is pybreaker's documented
+extension point (a ``CircuitBreakerStorage``), implemented by :class:`View` over plain
+attributes that the hot path reads.
 
 Also the small values every breaker module shares: :class:`Permit`,
 :class:`ReportedFailure` and the option checks.
@@ -17,13 +26,21 @@ from .._types import Clock
 from ..errors import ConfigError
 
 __all__ = [
+    "ADMITTED",
     "CLOSED",
     "HALF_OPEN",
     "OPEN",
     "STATES",
+    "Machine",
+    "Observer",
     "Permit",
     "ReportedFailure",
+    "View",
+    "breaker_instruments",
+    "check_int",
+    "check_seconds",
     "check_storage",
+    "exclusion",
     "guarded_call",
 ]
 
@@ -58,32 +75,77 @@ class Permit:
 
 
 #: Closed-state permits hold nothing, so one object serves every call.
-_ADMITTED = Permit(False)
+ADMITTED = Permit(False)
 
 
 def guarded_call() -> None:
     """Stands for the guarded call in ``CircuitBreakerListener.before_call(cb, func)``."""
 
 
-class _View(pybreaker.CircuitMemoryStorage):
-    """pybreaker's memory storage plus the open time on the breaker's own clock."""
+class View(pybreaker.CircuitBreakerStorage):
+    """The breaker's state in pybreaker's storage interface, kept in plain attributes:
+    :attr:`current` (the state's name), :attr:`fails` and :attr:`successes` (pybreaker's
+    counters) and :attr:`opened_ts` (the open time on the breaker's own clock)."""
 
     def __init__(self) -> None:
-        super().__init__(CLOSED)
+        super().__init__("memory")
+        self.current = CLOSED
+        self.fails = 0
+        self.successes = 0
         self.opened_ts = 0.0
+        self.opened_datetime: datetime | None = None
+
+    # pybreaker's storage interface
+    @property
+    def state(self) -> str:
+        return self.current
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self.current = state
+
+    def increment_counter(self) -> None:
+        self.fails += 1
+
+    def reset_counter(self) -> None:
+        self.fails = 0
+
+    def increment_success_counter(self) -> None:
+        self.successes += 1
+
+    def reset_success_counter(self) -> None:
+        self.successes = 0
+
+    @property
+    def counter(self) -> int:
+        return self.fails
+
+    @property
+    def success_counter(self) -> int:
+        return self.successes
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self.opened_datetime
+
+    @opened_at.setter
+    def opened_at(self, value: datetime | None) -> None:
+        self.opened_datetime = value
 
 
-class _Machine(pybreaker.CircuitBreaker):
+class Machine(pybreaker.CircuitBreaker):
     """pybreaker's breaker with ``open()`` stamped by the injected clock.
 
     The storage is updated before the state object so listeners reading
     ``cb.current_state`` in ``state_change`` already see the new state.
     """
 
-    def __init__(self, *, clock: Clock, view: _View, **options: Any) -> None:
+    def __init__(self, *, clock: Clock, view: View, **options: Any) -> None:
         self._clock = clock
         self._view = view
         super().__init__(state_storage=view, **options)
+        #: pybreaker's own (reentrant) lock: kitmw's decisions hold it as pybreaker's do.
+        self.lock = self._lock
 
     def open(self) -> bool:
         with self._lock:
@@ -104,8 +166,20 @@ class _Machine(pybreaker.CircuitBreaker):
             self._view.state = CLOSED
             self.state = CLOSED  # type: ignore[assignment]
 
+    def record(self, failed: bool, error: BaseException | None) -> None:
+        """The verdict of a guarded call, counted by the current state object as its own
+        ``call()`` would (the lock held by the caller)."""
+        state = self.state
+        if failed:
+            try:
+                state._handle_error(error if error is not None else ReportedFailure(), reraise=False)
+            except pybreaker.CircuitBreakerError:
+                pass  # pybreaker announces the trip by raising; the transition is done
+        else:
+            state._handle_success()
 
-class _Observer(pybreaker.CircuitBreakerListener):
+
+class Observer(pybreaker.CircuitBreakerListener):
     """Logs transitions on ``kitmw.breaker`` and feeds the state gauge and transition counter."""
 
     def __init__(self, name: str, inst: Any) -> None:
@@ -136,7 +210,8 @@ class _Observer(pybreaker.CircuitBreakerListener):
             self.transitions.labels(self.name, old, new).inc()
 
 
-def _instruments(registry: Any) -> Any:
+def breaker_instruments(registry: Any) -> Any:
+    """kitmw's instruments on ``registry`` (the breaker's gauges and counters)."""
     try:
         from ..metrics import instruments
     except ImportError:  # pragma: no cover - the metrics module ships with kitmw
@@ -144,9 +219,10 @@ def _instruments(registry: Any) -> Any:
     return instruments(registry)
 
 
-def _predicate(item: Any) -> Any:
-    # pybreaker tests ``type(exclusion) is type``: an exception class with a metaclass
-    # (ABCMeta, ...) would be *called* as a predicate and always match. Make it one.
+def exclusion(item: Any) -> Any:
+    """An ``exclude=`` item as pybreaker must get it: pybreaker tests ``type(exclusion)
+    is type``, so an exception class with a metaclass (ABCMeta, ...) would be *called* as
+    a predicate and always match; it becomes a predicate here."""
     if isinstance(item, type):
 
         def excluded(exc: BaseException, cls: type = item) -> bool:
@@ -157,13 +233,15 @@ def _predicate(item: Any) -> Any:
     return item
 
 
-def _check_int(option: str, value: Any) -> int:
+def check_int(option: str, value: Any) -> int:
+    """``value`` if it is an integer >= 1, else a ConfigError naming ``option``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{option}: expected an integer >= 1, got {value!r}")
     return value
 
 
-def _check_seconds(option: str, value: Any, *, zero: bool = False) -> float:
+def check_seconds(option: str, value: Any, *, zero: bool = False) -> float:
+    """``value`` as float seconds if it is > 0 (>= 0 with ``zero``), else a ConfigError."""
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pybreaker
 
+from .._cache import BoundedCache
 from .._paths import PathMatcher
 from .._types import Clock
 from ..errors import BreakerOpen, ConfigError, Rejection
 from ..exchange import UNMATCHED, Exchange, Policy
-from ._core import Breaker
-from ._machine import Permit, ReportedFailure, _check_int, log
+from ._core import Breaker, redis_clients, use_redis_clients
+from ._machine import Permit, ReportedFailure, check_int, check_seconds, log
 
-__all__ = ["OTHER_ROUTES", "BreakerPolicy", "default_is_failure", "default_name"]
+__all__ = [
+    "OTHER_ROUTES",
+    "ROUTE_OPTIONS",
+    "BreakerPolicy",
+    "check_route_options",
+    "default_is_failure",
+    "default_name",
+]
 
 #: Route part of the breaker shared by the routes beyond ``max_routes``.
 OTHER_ROUTES = "<other>"
@@ -25,6 +34,40 @@ OTHER_ROUTES = "<other>"
 #: The status the drivers record for a request whose client went away (nginx's 499,
 #: ``kitmw.asgi.CLIENT_CLOSED``): it says nothing about the application's health.
 _CLIENT_CLOSED = 499
+
+
+#: The options one route's breaker may set for itself (``routes=``); the others (storage,
+#: registry, clock, listeners) are the policy's, shared by every route.
+ROUTE_OPTIONS = ("fail_max", "reset_timeout", "success_threshold", "half_open_max", "exclude")
+
+
+def check_route_options(options: Any, where: str = "routes") -> dict[str, Any]:
+    """``options`` for one route's breaker, checked (a :class:`ConfigError` naming ``where``
+    and the option otherwise): a mapping of some of :data:`ROUTE_OPTIONS`."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(
+            f"{where}: expected a mapping of breaker options ({', '.join(ROUTE_OPTIONS)}), got {options!r}"
+        )
+    checked = dict(options)
+    for name, value in checked.items():
+        if name not in ROUTE_OPTIONS:
+            close = difflib.get_close_matches(str(name), ROUTE_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: {name!r} cannot be set per route{hint} (per route: {', '.join(ROUTE_OPTIONS)})"
+            )
+        try:
+            if name == "reset_timeout":
+                check_seconds(name, value)
+            elif name == "exclude":
+                for item in value:
+                    if not callable(item):  # exception classes are callable too
+                        raise ConfigError(f"exclude: expected exception types or predicates, got {item!r}")
+            else:
+                check_int(name, value)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return checked
 
 
 def default_is_failure(ex: Exchange) -> bool:
@@ -89,6 +132,11 @@ class BreakerPolicy(Policy):
     :param per_route: one breaker per route template (default), or ``False`` for one
         breaker for the whole service. Requests no route matches (or whose route cannot
         be known) share one breaker, ``"<name>:<unmatched>"``.
+    :param routes: ``{route template: options}``: the breaker of that route is tuned with
+        its own ``fail_max``, ``reset_timeout``, ``success_threshold``, ``half_open_max``
+        or ``exclude`` (the others are the policy's). Read when the route's breaker is
+        made, at its first request, so a lazy mapping may look routes up then
+        (``kitmw.fastapi.breaker()`` declares them on the routes themselves).
     :param max_routes: at most this many per-route breakers; requests to further routes
         share ``"<name>:<other>"`` (a warning is logged once).
     :param exclude_paths: paths never refused nor counted (health checks).
@@ -118,6 +166,7 @@ class BreakerPolicy(Policy):
         "_plain",
         "_routes",
         "_single",
+        "routes",
     )
 
     name: ClassVar[str] = "breaker"
@@ -135,6 +184,7 @@ class BreakerPolicy(Policy):
         name: str | None = None,
         per_route: bool | None = None,
         max_routes: int = 1024,
+        routes: Mapping[str, Mapping[str, Any]] | None = None,
         exclude_paths: Sequence[str] | str | None = (),
         is_failure: Callable[[Exchange], bool] | None = None,
         exclude: Sequence[type[BaseException] | Callable[[BaseException], bool]] = (),
@@ -150,17 +200,30 @@ class BreakerPolicy(Policy):
             raise ConfigError(f"is_failure: expected a callable(exchange) -> bool, got {is_failure!r}")
         if per_route is not None and not isinstance(per_route, bool):
             raise ConfigError(f"per_route: expected True or False, got {per_route!r}")
-        self._max_routes = _check_int("max_routes", max_routes)
+        self._max_routes = check_int("max_routes", max_routes)
         matcher = PathMatcher(exclude_paths)
         self._excluded = matcher if matcher else None
         self._is_failure = is_failure or default_is_failure
         self._plain = is_failure is None  # the default verdict can be inlined in exit()
         self._key = f"kitmw.breaker.{id(self)}"
-        self._cache: dict[int, Rejection] = {}
+        self._cache: BoundedCache[int, Rejection] = BoundedCache(256)
         self._lock = threading.Lock()
         self._by_route: dict[str | None, Breaker] = {}
         self._routes = 0
         self._other: Breaker | None = None
+        if routes is not None:
+            if not isinstance(routes, Mapping):
+                raise ConfigError(
+                    f"routes: expected a mapping of route template to breaker options, got {routes!r}"
+                )
+            if per_route is False or breaker is not None:
+                raise ConfigError(
+                    "routes: tuning per route needs one breaker per route (per_route left on, no breaker=)"
+                )
+            for route, tuned in routes.items():
+                check_route_options(tuned, f"routes[{route!r}]")
+        #: The per-route options given (``routes=``), or None.
+        self.routes = routes
         if breaker is not None:
             if not isinstance(breaker, Breaker):
                 raise ConfigError(f"breaker: expected a kitmw.breaker.Breaker, got {breaker!r}")
@@ -205,12 +268,12 @@ class BreakerPolicy(Policy):
         self._base = name
         # Built now: bad options fail here, and its Redis clients serve every route's breaker.
         unmatched = Breaker(name=f"{name}:{UNMATCHED}", **options)
-        clients = unmatched._shared.clients if unmatched._shared is not None else None
+        clients = redis_clients(unmatched)
 
         def make(route: str) -> Breaker:
-            made = Breaker(name=f"{name}:{route}", **options)
-            if clients is not None:
-                made._shared.clients = clients  # type: ignore[union-attr]
+            tuned = routes.get(route) if routes is not None else None
+            made = Breaker(name=f"{name}:{route}", **({**options, **tuned} if tuned else options))
+            use_redis_clients(made, clients)
             return made
 
         self._make = make
@@ -299,9 +362,7 @@ class BreakerPolicy(Policy):
         seconds = max(1, math.ceil(retry_after))
         answer = self._cache.get(seconds)
         if answer is None:
-            answer = Rejection(503, "circuit_open", headers=(("Retry-After", str(seconds)),))
-            if len(self._cache) < 256:
-                self._cache[seconds] = answer
+            answer = self._cache.put(seconds, Rejection(503, "circuit_open", headers=(("Retry-After", str(seconds)),)))
         return answer
 
     def _verdict(self, ex: Exchange) -> tuple[bool | None, BaseException | None]:

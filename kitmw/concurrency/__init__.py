@@ -15,15 +15,19 @@ from __future__ import annotations
 from ..errors import ConcurrencyLimited
 from ._algorithms import AIMDLimit, FixedLimit, GradientLimit, LimitAlgorithm, WindowedLimit, algorithm
 from ._limiter import Limiter, Slot
+from ._options import ClientConcurrencyOptions, ConcurrencyOptions, EndpointConcurrencyOptions
 from ._policy import ALL, OTHER, ClientConcurrencyPolicy, ConcurrencyPolicy, EndpointConcurrencyPolicy
 
 __all__ = [
     "ALL",
     "OTHER",
     "AIMDLimit",
+    "ClientConcurrencyOptions",
     "ClientConcurrencyPolicy",
     "ConcurrencyLimited",
+    "ConcurrencyOptions",
     "ConcurrencyPolicy",
+    "EndpointConcurrencyOptions",
     "EndpointConcurrencyPolicy",
     "FixedLimit",
     "GradientLimit",

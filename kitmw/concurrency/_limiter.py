@@ -22,14 +22,15 @@ from collections.abc import Callable
 from .._types import Clock
 from ._algorithms import LimitAlgorithm
 
-__all__ = ["Limiter", "Slot"]
+__all__ = ["Limiter", "Slot", "Writer", "no_writer"]
 
 _WAITING, _GRANTED, _GONE = 0, 1, 2
 
 Writer = Callable[[float], None]
 
 
-def _ignore(_: float) -> None:
+def no_writer(_: float) -> None:
+    """A :data:`Writer` that writes nowhere (no metrics)."""
     return None
 
 
@@ -135,10 +136,10 @@ class Limiter:
         *,
         max_queue: int = 0,
         clock: Clock | None = None,
-        in_flight: Writer = _ignore,
-        limit_gauge: Writer = _ignore,
-        rejected: Writer = _ignore,
-        waited: Writer = _ignore,
+        in_flight: Writer = no_writer,
+        limit_gauge: Writer = no_writer,
+        rejected: Writer = no_writer,
+        waited: Writer = no_writer,
     ) -> None:
         self._algorithm = algorithm
         self._adaptive = algorithm.adaptive

@@ -20,7 +20,7 @@ from .._types import Clock
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
 from ._algorithms import FixedLimit, LimitAlgorithm, algorithm
-from ._limiter import Limiter, Slot, Writer, _ignore
+from ._limiter import Limiter, Slot, Writer, no_writer
 
 __all__ = ["ALL", "OTHER", "ClientConcurrencyPolicy", "ConcurrencyPolicy", "EndpointConcurrencyPolicy"]
 
@@ -118,7 +118,7 @@ class _Bulkhead(Policy):
         assert template is not None
         inst = instruments(self.registry)
         labels = (self.side, scope)
-        waited: Writer = _ignore
+        waited: Writer = no_writer
         if self.max_wait > 0:
             waited = histogram_writer(inst.concurrency_queue_wait.labels(*labels))
         return Limiter(

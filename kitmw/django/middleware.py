@@ -479,7 +479,7 @@ class Middleware:
         #: Auth decides who the caller is (what Django is told in REMOTE_USER).
         self._decides = any(p.name == "auth" for p in self.policies)
         self._chains: dict[str, Chain] = {}
-        self._outer_keys: tuple[str, str] | None = None
+        self._outer_layers: _OuterLayers | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.policies)
@@ -579,20 +579,21 @@ class Middleware:
         chain = self._chains.get(protocol)
         if chain is None:
             chain = self._chains[protocol] = compile_chain(self.policies, protocol, is_async=self.is_async)
-        keys = self._outer_keys
-        if keys is None:
-            keys = self._outer_keys = _outer_keys()
+        layers = self._outer_layers
+        if layers is None:
+            layers = self._outer_layers = _outer_layers()
         if is_asgi:
-            outer: Exchange | None = request.scope.get(keys[0])
+            outer = layers[0](request.scope)
             if outer is not None:
                 return outer, _joined(outer, chain), _Run(outer, contextvars.copy_context(), _JOINED_ASGI)
             ex: Exchange = _AsgiExchange(request)
         else:
-            body = request.META.get(keys[1])
-            if body is not None:
-                run = _Run(body.ex, None, _JOINED_WSGI)
-                run.exits, run.done = body.exits, True  # run by the outer layer when it finishes
-                return body.ex, _joined(body.ex, chain), run
+            layer = layers[1](request.META)
+            if layer is not None:
+                outer, exits = layer
+                run = _Run(outer, None, _JOINED_WSGI)
+                run.exits, run.done = exits, True  # run by the outer layer when it finishes
+                return outer, _joined(outer, chain), run
             ex = _WsgiExchange(request)
         ex.start_ns = perf_counter_ns()
         ex.applied = chain.keys
@@ -700,13 +701,16 @@ async def _asnapshot(run: _Run, response: Any) -> None:
         ex.status, ex.bytes_out, ex.end_ns, ex.response_started = saved
 
 
-def _outer_keys() -> tuple[str, str]:
-    """Where the ASGI and WSGI drivers keep their exchange (``kitmw.stack()`` around
-    Django's application): this middleware then runs on that one."""
-    from ..asgi import _EXCHANGE_KEY
-    from ..wsgi import _BODY_KEY
+_OuterLayers = tuple[Callable[[Any], Exchange | None], Callable[[Any], "tuple[Exchange, list[Pending]] | None"]]
 
-    return _EXCHANGE_KEY, _BODY_KEY
+
+def _outer_layers() -> _OuterLayers:
+    """How to find the exchange of a kitmw layer around Django's application
+    (``kitmw.stack()``) under ASGI and WSGI: this middleware then runs on that one."""
+    from ..asgi import exchange_of
+    from ..wsgi import layer_of
+
+    return exchange_of, layer_of
 
 
 def principal(request: Any) -> Principal | None:

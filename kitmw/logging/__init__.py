@@ -27,6 +27,7 @@ from ._context import (
     structlog_processor,
 )
 from ._endpoint import ENDPOINT_FIELDS, EndpointLogPolicy
+from ._options import AccessLogOptions, ClientLogOptions, ClientRequestIdOptions, EndpointLogOptions
 from .access import ACCESS_FIELDS, AccessLogPolicy, default_request_id, is_valid_request_id
 from .client import CLIENT_FIELDS, ClientLogPolicy, ClientRequestIdPolicy
 from .formatters import FORMATS, JsonFormatter, LogfmtFormatter, TextFormatter, configure
@@ -38,10 +39,14 @@ __all__ = [
     "DEFAULT_REDACT",
     "ENDPOINT_FIELDS",
     "FORMATS",
+    "AccessLogOptions",
     "AccessLogPolicy",
+    "ClientLogOptions",
     "ClientLogPolicy",
+    "ClientRequestIdOptions",
     "ClientRequestIdPolicy",
     "ContextFilter",
+    "EndpointLogOptions",
     "EndpointLogPolicy",
     "JsonFormatter",
     "LogfmtFormatter",

@@ -14,7 +14,17 @@ from urllib.parse import unquote_plus
 
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_REDACT", "redact_query"]
+__all__ = [
+    "DEFAULT_REDACT",
+    "bool_option",
+    "error_fields",
+    "level_option",
+    "logger_option",
+    "make_record",
+    "record_failed",
+    "redact_option",
+    "redact_query",
+]
 
 #: Query parameter names (case-insensitive substrings) whose values are never logged.
 DEFAULT_REDACT = (
@@ -37,7 +47,7 @@ _MAX_ERROR = 1000
 _SRC = __file__
 
 
-def _logger(value: Any, option: str) -> logging.Logger:
+def logger_option(value: Any, option: str) -> logging.Logger:
     if isinstance(value, logging.Logger):
         return value
     if isinstance(value, str) and value:
@@ -45,7 +55,7 @@ def _logger(value: Any, option: str) -> logging.Logger:
     raise ConfigError(f"{option}: expected a logger name or a logging.Logger, got {value!r}")
 
 
-def _level(value: Any, option: str) -> int:
+def level_option(value: Any, option: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str):
@@ -55,13 +65,13 @@ def _level(value: Any, option: str) -> int:
     raise ConfigError(f"{option}: expected a logging level (int or name such as 'INFO'), got {value!r}")
 
 
-def _bool(value: Any, option: str) -> bool:
+def bool_option(value: Any, option: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{option}: expected True or False, got {value!r}")
     return value
 
 
-def _redactor(value: Any) -> re.Pattern[str] | None:
+def redact_option(value: Any) -> re.Pattern[str] | None:
     if value is None:
         return None
     if isinstance(value, re.Pattern):
@@ -90,7 +100,7 @@ def redact_query(query: str, pattern: re.Pattern[str] | None) -> str:
     return "&".join(out)
 
 
-def _error_fields(err: BaseException) -> tuple[str, str]:
+def error_fields(err: BaseException) -> tuple[str, str]:
     try:
         message = str(err)
     except Exception:  # a broken __str__ must not break the log
@@ -100,7 +110,7 @@ def _error_fields(err: BaseException) -> tuple[str, str]:
     return type(err).__name__, message
 
 
-def _make_record(
+def make_record(
     logger: logging.Logger,
     level: int,
     msg: str,
@@ -228,6 +238,6 @@ def _task_name() -> str | None:
     return None
 
 
-def _failed(kind: str) -> None:
+def record_failed(kind: str) -> None:
     # Logging must never break a request: say so once per failure, on kitmw's own logger.
     logging.getLogger("kitmw").exception("kitmw: the %s log record could not be built", kind)

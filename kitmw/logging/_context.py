@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from ._line import ACCESS_FIELDS, CLIENT_FIELDS, CONTEXT_FIELDS
+
 __all__ = [
     "ACCESS_FIELDS",
     "CLIENT_FIELDS",
@@ -27,44 +29,10 @@ __all__ = [
     "current_request_id",
     "current_span_id",
     "current_trace_id",
+    "printable",
+    "request_context",
     "structlog_processor",
 ]
-
-#: Record attributes :class:`ContextFilter` adds to every record.
-CONTEXT_FIELDS = ("request_id", "trace_id", "span_id", "principal")
-
-#: Attributes :class:`~kitmw.logging.AccessLogPolicy` puts on its record (plus ``query`` with ``log_query``).
-ACCESS_FIELDS = (
-    "method",
-    "path",
-    "route",
-    "status",
-    "duration_ms",
-    "bytes_in",
-    "bytes_out",
-    "client",
-    "user_agent",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "principal",
-    "error",
-    "error_message",
-)
-
-#: Attributes :class:`~kitmw.logging.ClientLogPolicy` puts on its record.
-CLIENT_FIELDS = (
-    "method",
-    "url",
-    "host",
-    "status",
-    "duration_ms",
-    "attempts",
-    "request_id",
-    "error",
-    "error_message",
-)
-
 
 class _Context(Protocol):
     request_id: str | None
@@ -73,7 +41,9 @@ class _Context(Protocol):
     principal: str | None
 
 
-_current: ContextVar[_Context | None] = ContextVar("kitmw.request", default=None)
+#: The current context object: the exchange of the request being served, or what
+#: :func:`bind_context` bound; None outside both.
+request_context: ContextVar[_Context | None] = ContextVar("kitmw.request", default=None)
 
 _KEEP: Any = object()
 
@@ -92,25 +62,25 @@ class _Bound:
 
 def current_request_id() -> str | None:
     """The request id of the request being handled, or ``None`` outside a request."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return None if ctx is None else ctx.request_id
 
 
 def current_trace_id() -> str | None:
     """The trace id (32 hex) of the request being handled, if tracing is on."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return None if ctx is None else ctx.trace_id
 
 
 def current_span_id() -> str | None:
     """The server span id (16 hex) of the request being handled, if tracing is on."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return None if ctx is None else ctx.span_id
 
 
 def current_principal() -> str | None:
     """The authenticated principal of the request being handled, once auth found it."""
-    ctx = _current.get()
+    ctx = request_context.get()
     return None if ctx is None else ctx.principal
 
 
@@ -126,22 +96,23 @@ def bind_context(
 
     Outgoing kitmw httpx calls made in the block forward this request id.
     """
-    cur = _current.get()
+    cur = request_context.get()
     bound = _Bound(
         (None if cur is None else cur.request_id) if request_id is _KEEP else request_id,
         (None if cur is None else cur.trace_id) if trace_id is _KEEP else trace_id,
         (None if cur is None else cur.span_id) if span_id is _KEEP else span_id,
         (None if cur is None else cur.principal) if principal is _KEEP else principal,
     )
-    token = _current.set(bound)
+    token = request_context.set(bound)
     try:
         yield
     finally:
-        _current.reset(token)
+        request_context.reset(token)
 
 
-def _safe(value: str | None) -> str | None:
-    # The principal may come from a header (Basic user name): never let it break a line.
+def printable(value: str | None) -> str | None:
+    """``value`` with non-printable characters escaped (CR/LF, controls): a principal may
+    come from a header (a Basic user name) and must never break a line of a text log."""
     if value is None or value.isprintable():
         return value
     return value.encode("unicode_escape", "backslashreplace").decode("ascii")
@@ -164,7 +135,7 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         d = record.__dict__
-        ctx = _current.get()
+        ctx = request_context.get()
         default = self.default
         if ctx is None:
             d.setdefault("request_id", default)
@@ -175,13 +146,13 @@ class ContextFilter(logging.Filter):
             d.setdefault("request_id", ctx.request_id or default)
             d.setdefault("trace_id", ctx.trace_id or default)
             d.setdefault("span_id", ctx.span_id or default)
-            d.setdefault("principal", _safe(ctx.principal) or default)
+            d.setdefault("principal", printable(ctx.principal) or default)
         return True
 
 
 def structlog_processor(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
     """A structlog processor adding the request context to the event dict (when set)."""
-    ctx = _current.get()
+    ctx = request_context.get()
     if ctx is not None:
         for key in CONTEXT_FIELDS:
             value = getattr(ctx, key)

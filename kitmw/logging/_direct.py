@@ -9,6 +9,9 @@ and logging's own record factory is in place, that path can only format the reco
 write it. :func:`json_targets` checks exactly that, per record (the configuration may
 change at any time), and :func:`write_json` then writes the very line the formatter
 would have written, under each handler's lock. Anything else takes the ordinary path.
+
+The line is not laid out here: the head, the encoders and the order of the record's
+fields are :mod:`kitmw.logging._line`'s, which the formatter writes through too.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ._context import ContextFilter
-from .formatters import _ENCODERS, _JSON, _MILLIS, JsonFormatter, _esc, _KitmwHandler, _Stamper, _write
+from ._line import OPEN, KitmwHandler, Stamper, between, esc, write
+from .formatters import JsonFormatter
 
-__all__ = ["json_targets", "json_value", "write_json"]
+__all__ = ["Targets", "json_targets", "write_json"]
 
-_HANDLERS = (logging.StreamHandler, _KitmwHandler)
+_HANDLERS = (logging.StreamHandler, KitmwHandler)
 _LogRecord = logging.LogRecord
 _Logger = logging.Logger
 _factory = logging.getLogRecordFactory
@@ -55,10 +59,10 @@ def json_targets(logger: logging.Logger, level: int, fields: frozenset[str]) -> 
             for f in handler.filters:
                 if type(f) is not ContextFilter:
                     return None
-            static = formatter._static_fragment()  # type: ignore[union-attr]
+            static = formatter.static_json()  # type: ignore[union-attr]
             if static is None:
                 return None
-            if static and not formatter._skip.isdisjoint(fields):  # type: ignore[union-attr]
+            if static and not fields.isdisjoint(formatter.static):  # type: ignore[union-attr]
                 return None
             targets.append((handler, lock, static))
         if not node.propagate:
@@ -67,13 +71,7 @@ def json_targets(logger: logging.Logger, level: int, fields: frozenset[str]) -> 
     return targets if found else None  # no handler at all: logging's last resort decides
 
 
-def json_value(value: Any) -> str:
-    """``value`` as ``JsonFormatter`` writes it."""
-    return _ENCODERS.get(type(value), _JSON.encode)(value)
-
-
-_prefixes: dict[tuple[int, str], str] = {}
-_stamper = _Stamper()
+_stamper = Stamper()
 
 
 def write_json(
@@ -86,33 +84,19 @@ def write_json(
 ) -> bool:
     """Write the line ``JsonFormatter`` makes of the record to each target.
 
-    ``tail`` is what follows the static fields: ``,"key":value`` for the context fields
-    that are set, then every extra field, in the record's order. Returns ``False``
-    (nothing written) when the line needs the formatter's pure-ASCII fallback; ``slow``
-    builds the record a failing handler reports to its ``handleError``.
+    ``tail`` is what follows the static fields (:meth:`kitmw.logging._line.Layout.tail`
+    of the record's kind). Returns ``False`` (nothing written) when the line needs the
+    formatter's pure-ASCII fallback; ``slow`` builds the record a failing handler
+    reports to its ``handleError``.
     """
-    ns = time.time_ns()
-    second, rest = divmod(ns, 1_000_000_000)
-    key = (level, logger.name)
-    prefix = _prefixes.get(key)
-    if prefix is None:
-        if len(_prefixes) > 64:
-            _prefixes.clear()
-        prefix = _prefixes[key] = (
-            '","level":'
-            + _esc(logging.getLevelName(level).lower())
-            + ',"logger":'
-            + _esc(logger.name)
-            + ',"message":'
-        )
-    head = "".join(('{"time":"', _stamper.second(second), _MILLIS[rest // 1_000_000], prefix, _esc(message)))
+    head = "".join((OPEN, _stamper.at_ns(time.time_ns()), between(level, logger.name), esc(message)))
     if not (head.isprintable() and tail.isprintable()):
         return False
     for handler, lock, static in targets:
         line = "".join((head, static, tail, "}", handler.terminator))  # type: ignore[attr-defined]
         with lock:
             try:
-                _write(handler.stream, line)  # type: ignore[attr-defined]
+                write(handler.stream, line)  # type: ignore[attr-defined]
             except RecursionError:
                 raise
             except Exception:

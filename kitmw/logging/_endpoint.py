@@ -6,22 +6,11 @@ import logging
 from typing import Any, ClassVar
 
 from ..exchange import Exchange, Policy
-from ._common import _bool, _error_fields, _failed, _level, _logger, _make_record
-from ._context import _current
+from ._common import bool_option, error_fields, level_option, logger_option, make_record, record_failed
+from ._context import request_context
+from ._line import ENDPOINT_FIELDS
 
 __all__ = ["ENDPOINT_FIELDS", "EndpointLogPolicy"]
-
-#: Attributes :class:`EndpointLogPolicy` puts on its record.
-ENDPOINT_FIELDS = (
-    "endpoint",
-    "outcome",
-    "duration_ms",
-    "request_id",
-    "trace_id",
-    "span_id",
-    "error",
-    "error_message",
-)
 
 
 class EndpointLogPolicy(Policy):
@@ -55,10 +44,10 @@ class EndpointLogPolicy(Policy):
         error_level: int | str | None = None,
         exc_info: bool = False,
     ) -> None:
-        self._logger = _logger(logger, "logger")
-        self._level = _level(level, "level")
-        self._error_level = self._level if error_level is None else _level(error_level, "error_level")
-        self._exc_info = _bool(exc_info, "exc_info")
+        self._logger = logger_option(logger, "logger")
+        self._level = level_option(level, "level")
+        self._error_level = self._level if error_level is None else level_option(error_level, "error_level")
+        self._exc_info = bool_option(exc_info, "exc_info")
 
     @property
     def logger(self) -> logging.Logger:
@@ -73,13 +62,13 @@ class EndpointLogPolicy(Policy):
         try:
             self._record(ex, level)
         except Exception:
-            _failed("endpoint")
+            record_failed("endpoint")
 
     def _record(self, ex: Exchange, level: int) -> None:
         rejection = ex.rejection
         err = ex.error
         duration_ms = round((ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0, 3)
-        ctx = _current.get()
+        ctx = request_context.get()
         name = ex.route_label()
         fields: dict[str, Any] = {
             "endpoint": name,
@@ -93,11 +82,11 @@ class EndpointLogPolicy(Policy):
         }
         if rejection is not None:
             fields["outcome"] = "rejected"
-            fields["error"], fields["error_message"] = _error_fields(rejection.error())
+            fields["error"], fields["error_message"] = error_fields(rejection.error())
             err = None  # a refusal has no traceback worth attaching
         elif err is not None:
             fields["outcome"] = "error"
-            fields["error"], fields["error_message"] = _error_fields(err)
+            fields["error"], fields["error_message"] = error_fields(err)
         if fields["error"] is None:
             msg = "%s %s %.1fms"
             args: tuple[Any, ...] = (name, fields["outcome"], duration_ms)
@@ -105,5 +94,5 @@ class EndpointLogPolicy(Policy):
             msg = "%s %s %.1fms %s"
             args = (name, fields["outcome"], duration_ms, fields["error"])
         self._logger.handle(
-            _make_record(self._logger, level, msg, args, fields, err if self._exc_info else None)
+            make_record(self._logger, level, msg, args, fields, err if self._exc_info else None)
         )

@@ -19,19 +19,18 @@ from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
 from ._common import (
     DEFAULT_REDACT,
-    _bool,
-    _error_fields,
-    _failed,
-    _level,
-    _logger,
-    _make_record,
-    _redactor,
+    bool_option,
+    error_fields,
+    level_option,
+    logger_option,
+    make_record,
+    record_failed,
+    redact_option,
     redact_query,
 )
-from ._context import ACCESS_FIELDS, CONTEXT_FIELDS, _current, _safe
-from ._direct import json_targets, json_value, write_json
-from .formatters import _CONTEXT_JSON as _CONTEXT_PREFIX
-from .formatters import _esc
+from ._context import printable, request_context
+from ._direct import json_targets, write_json
+from ._line import ACCESS, ACCESS_FIELDS, ACCESS_QUERY
 
 __all__ = [
     "ACCESS_FIELDS",
@@ -54,40 +53,6 @@ _MAX_UA = 512
 def is_valid_request_id(value: str) -> bool:
     """True if ``value`` is an acceptable request id (1-128 of ``[A-Za-z0-9._:+/=-]``, not ``-``)."""
     return len(value) <= _MAX_ID and _ID_CHECK(value) is not None
-
-
-def _text(value: str | None) -> str:
-    """A text field (or None) as ``JsonFormatter`` writes it."""
-    if value is None:
-        return "null"
-    return _esc(value) if type(value) is str else json_value(value)
-
-
-#: (key, ``,"key":``, encoder) of the access record's fields after the context ones.
-_TAIL = tuple(
-    (
-        key,
-        f",{_esc(key)}:",
-        json_value if key in ("status", "duration_ms", "bytes_in", "bytes_out") else _text,
-    )
-    for key in (*ACCESS_FIELDS, "query")
-    if key not in CONTEXT_FIELDS
-)
-
-
-def _json_tail(fields: dict[str, Any]) -> str:
-    """What ``JsonFormatter`` writes after the static fields for an access record with
-    ``fields``: the context fields that are set, then the others in order (a test pins
-    the direct and the ordinary path to the same bytes)."""
-    parts = [
-        _CONTEXT_PREFIX[key] + json_value(value)
-        for key in CONTEXT_FIELDS
-        if (value := fields[key]) is not None and value != "-"
-    ]
-    for key, prefix, encode in _TAIL:
-        if key in fields:
-            parts += (prefix, encode(fields[key]))
-    return "".join(parts)
 
 
 def default_request_id() -> str:
@@ -126,11 +91,11 @@ class AccessLogPolicy(Policy):
         "_error_level",
         "_exc_info",
         "_exclude",
-        "_fields",
         "_generate",
         "_header",
         "_header_bytes",
         "_header_key",
+        "_kind",
         "_level",
         "_log_query",
         "_logger",
@@ -164,8 +129,8 @@ class AccessLogPolicy(Policy):
         redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
         counts_request_bytes: bool = True,
     ) -> None:
-        self._logger = _logger(logger, "logger")
-        self.counts_request_bytes = _bool(counts_request_bytes, "counts_request_bytes")
+        self._logger = logger_option(logger, "logger")
+        self.counts_request_bytes = bool_option(counts_request_bytes, "counts_request_bytes")
         if not isinstance(request_id_header, str) or not _TOKEN_CHECK(request_id_header):
             raise ConfigError(f"request_id_header: expected a header name, got {request_id_header!r}")
         self._header = request_id_header
@@ -186,19 +151,19 @@ class AccessLogPolicy(Policy):
         if validate is not None and not callable(validate):
             raise ConfigError(f"validate: expected a callable or None, got {validate!r}")
         self._validate = validate
-        self._trust = _bool(trust_request_id, "trust_request_id")
+        self._trust = bool_option(trust_request_id, "trust_request_id")
         self._reject = (
             Rejection(400, "bad_request_id", detail=f"malformed {request_id_header} header")
-            if _bool(reject_invalid, "reject_invalid")
+            if bool_option(reject_invalid, "reject_invalid")
             else None
         )
-        self._use_trace_id = _bool(use_trace_id, "use_trace_id")
-        self._level = _level(level, "level")
-        self._error_level = _level(error_level, "error_level")
-        self._exc_info = _bool(exc_info, "exc_info")
-        self._log_query = _bool(log_query, "log_query")
-        self._redact = _redactor(redact_query)
-        self._fields = frozenset(ACCESS_FIELDS + (("query",) if self._log_query else ()))
+        self._use_trace_id = bool_option(use_trace_id, "use_trace_id")
+        self._level = level_option(level, "level")
+        self._error_level = level_option(error_level, "error_level")
+        self._exc_info = bool_option(exc_info, "exc_info")
+        self._log_query = bool_option(log_query, "log_query")
+        self._redact = redact_option(redact_query)
+        self._kind = ACCESS_QUERY if self._log_query else ACCESS  # the record's fields, in order
 
     @property
     def logger(self) -> logging.Logger:
@@ -234,7 +199,7 @@ class AccessLogPolicy(Policy):
             rid = (self._use_trace_id and ex.trace_id) or self._generate()
         ex.request_id = rid
         ex.add_header((self._header_bytes, rid.encode("latin-1")))  # rid is ASCII: checked
-        ex.state[_STATE] = _current.set(ex)
+        ex.state[_STATE] = request_context.set(ex)
         return answer
 
     def _enter_nested(self, ex: Exchange) -> None:
@@ -257,7 +222,7 @@ class AccessLogPolicy(Policy):
                 try:
                     self._record(ex, level, err, status)
                 except Exception:
-                    _failed("access")
+                    record_failed("access")
         finally:
             token = ex.state.pop(_STATE, None)
             if token is not None:
@@ -265,7 +230,7 @@ class AccessLogPolicy(Policy):
                     ex.state[_STATE] = token[1]
                 else:
                     try:
-                        _current.reset(token)
+                        request_context.reset(token)
                     except ValueError:  # exit ran in another context than enter
                         pass
 
@@ -278,27 +243,28 @@ class AccessLogPolicy(Policy):
         error = error_message = None
         if err is None:
             msg = "%s %s %s %.1fms"
-            args: tuple[Any, ...] = (ex.method, _safe(path), status, duration_ms)
+            args: tuple[Any, ...] = (ex.method, printable(path), status, duration_ms)
         else:
-            error, error_message = _error_fields(err)
+            error, error_message = error_fields(err)
             msg = "%s %s %s %.1fms %s"
-            args = (ex.method, _safe(path), status, duration_ms, error)
+            args = (ex.method, printable(path), status, duration_ms, error)
         query = redact_query(ex.query, self._redact) if self._log_query else None
         fields = self._fields_of(ex, status, duration_ms, ua, error, error_message, query)
         logger = self._logger
         exc = err if self._exc_info else None
         if exc is None:
-            targets = json_targets(logger, level, self._fields)
+            kind = self._kind
+            targets = json_targets(logger, level, kind.names)
             if targets is not None and write_json(
                 targets,
                 logger,
                 level,
                 msg % args,
-                _json_tail(fields),
-                lambda: _make_record(logger, level, msg, args, fields, None),
+                kind.tail(fields),
+                lambda: make_record(logger, level, msg, args, fields, None),
             ):
                 return
-        logger.handle(_make_record(logger, level, msg, args, fields, exc))
+        logger.handle(make_record(logger, level, msg, args, fields, exc))
 
     def _fields_of(
         self,

@@ -11,16 +11,16 @@ from ..errors import ConfigError
 from ..exchange import Exchange, Policy
 from ._common import (
     DEFAULT_REDACT,
-    _bool,
-    _error_fields,
-    _failed,
-    _level,
-    _logger,
-    _make_record,
-    _redactor,
+    bool_option,
+    error_fields,
+    level_option,
+    logger_option,
+    make_record,
+    record_failed,
+    redact_option,
     redact_query,
 )
-from ._context import CLIENT_FIELDS, _current, _safe
+from ._context import CLIENT_FIELDS, printable, request_context
 
 __all__ = ["CLIENT_FIELDS", "ClientLogPolicy", "ClientRequestIdPolicy"]
 
@@ -52,7 +52,7 @@ class ClientRequestIdPolicy(Policy):
         return self._header
 
     def enter(self, ex: Exchange) -> None:
-        ctx = _current.get()
+        ctx = request_context.get()
         if ctx is None:
             return
         rid = ctx.request_id
@@ -88,12 +88,12 @@ class ClientLogPolicy(Policy):
         log_query: bool = False,
         redact_query: Iterable[str] | re.Pattern[str] | None = DEFAULT_REDACT,
     ) -> None:
-        self._logger = _logger(logger, "logger")
-        self._level = _level(level, "level")
-        self._error_level = _level(error_level, "error_level")
-        self._exc_info = _bool(exc_info, "exc_info")
-        self._log_query = _bool(log_query, "log_query")
-        self._redact = _redactor(redact_query)
+        self._logger = logger_option(logger, "logger")
+        self._level = level_option(level, "level")
+        self._error_level = level_option(error_level, "error_level")
+        self._exc_info = bool_option(exc_info, "exc_info")
+        self._log_query = bool_option(log_query, "log_query")
+        self._redact = redact_option(redact_query)
 
     @property
     def logger(self) -> logging.Logger:
@@ -108,7 +108,7 @@ class ClientLogPolicy(Policy):
         try:
             self._record(ex, level, err, status)
         except Exception:
-            _failed("client")
+            record_failed("client")
 
     def _record(self, ex: Exchange, level: int, err: BaseException | None, status: int) -> None:
         url = ex.url
@@ -119,7 +119,7 @@ class ClientLogPolicy(Policy):
         duration_ms = (ex.end_ns - ex.start_ns) / 1e6 if ex.end_ns else 0.0
         rid = ex.request_id
         if rid is None:
-            ctx = _current.get()
+            ctx = request_context.get()
             rid = None if ctx is None else ctx.request_id
         fields: dict[str, Any] = {
             "method": ex.method,
@@ -127,18 +127,18 @@ class ClientLogPolicy(Policy):
             "host": ex.host,
             "status": status or None,
             "duration_ms": round(duration_ms, 3),
-            "attempts": ex.state.get("attempts", 1) if ex._state else 1,
+            "attempts": ex.state.get("attempts", 1),
             "request_id": rid,
             "error": None,
             "error_message": None,
         }
         if err is None:
             msg = "%s %s %s %.1fms"
-            args: tuple[Any, ...] = (ex.method, _safe(url), status, duration_ms)
+            args: tuple[Any, ...] = (ex.method, printable(url), status, duration_ms)
         else:
-            fields["error"], fields["error_message"] = _error_fields(err)
+            fields["error"], fields["error_message"] = error_fields(err)
             msg = "%s %s %s %.1fms %s"
-            args = (ex.method, _safe(url), status or "-", duration_ms, fields["error"])
+            args = (ex.method, printable(url), status or "-", duration_ms, fields["error"])
         self._logger.handle(
-            _make_record(self._logger, level, msg, args, fields, err if self._exc_info else None)
+            make_record(self._logger, level, msg, args, fields, err if self._exc_info else None)
         )

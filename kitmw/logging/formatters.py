@@ -13,14 +13,28 @@ import json
 import logging
 import re
 import sys
-import time
-from collections.abc import Callable, Mapping
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from collections.abc import Mapping
 from typing import IO, Any
 
 from ..errors import ConfigError
-from ._common import _level, _logger
-from ._context import ACCESS_FIELDS, CLIENT_FIELDS, CONTEXT_FIELDS, _current, _safe
+from ._common import level_option, logger_option
+from ._context import printable, request_context
+from ._line import (
+    CONTEXT_FIELDS,
+    CONTEXT_JSON,
+    ENCODERS,
+    JSON,
+    JSON_ASCII,
+    KINDS,
+    OPEN,
+    KitmwHandler,
+    Layout,
+    Stamper,
+    between,
+    esc,
+    key_json,
+    value_json,
+)
 
 __all__ = ["FORMATS", "JsonFormatter", "LogfmtFormatter", "TextFormatter", "configure"]
 
@@ -38,83 +52,11 @@ _MISSING: Any = object()
 _BARE = re.compile(r"[A-Za-z0-9_.:/@+\-,%~^*!#$&()\[\]{}|;<>?']+").fullmatch
 _KEY_OK = re.compile(r"[A-Za-z0-9_.\-]+").fullmatch
 _KEY_FIX = re.compile(r"[^A-Za-z0-9_.\-]")
-_JSON = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":"))
-_JSON_ASCII = json.JSONEncoder(default=str, separators=(",", ":"))
 _NO_ESCAPE = frozenset({"message", "exc_text", "stack_info", "msg", "args", "exc_info"})
-
-
-_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
-
-
-class _Stamper:
-    """ISO 8601 UTC timestamps with milliseconds; strftime runs once per second, not per record."""
-
-    __slots__ = ("_second",)
-
-    def __init__(self) -> None:
-        self._second: tuple[int, str] = (-1, "")
-
-    def __call__(self, record: logging.LogRecord) -> str:
-        return self.at(record.created, record.msecs)
-
-    def at(self, created: float, msecs: float) -> str:
-        ms = int(msecs)
-        return self.second(int(created)) + (_MILLIS[ms] if 0 <= ms < 1000 else f".{ms:03d}Z")
-
-    def second(self, second: int) -> str:
-        """``YYYY-MM-DDTHH:MM:SS`` of ``second`` (UTC)."""
-        cached = self._second
-        if cached[0] != second:  # a tuple swap is atomic, so threads may share the stamper
-            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return cached[1]
-
-
-_esc = encode_basestring  # the C escaper json.dumps(ensure_ascii=False) uses for strings
-_INF = float("inf")
 #: Keys the JSON line writes itself: a static field by one of these names takes the dict path.
 _FIXED_KEYS = frozenset(("time", "level", "logger", "message", "exc_info", "stack_info", *CONTEXT_FIELDS))
 #: Keys before the static fields: an extra field by one of these names is left out.
 _BASE_KEYS = frozenset(("time", "level", "logger", "message"))
-_KEY_JSON = {k: _esc(k) + ":" for k in (*CONTEXT_FIELDS, *ACCESS_FIELDS, *CLIENT_FIELDS, "query")}
-_CONTEXT_JSON = {k: "," + _KEY_JSON[k] for k in CONTEXT_FIELDS}
-
-
-def _orders(*fields: tuple[str, ...]) -> dict[int, tuple[frozenset[str], tuple[tuple[str, str], ...]]]:
-    out = {}
-    for names in fields:
-        extras = tuple(k for k in names if k not in _RESERVED)
-        out[len(extras)] = (frozenset(extras), tuple((k, "," + _KEY_JSON[k]) for k in extras))
-    assert len(out) == len(fields), "the known field sets must differ in size"
-    return out
-
-
-#: Extra fields of kitmw's access and client records, by number: (set, insertion order).
-_KNOWN_ORDERS = _orders(ACCESS_FIELDS, (*ACCESS_FIELDS, "query"), CLIENT_FIELDS)
-
-
-def _key_json(key: str) -> str:
-    known = _KEY_JSON.get(key)
-    return known if known is not None else _esc(key) + ":"
-
-
-def _float_json(value: float) -> str:
-    return float.__repr__(value) if -_INF < value < _INF else _JSON.encode(value)
-
-
-#: Exact type -> how json.dumps writes a value of it (C functions but for floats);
-#: anything else goes through the encoder itself.
-_ENCODERS: dict[type[Any], Callable[[Any], str]] = {
-    str: _esc,
-    int: int.__repr__,
-    type(None): "null".format,  # str.format ignores the argument: always "null"
-    float: _float_json,
-    bool: {True: "true", False: "false"}.__getitem__,
-}
-
-
-def _value_json(value: Any) -> str:
-    """``_JSON.encode(value)``, without the encoder's setup for the common scalar types."""
-    return _ENCODERS.get(type(value), _JSON.encode)(value)
 
 
 def _context_values(record: logging.LogRecord) -> list[tuple[str, Any]]:
@@ -126,18 +68,29 @@ def _context_values(record: logging.LogRecord) -> list[tuple[str, Any]]:
         value = d.get(key, _MISSING)
         if value is _MISSING:
             if ctx is _MISSING:
-                ctx = _current.get()
+                ctx = request_context.get()
             value = None if ctx is None else getattr(ctx, key)
         if value is not None and value != "-":
             out.append((key, value))
     return out
 
 
+def _kind(keys: set[str]) -> Layout | None:
+    """The kind of kitmw record whose extra fields are ``keys``, if it is one."""
+    kind = KINDS.get(len(keys))
+    return kind if kind is not None and keys == kind.extras else None
+
+
 def _extras(record: logging.LogRecord) -> list[tuple[str, Any]]:
+    """The record's own fields: a kitmw record's in the order of its kind, others' in
+    the order they were set."""
     d = record.__dict__
     keys = d.keys() - _RESERVED  # a set operation in C: cheap when there are no extras
     if not keys:
         return []
+    kind = _kind(keys)
+    if kind is not None:
+        return [(k, d[k]) for k in kind.others]
     return [(k, d[k]) for k in d if k in keys and k[0] != "_"]
 
 
@@ -156,20 +109,23 @@ class JsonFormatter(logging.Formatter):
     def __init__(self, *, static: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.static = dict(static or {})
-        self._stamp = _Stamper()
+        self._stamp = Stamper()
         self._static_of: Any = None  # the static dict _static_json was made from
         self._static_len = -1
         self._static_json: str | None = ""
         self._skip: frozenset[str] = _BASE_KEYS
 
-    def _static_fragment(self) -> str | None:
-        """``,"k":v`` for every static field, or None when one would collide with a fixed key."""
+    def static_json(self) -> str | None:
+        """``,"k":v`` for every field of :attr:`static` (changes to it are seen), or
+        None when one collides with a key the line writes itself (such a line is built
+        as a dict, with the static field overridden). kitmw's direct access-log path
+        writes this fragment too."""
         static = self.static
         if static is not self._static_of or len(static) != self._static_len:
             if not static:
                 self._static_json, self._skip = "", _BASE_KEYS
             elif _FIXED_KEYS.isdisjoint(static) and all(type(k) is str for k in static):
-                self._static_json = "".join("," + _key_json(k) + _value_json(v) for k, v in static.items())
+                self._static_json = "".join("," + key_json(k) + value_json(v) for k, v in static.items())
             else:
                 self._static_json = None
             if static:
@@ -179,35 +135,32 @@ class JsonFormatter(logging.Formatter):
         return self._static_json
 
     def format(self, record: logging.LogRecord) -> str:
-        # Written directly, pair by pair (strings through the C escaper json.dumps uses):
-        # the same line as json.dumps of the dict below, at a third of the cost.
-        static = self._static_fragment()
+        # Written directly, pair by pair, through kitmw.logging._line (strings through the
+        # C escaper json.dumps uses): the same line as json.dumps of the dict below, at a
+        # third of the cost.
+        static = self.static_json()
         if static is not None:
             parts = [
-                '{"time":"',
+                OPEN,
                 self._stamp(record),
-                '","level":',
-                _esc(record.levelname.lower()),
-                ',"logger":',
-                _esc(record.name),
-                ',"message":',
-                _esc(record.getMessage()),
+                between(record.levelname, record.name),
+                esc(record.getMessage()),
                 static,
             ]
             append = parts.append
-            enc = _ENCODERS.get
-            other = _JSON.encode
+            enc = ENCODERS.get
+            other = JSON.encode
             for key, value in _context_values(record):
-                append(_CONTEXT_JSON[key])
+                append(CONTEXT_JSON[key])
                 append(enc(type(value), other)(value))
             d = record.__dict__
             keys = d.keys() - _RESERVED  # a set operation in C: cheap when there are no extras
             if keys:
                 skip = self._skip
-                known = _KNOWN_ORDERS.get(len(keys))
-                if known is not None and skip is _BASE_KEYS and keys == known[0]:
-                    # kitmw's own records: their fields in the order the policies add them.
-                    for key, prefix in known[1]:
+                kind = KINDS.get(len(keys))
+                if kind is not None and keys == kind.extras and (skip is _BASE_KEYS or skip.isdisjoint(keys)):
+                    # kitmw's own records: their kind's fields, in its order (as Layout.tail writes them)
+                    for key, prefix in kind.pairs:
                         value = d[key]
                         append(prefix)
                         append(enc(type(value), other)(value))
@@ -215,13 +168,13 @@ class JsonFormatter(logging.Formatter):
                     for key in [k for k in d if k in keys and k[0] != "_"]:
                         if key not in skip:
                             value = d[key]
-                            append("," + _key_json(key))
+                            append("," + key_json(key))
                             append(enc(type(value), other)(value))
             exc = _exception_text(self, record)
             if exc:
-                append(',"exc_info":' + _esc(exc))
+                append(',"exc_info":' + esc(exc))
             if record.stack_info:
-                append(',"stack_info":' + _esc(self.formatStack(record.stack_info)))
+                append(',"stack_info":' + esc(self.formatStack(record.stack_info)))
             append("}")
             line = "".join(parts)
             if line.isprintable():
@@ -243,9 +196,9 @@ class JsonFormatter(logging.Formatter):
             out["exc_info"] = exc
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
-        line = _JSON.encode(out)
+        line = JSON.encode(out)
         if not line.isprintable():  # U+2028, bidi controls, lone surrogates: go pure ASCII
-            line = _JSON_ASCII.encode(out)
+            line = JSON_ASCII.encode(out)
         return line
 
 
@@ -261,10 +214,10 @@ def _logfmt_value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=not text.isprintable())
 
 
-# Keys every access or client record has: known safe, no regex needed.
+# Keys every kitmw record has: known safe, no regex needed.
 _SAFE_KEYS = frozenset(
-    ("time", "level", "logger", "msg", "query", "exc_info", "stack_info", *CONTEXT_FIELDS, *ACCESS_FIELDS)
-) | frozenset(CLIENT_FIELDS)
+    ("time", "level", "logger", "msg", "exc_info", "stack_info", *CONTEXT_FIELDS)
+).union(*(kind.names for kind in KINDS.values()))
 
 
 def _logfmt_key(key: str) -> str:
@@ -283,7 +236,7 @@ class LogfmtFormatter(logging.Formatter):
     def __init__(self, *, static: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.static = dict(static or {})
-        self._stamp = _Stamper()
+        self._stamp = Stamper()
 
     def format(self, record: logging.LogRecord) -> str:
         pairs: list[tuple[str, Any]] = [
@@ -308,7 +261,7 @@ class LogfmtFormatter(logging.Formatter):
 
 
 def _escape_arg(value: Any) -> Any:
-    return _safe(value) if isinstance(value, str) else value
+    return printable(value) if isinstance(value, str) else value
 
 
 class _View:
@@ -350,7 +303,7 @@ class TextFormatter(logging.Formatter):
 
     @staticmethod
     def _context(record: logging.LogRecord) -> list[Any]:
-        ctx = _current.get()
+        ctx = request_context.get()
         if ctx is None:
             return ["-"] * len(CONTEXT_FIELDS)
         return [getattr(ctx, k) or "-" for k in CONTEXT_FIELDS]
@@ -373,30 +326,6 @@ class TextFormatter(logging.Formatter):
             return self._style.format(record)
         view = {k: (v if k in _NO_ESCAPE else _escape_arg(v)) for k, v in d.items()}
         return self._style.format(_View(view))  # type: ignore[arg-type]
-
-
-def _write(stream: Any, text: str) -> None:
-    """What ``StreamHandler.emit`` does with a formatted line (the handler's lock held)."""
-    stream.write(text)
-    flush = getattr(stream, "flush", None)
-    if flush is not None:
-        flush()
-
-
-class _KitmwHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler :func:`configure` installs (so a second call replaces it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # StreamHandler.emit, minus flush()'s second trip through the handler lock:
-        # handle() holds it already while emit runs.
-        try:
-            formatter = self.formatter
-            msg = formatter.format(record) if formatter is not None else self.format(record)
-            _write(self.stream, msg + self.terminator)
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
 
 
 def configure(
@@ -424,8 +353,8 @@ def configure(
 
     if format not in FORMATS:
         raise ConfigError(f"format: expected one of {', '.join(FORMATS)}, got {format!r}")
-    target = logging.getLogger() if logger is None else _logger(logger, "logger")
-    lvl = _level(level, "level")
+    target = logging.getLogger() if logger is None else logger_option(logger, "logger")
+    lvl = level_option(level, "level")
     if static is not None and not isinstance(static, Mapping):
         raise ConfigError(f"static: expected a mapping of fields, got {static!r}")
     formatter: logging.Formatter
@@ -435,10 +364,10 @@ def configure(
         formatter = LogfmtFormatter(static=static)
     else:
         formatter = TextFormatter()
-    handler = _KitmwHandler(stream if stream is not None else sys.stderr)
+    handler = KitmwHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(ContextFilter(default="-" if format == "text" else None))
     handler.setFormatter(formatter)
-    for old in [h for h in target.handlers if isinstance(h, _KitmwHandler)]:
+    for old in [h for h in target.handlers if isinstance(h, KitmwHandler)]:
         target.removeHandler(old)
         old.close()
     target.addHandler(handler)

@@ -27,6 +27,7 @@ from ._exposition import (
     start_server,
 )
 from ._instruments import DEFAULT_BUCKETS, DEFAULT_SIZE_BUCKETS, Instruments, instruments
+from ._options import ClientMetricsOptions, EndpointMetricsOptions, MetricsOptions
 from ._policy import KNOWN_METHODS, OTHER_METHOD, OTHER_STATUS, ClientMetricsPolicy, MetricsPolicy
 
 __all__ = [
@@ -35,9 +36,12 @@ __all__ = [
     "KNOWN_METHODS",
     "OTHER_METHOD",
     "OTHER_STATUS",
+    "ClientMetricsOptions",
     "ClientMetricsPolicy",
+    "EndpointMetricsOptions",
     "EndpointMetricsPolicy",
     "Instruments",
+    "MetricsOptions",
     "MetricsPolicy",
     "MetricsServer",
     "gunicorn_child_exit",

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from prometheus_client import CollectorRegistry
 
+from .._cache import BoundedCache
 from ..exchange import Exchange, Policy
 from ._instruments import (
     add_writer,
@@ -52,7 +53,8 @@ class EndpointMetricsPolicy(Policy):
         inst.use_buckets("endpoint_duration", buckets)
         self._calls = inst.endpoint_calls
         self._duration = inst.endpoint_duration
-        self._children: dict[tuple[str, str], _Series] = {}
+        self._children: BoundedCache[tuple[str, str], _Series] = BoundedCache(_MAX_CHILDREN)
+        self._series = self._children.get  # bound once: a plain dict's lookup per call
 
     def exit(self, ex: Exchange) -> None:
         if ex.rejection is not None:
@@ -62,7 +64,7 @@ class EndpointMetricsPolicy(Policy):
         else:
             outcome = "error"
         key = (ex.route_label(), outcome)
-        series = self._children.get(key)
+        series = self._series(key)
         if series is None:
             series = self._make_children(key)
         count, count_exemplar, duration, duration_exemplar = series
@@ -85,7 +87,4 @@ class EndpointMetricsPolicy(Policy):
             histogram_writer(duration),
             histogram_exemplar_writer(duration),
         )
-        if len(self._children) >= _MAX_CHILDREN:
-            self._children.clear()
-        self._children[key] = series
-        return series
+        return self._children.put(key, series)

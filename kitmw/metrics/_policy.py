@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 
+from .._cache import BoundedCache
 from .._paths import PathMatcher
 from ..errors import ConfigError, KitmwError, Rejection
 from ..exchange import SERVE, UNMATCHED, Exchange, Policy
@@ -153,7 +154,8 @@ class MetricsPolicy(Policy):
         # value objects of the label children, fetched once).
         self._in_progress = {m: add_writer(gauge.labels(m)) for m in (*KNOWN_METHODS, OTHER_METHOD)}
         self._other_in_progress = self._in_progress[OTHER_METHOD]
-        self._children: dict[tuple[str, str, int], _Series] = {}
+        self._children: BoundedCache[tuple[str, str, int], _Series] = BoundedCache(_MAX_CHILDREN)
+        self._series = self._children.get  # bound once: a plain dict's lookup per request
 
     @property
     def join_key(self) -> Hashable:
@@ -203,7 +205,7 @@ class MetricsPolicy(Policy):
         # Keyed by the status code: its label is worked out on a miss only. Unknown
         # methods share one key, so a scan with random methods cannot churn the cache.
         raw = (_METHOD_LABEL.get(method, OTHER_METHOD), route, ex.status)
-        children = self._children.get(raw)
+        children = self._series(raw)
         if children is None:
             children = self._make_children(raw)
         in_progress, count, count_exemplar, duration, duration_exemplar, response_size, request_size = (
@@ -236,10 +238,7 @@ class MetricsPolicy(Policy):
             histogram_writer(self._response_size.labels(*key)),
             None if self._request_size is None else histogram_writer(self._request_size.labels(*key)),
         )
-        if len(self._children) >= _MAX_CHILDREN:
-            self._children.clear()
-        self._children[raw] = children
-        return children
+        return self._children.put(raw, children)
 
 
 class ClientMetricsPolicy(Policy):
@@ -271,18 +270,16 @@ class ClientMetricsPolicy(Policy):
         self._status = _STATUS_CLASS if status_class else _STATUS
         self._requests = inst.client_requests
         self._duration = inst.client_duration
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._children: BoundedCache[tuple[str, str, str], tuple[Any, Any]] = BoundedCache(_MAX_CHILDREN)
+        self._series = self._children.get  # bound once: a plain dict's lookup per call
 
     def exit(self, ex: Exchange) -> None:
         status = ex.status
         label = _status_label(status, self._status) if status else _error_label(ex.error)
         key = (_METHOD_LABEL.get(ex.method, OTHER_METHOD), ex.host, label)
-        children = self._children.get(key)
+        children = self._series(key)
         if children is None:
-            children = (self._requests.labels(*key), self._duration.labels(*key))
-            if len(self._children) >= _MAX_CHILDREN:
-                self._children.clear()
-            self._children[key] = children
+            children = self._children.put(key, (self._requests.labels(*key), self._duration.labels(*key)))
         requests, duration = children
         trace_id = ex.trace_id
         if trace_id is None:

@@ -22,16 +22,20 @@ from ._client import ClientRateLimitPolicy, EndpointRateLimitPolicy
 from ._keys import ClientAddress
 from ._limiter import Decision, Limiter
 from ._limits import HeapMemoryStorage
+from ._options import ClientRateLimitOptions, EndpointRateLimitOptions, RateLimitOptions
 from ._policy import RateLimitPolicy
 from ._storage import STRATEGY_NAMES
 
 __all__ = [
     "STRATEGY_NAMES",
     "ClientAddress",
+    "ClientRateLimitOptions",
     "ClientRateLimitPolicy",
     "Decision",
+    "EndpointRateLimitOptions",
     "EndpointRateLimitPolicy",
     "HeapMemoryStorage",
     "Limiter",
+    "RateLimitOptions",
     "RateLimitPolicy",
 ]

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
+from .._cache import BoundedCache
 from ..concerns import check_options
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
-from ._limiter import Decision, Limiter
+from ._limiter import Decision, Limiter, in_memory
 
 __all__ = ["ClientRateLimitPolicy", "EndpointRateLimitPolicy"]
 
@@ -78,7 +79,7 @@ class _LimitPolicy(Policy):
         self._delay = delay
         self._max_wait = float(max_wait)
         self._sleep: Callable[[float], Any] | None = sleep
-        self._refusals: dict[int, Rejection] = {}
+        self._refusals: BoundedCache[int, Rejection] = BoundedCache(_MAX_REFUSALS)
 
     @classmethod
     def options_from(cls, value: Any) -> dict[str, Any] | None:
@@ -99,15 +100,15 @@ class _LimitPolicy(Policy):
         seconds = max(1, math.ceil(wait))
         answer = self._refusals.get(seconds)
         if answer is None:
-            answer = Rejection(
-                429,
-                "rate_limited",
-                headers=(("Retry-After", str(seconds)),),
-                detail=f"{self._what} reached (retry after {seconds}s)",
+            answer = self._refusals.put(
+                seconds,
+                Rejection(
+                    429,
+                    "rate_limited",
+                    headers=(("Retry-After", str(seconds)),),
+                    detail=f"{self._what} reached (retry after {seconds}s)",
+                ),
             )
-            if len(self._refusals) >= _MAX_REFUSALS:
-                self._refusals.clear()
-            self._refusals[seconds] = answer
         return answer
 
     def _steps(self, ex: Exchange, key: str, decision: Decision) -> _Steps:
@@ -157,7 +158,7 @@ class _LimitPolicy(Policy):
     def enter_awaits(self) -> bool:
         """Async drivers await ``aenter`` for a storage doing I/O, or to wait (delaying);
         an erroring limit on the in-memory storage is a plain call."""
-        return self._delay or not self.limiter._backend.memory
+        return self._delay or not in_memory(self.limiter)
 
     async def aenter(self, ex: Exchange) -> Rejection | None:
         key = self._key_of(ex)

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ._limits import key_affixes
 from ._storage import Backend
 
-__all__ = ["Decision", "Limiter"]
+__all__ = ["Decision", "Limiter", "in_memory", "on_backend"]
 
 
 _UNITS = {"second": "s", "minute": "m", "hour": "h", "day": "d", "month": "mo", "year": "y"}
@@ -188,15 +188,6 @@ class Limiter:
             recovery_interval=recovery_interval,
         )
         self._setup(backend, limit, strategy, registry, namespace)
-
-    @classmethod
-    def _with_backend(
-        cls, backend: Backend, *, limit: str, strategy: str, registry: Any, namespace: str, option: str
-    ) -> Limiter:
-        """A limiter on an existing backend (the policy's per-route limits share one)."""
-        self = cls.__new__(cls)
-        self._setup(backend, limit, strategy, registry, namespace, option)
-        return self
 
     def _setup(
         self,
@@ -384,6 +375,20 @@ class Limiter:
         remaining, reset, spec = best
         after = max(reset - time.time(), 0.0) if reset else 0.0
         return Decision(True, spec.amount, remaining, after, 0.0, False, self.policy, spec.name)
+
+
+def on_backend(
+    backend: Backend, *, limit: str, strategy: str, registry: Any, namespace: str, option: str
+) -> Limiter:
+    """A limiter on an existing backend (the policy's per-route limits share one)."""
+    limiter = Limiter.__new__(Limiter)
+    limiter._setup(backend, limit, strategy, registry, namespace, option)
+    return limiter
+
+
+def in_memory(limiter: Limiter) -> bool:
+    """True if ``limiter`` keeps its counts in this process (a hit does no I/O)."""
+    return bool(limiter._backend.memory)
 
 
 def _tighter(

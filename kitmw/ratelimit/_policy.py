@@ -12,7 +12,7 @@ from .._paths import PathMatcher
 from ..errors import ConfigError, Rejection
 from ..exchange import Exchange, Policy
 from ._keys import ClientAddress
-from ._limiter import Decision, Limiter
+from ._limiter import Decision, Limiter, on_backend
 from ._storage import Backend
 
 __all__ = ["RateLimitPolicy"]
@@ -150,7 +150,7 @@ class RateLimitPolicy(Policy):
         )
 
         def build(rate: str, ns: str, option: str) -> Limiter:
-            return Limiter._with_backend(
+            return on_backend(
                 self.backend, limit=rate, strategy=strategy, registry=registry, namespace=ns, option=option
             )
 

@@ -15,6 +15,7 @@ gRPC retry budget).
 
 from __future__ import annotations
 
+from ._options import ClientRetryOptions, EndpointRetryOptions
 from ._policy import GATE, ClientRetryPolicy, EndpointRetryPolicy
 from ._retry import IDEMPOTENT_METHODS, RETRY_STATUSES, Retry, RetryBudget, parse_retry_after
 
@@ -22,7 +23,9 @@ __all__ = [
     "GATE",
     "IDEMPOTENT_METHODS",
     "RETRY_STATUSES",
+    "ClientRetryOptions",
     "ClientRetryPolicy",
+    "EndpointRetryOptions",
     "EndpointRetryPolicy",
     "Retry",
     "RetryBudget",

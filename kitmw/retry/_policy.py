@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Generator
-from time import monotonic
 from typing import Any, ClassVar
 
 from ..chain import CALL, Call, Sleep
@@ -81,7 +80,7 @@ class _RetryPolicy(Policy):
         own: float | None = None
         if retry.deadline is not None:
             own = retry.clock() + retry.deadline
-            until = monotonic() + retry.deadline
+            until = ex.deadline_clock() + retry.deadline
             if ex.deadline is None or until < ex.deadline:
                 ex.deadline = until  # the drivers fit each attempt in what remains
         attempt = 0

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from ..errors import DeadlineExceeded
 from ._context import deadline, remaining, within
+from ._options import ClientTimeoutOptions, EndpointTimeoutOptions, TimeoutOptions
 from ._policy import ClientTimeoutPolicy, EndpointTimeoutPolicy, TimeoutPolicy
 
 __all__ = [
+    "ClientTimeoutOptions",
     "ClientTimeoutPolicy",
     "DeadlineExceeded",
+    "EndpointTimeoutOptions",
     "EndpointTimeoutPolicy",
+    "TimeoutOptions",
     "TimeoutPolicy",
     "deadline",
     "remaining",

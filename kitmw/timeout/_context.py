@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from time import monotonic
 
 from ..errors import ConfigError
-from ..exchange import current_deadline, reset_deadline, set_deadline
+from ..exchange import current_deadline, current_remaining, reset_deadline, set_deadline
 
 __all__ = ["deadline", "remaining", "within"]
 
@@ -26,8 +26,7 @@ def remaining() -> float | None:
     ``kitmw.endpoint``) reads it to size its own work: a database statement timeout,
     a loop that stops early. ``kitmw.httpx`` transports cap their timeouts to it.
     """
-    found = current_deadline()
-    return None if found is None else max(0.0, found - monotonic())
+    return current_remaining()
 
 
 @contextlib.contextmanager

@@ -112,6 +112,7 @@ class _Deadline(Policy):
         if outer is not None and (deadline is None or outer < deadline):
             deadline = outer
         ex.deadline = deadline
+        ex.deadline_clock = self._clock
         return deadline
 
     def _expired(self, ex: Exchange) -> Rejection:
@@ -127,7 +128,7 @@ class _Deadline(Policy):
         left = deadline - clock()
         if left <= 0:
             return self._expired(ex)  # already past (a propagated deadline): no call at all
-        token = set_deadline(deadline) if context else None
+        token = set_deadline(deadline, clock) if context else None
         try:
             result = yield Call(timeout=left)
         except BaseException as exc:
@@ -227,7 +228,7 @@ class TimeoutPolicy(_Deadline):
         if seconds is None:
             return
         deadline = self._arm(ex, seconds)
-        ex.state[self._key] = set_deadline(deadline)  # reset in _exit: the body may stream
+        ex.state[self._key] = set_deadline(deadline, self._clock)  # reset in _exit: the body may stream
 
     def _exit(self, ex: Exchange) -> None:
         if ex.deadline is None:

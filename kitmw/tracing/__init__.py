@@ -40,12 +40,16 @@ from ._asgi import SCOPE_SPAN_KEY as SCOPE_SPAN_KEY
 from ._client import ClientTracingPolicy
 from ._common import ExchangeGetter, ExchangeSetter
 from ._endpoint import EndpointTracingPolicy
+from ._options import ClientTracingOptions, EndpointTracingOptions, TracingOptions
 from ._server import TracingPolicy
 
 __all__ = [
+    "ClientTracingOptions",
     "ClientTracingPolicy",
+    "EndpointTracingOptions",
     "EndpointTracingPolicy",
     "ExchangeGetter",
     "ExchangeSetter",
+    "TracingOptions",
     "TracingPolicy",
 ]

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from .._cache import BoundedCache
 from ..exchange import Exchange
 from ._common import (
     KNOWN_METHODS,
-    MAX_CACHED,
     PLAIN_METHODS,
     ServerHelpers,
     decode_header,
@@ -39,7 +39,7 @@ FASTAPI_KEY = "fastapi.telemetry"
 _ABSENT = object()
 
 
-def server_helpers(sc: Semconv, all_methods: bool, cache: dict[Any, Any]) -> ServerHelpers:
+def server_helpers(sc: Semconv, all_methods: bool, cache: BoundedCache[Any, Any]) -> ServerHelpers:
     """The server policy's ASGI helpers; ``cache`` (owned by the policy) keeps what
     depends on the socket, ``Host`` and ``User-Agent`` only."""
     return ServerHelpers("ASGI", url, scanner(sc, all_methods, cache), claim, owns, mark)
@@ -73,7 +73,7 @@ def url(ex: Exchange) -> str:
 
 
 def request_attributes(
-    scope: Any, sc: Semconv, all_methods: bool, cache: dict[Any, Any] | None = None
+    scope: Any, sc: Semconv, all_methods: bool, cache: BoundedCache[Any, Any] | None = None
 ) -> dict[str, Any]:
     """``opentelemetry.instrumentation.asgi.collect_request_attributes(scope, mode)``, faster.
 
@@ -87,7 +87,7 @@ def scan(
     scope: Any,
     sc: Semconv,
     all_methods: bool,
-    cache: dict[Any, Any] | None,
+    cache: BoundedCache[Any, Any] | None,
     fields: frozenset[bytes] | None,
 ) -> tuple[dict[str, Any], bool]:
     """The request attributes, and whether a header named in ``fields`` is present."""
@@ -95,21 +95,22 @@ def scan(
 
 
 def scanner(
-    sc: Semconv, all_methods: bool, cache: dict[Any, Any] | None
+    sc: Semconv, all_methods: bool, cache: BoundedCache[Any, Any] | None
 ) -> Callable[[Any, Any, frozenset[bytes] | None], tuple[dict[str, Any], bool]]:
     """``scan(ex, scope, fields)``: the request attributes, and whether a header named in
     ``fields`` is present, in the semconv mode ``sc``.
 
     One pass over the headers serves the attributes and the propagator's question.
     contrib's ``redact_url`` runs only when the URL has credentials or a query; unlike
-    contrib's, a non-UTF-8 query string does not raise. With a ``cache`` (a dict owned
-    by the caller, kept small), everything that depends only on the listening socket
-    (scheme, server address and port, HTTP version), the ``Host`` header(s) and the
-    user agent (its synthetic type included) is computed once per distinct value:
-    per request remain the path, query, method and peer.
+    contrib's, a non-UTF-8 query string does not raise. With a ``cache`` (a
+    :class:`~kitmw._cache.BoundedCache` owned by the caller), everything that depends
+    only on the listening socket (scheme, server address and port, HTTP version), the
+    ``Host`` header(s) and the user agent (its synthetic type included) is computed once
+    per distinct value: per request remain the path, query, method and peer.
     """
     old = sc.old
     new = sc.new
+    cached = None if cache is None else cache.get
 
     def scan(ex: Any, scope: Any, fields: frozenset[bytes] | None) -> tuple[dict[str, Any], bool]:
         hosts: Any = None  # the raw Host value, or a list of them when repeated
@@ -129,7 +130,7 @@ def scanner(
                     ua = value
             elif fields is not None and key in fields:
                 found = True
-        if cache is None:
+        if cached is None:
             base_attrs, prefix = base(scope, sc, hosts, ua)
         else:
             server = scope.get("server")
@@ -142,11 +143,9 @@ def scanner(
                 tuple(hosts) if type(hosts) is list else hosts,
                 ua,
             )
-            entry = cache.get(ckey)
+            entry = cached(ckey)
             if entry is None:
-                if len(cache) >= MAX_CACHED:
-                    cache.clear()
-                entry = cache[ckey] = base(scope, sc, hosts, ua)
+                entry = cache.put(ckey, base(scope, sc, hosts, ua))  # type: ignore[union-attr]
             base_attrs, prefix = entry
         result = dict(base_attrs)
         path = scope.get("path", "")

@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .._cache import BoundedCache
 from .._paths import PathMatcher
 from ..chain import Hooks
 from ..errors import Rejection
@@ -134,9 +135,9 @@ class TracingPolicy(Traced, Policy):
         self.server_response_hook = server_response_hook
         self._sc = Semconv(semconv)
         self._all_methods = capture_all_methods()
-        self._attr_cache: dict[Any, Any] = {}
+        self._attr_cache: BoundedCache[Any, Any] = BoundedCache(MAX_CACHED)
         # status code -> (its span attributes, whether the span status is ERROR)
-        self._status_cache: dict[int, tuple[dict[str, Any], bool]] = {}
+        self._status_cache: BoundedCache[int, tuple[dict[str, Any], bool]] = BoundedCache(MAX_CACHED)
         # (propagator, the header names it reads if it is known to find nothing without them)
         self._prop: tuple[Any, frozenset[bytes] | None] = (None, None)
         self._enter: Callable[[Exchange], Rejection | None] | None = None
@@ -285,6 +286,7 @@ class TracingPolicy(Traced, Policy):
         old = sc.old
         new = sc.new
         status_cache = self._status_cache
+        status_cached = status_cache.get
         record_error = self._record_error
         finish_adopted = self._finish_adopted
         detach = otel_context.detach
@@ -313,11 +315,9 @@ class TracingPolicy(Traced, Policy):
                     status = ex.status
                     error_status = False
                     if status:
-                        cached = status_cache.get(status)
+                        cached = status_cached(status)
                         if cached is None:
-                            if len(status_cache) >= MAX_CACHED:
-                                status_cache.clear()
-                            cached = status_cache[status] = status_attributes(status, sc)
+                            cached = status_cache.put(status, status_attributes(status, sc))
                         status_attrs, error_status = cached
                         attrs.update(status_attrs)
                     sent = ex.bytes_out

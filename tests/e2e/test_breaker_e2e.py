@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import kitmw
+from kitmw.testing import FakeClock
 
 pytestmark = pytest.mark.e2e
 
@@ -246,14 +247,6 @@ async def test_replicas_share_per_route_state_through_redis(redis_url: str) -> N
 
 
 # -- a half-open trial whose client leaves -------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_an_abandoned_trial_is_not_counted_and_frees_its_slot(serve_asgi: Any) -> None:

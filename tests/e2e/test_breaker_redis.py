@@ -20,19 +20,9 @@ from starlette.routing import Route
 import kitmw
 from kitmw.breaker import Breaker
 from kitmw.errors import BreakerOpen
+from kitmw.testing import FakeClock
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def service(lifespan: Any = None) -> Starlette:
@@ -105,7 +95,7 @@ def breaker_of(app: Any) -> Breaker:
 
 @pytest.mark.anyio
 async def test_failures_in_one_replica_open_the_other(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a, b = replica(redis_url, clock), replica(redis_url, clock)
     assert breaker_of(a).name == breaker_of(b).name
     async with closing(a, b), client(a) as ca, client(b) as cb:
@@ -122,7 +112,7 @@ async def test_failures_in_one_replica_open_the_other(redis_url: str) -> None:
 
 @pytest.mark.anyio
 async def test_failures_are_counted_across_replicas(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a, b = replica(redis_url, clock), replica(redis_url, clock)
     async with closing(a, b), client(a) as ca, client(b) as cb:
         await ca.get("/fail")
@@ -133,7 +123,7 @@ async def test_failures_are_counted_across_replicas(redis_url: str) -> None:
 
 @pytest.mark.anyio
 async def test_a_new_replica_joining_does_not_reset_the_open_state(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = replica(redis_url, clock)
     async with closing(a), client(a) as ca:
         for _ in range(3):
@@ -151,7 +141,7 @@ async def test_a_new_replica_joining_does_not_reset_the_open_state(redis_url: st
 
 @pytest.mark.anyio
 async def test_missing_keys_read_as_a_closed_breaker(redis_url: str, redis_server: Any) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = replica(redis_url, clock)
     async with closing(a), client(a) as ca:
         for _ in range(3):
@@ -164,7 +154,7 @@ async def test_missing_keys_read_as_a_closed_breaker(redis_url: str, redis_serve
 
 @pytest.mark.anyio
 async def test_one_leased_probe_across_replicas(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = Breaker(
         name="probe", fail_max=1, reset_timeout=10, storage=redis_url, clock=clock, refresh_interval=0
     )
@@ -187,7 +177,7 @@ async def test_one_leased_probe_across_replicas(redis_url: str) -> None:
 
 @pytest.mark.anyio
 async def test_a_failed_trial_reopens_the_fleet(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = Breaker(
         name="reopen", fail_max=1, reset_timeout=10, storage=redis_url, clock=clock, refresh_interval=0
     )
@@ -208,7 +198,7 @@ async def test_a_failed_trial_reopens_the_fleet(redis_url: str) -> None:
 
 @pytest.mark.anyio
 async def test_a_cancelled_trial_gives_its_lease_back(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = Breaker(
         name="cancel", fail_max=1, reset_timeout=10, storage=redis_url, clock=clock, refresh_interval=0
     )
@@ -229,7 +219,7 @@ async def test_a_cancelled_trial_gives_its_lease_back(redis_url: str) -> None:
 
 
 def test_sync_side_shares_state_too(redis_url: str) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     a = Breaker(name="sync", fail_max=2, reset_timeout=10, storage=redis_url, clock=clock, refresh_interval=0)
     b = Breaker(name="sync", fail_max=2, reset_timeout=10, storage=redis_url, clock=clock, refresh_interval=0)
     a.release(a.acquire(), failed=True)
@@ -259,7 +249,7 @@ def _storage_errors(registry: CollectorRegistry) -> float:
 async def test_redis_down_falls_back_to_local_state_logs_once_and_recovers(
     redis_url: str, redis_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_700_000_000.0)
     registry = CollectorRegistry()
     a = replica(redis_url, clock, registry=registry, storage_retry=0)
     name = breaker_of(a).name

@@ -40,6 +40,7 @@ def _scenarios() -> dict[str, Any]:
     from opentelemetry.trace import SpanKind
 
     import kitmw
+    import kitmw.fastapi
     from kitmw.exchange import Exchange, Policy
     from kitmw.tracing import TracingPolicy
 
@@ -146,6 +147,13 @@ def _scenarios() -> dict[str, Any]:
         both = make_api()
         both.add_middleware(kitmw.Tracing)
         out["both"] = await in_process(kitmw.Tracing(both), "/items/6")
+        # the fused layer added inside: kitmw.Stack, kitmw.fastapi.instrument
+        api = make_api()
+        api.add_middleware(kitmw.Stack, tracing=True, access_log=True)
+        out["stack_class"] = await in_process(api, "/items/12")
+        api = kitmw.fastapi.instrument(make_api(), tracing=True, access_log=True, breaker=True)
+        out["instrument"] = await in_process(api, "/items/13")
+        out["instrument_fail"] = await in_process(api, "/fail")
 
         # kitmw with contrib's ASGI middleware, either side of it
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -191,6 +199,7 @@ def _scenarios() -> dict[str, Any]:
     api = make_api()
     api.add_middleware(kitmw.Tracing)
     out["uvicorn_inside"] = over_uvicorn(api, 3)
+    out["uvicorn_instrument"] = over_uvicorn(kitmw.fastapi.instrument(make_api(), tracing=True, metrics=False), 3)
     return out
 
 
@@ -340,7 +349,26 @@ def test_kitmw_inside_quiet_fastapi_instrumentor_one_span_in_all(results: dict[s
     assert r["spans"] == ["opentelemetry.instrumentation.fastapi SERVER GET /items/{item_id}"]
 
 
-@pytest.mark.parametrize("placement", ["uvicorn_outside", "uvicorn_inside"])
+@pytest.mark.parametrize("scenario", ["stack_class", "instrument"])
+def test_fused_layer_inside_adopts_fastapis_span(results: dict[str, Any], scenario: str) -> None:
+    # kitmw.Stack / kitmw.fastapi.instrument add the layer inside FastAPI: its span is kept.
+    r = results[scenario]
+    assert r["status_code"] == 200
+    assert r["server_spans"] == 1
+    assert r["scopes"] == ["fastapi"]
+    assert r["names"] == ["GET /items/{item_id}"]
+    assert r["client_address"] == ["127.0.0.1"]  # added by kitmw
+
+
+def test_instrument_app_exception_recorded_on_fastapi_span(results: dict[str, Any]) -> None:
+    r = results["instrument_fail"]
+    assert r["status_code"] == 500
+    assert r["server_spans"] == 1
+    assert r["status"] == ["ERROR"]
+    assert r["events"][0].count("exception") == 1
+
+
+@pytest.mark.parametrize("placement", ["uvicorn_outside", "uvicorn_inside", "uvicorn_instrument"])
 def test_real_server_one_span_per_request_in_the_callers_trace(
     results: dict[str, Any], placement: str
 ) -> None:

@@ -18,16 +18,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._bench import Result, _Env, _registry, clock, interleave, per_request, summarize
+from .harness import Configuration, Env, Suite, clock, per_request, registry
 
-__all__ = ["CONCERNS", "configurations", "run"]
+__all__ = ["CONCERNS", "SUITE", "configurations", "run"]
 
 BASE_URL = "http://bench.local"
 PATH = "/items/42"
 #: the client concerns of kitmw.httpx.Transport, each measured alone and all together
 CONCERNS = ("access_log", "metrics", "tracing", "ratelimit", "breaker", "retry")
 
-Builder = Callable[[_Env], Any]
+Builder = Callable[[Env], Any]
 
 
 def _handler(request: Any) -> Any:
@@ -42,24 +42,24 @@ def _mock() -> Any:
     return httpx.MockTransport(_handler)
 
 
-def _client_options(env: _Env, concerns: tuple[str, ...]) -> dict[str, Any]:
+def _client_options(env: Env, concerns: tuple[str, ...]) -> dict[str, Any]:
     """Options of kitmw's client transport, as ``kitmw bench``'s server options are fixed:
     a huge rate, a real JSON log handler on a null stream, a fresh registry, an SDK provider."""
-    registry = _registry()
+    shared = registry()
     options: dict[str, Any] = {
         "access_log": {"logger": env.access_logger()},
-        "metrics": {"registry": registry},
+        "metrics": {"registry": shared},
         "tracing": {"tracer_provider": env.provider},
-        "ratelimit": {"limit": "1000000/minute", "registry": registry},
-        "breaker": {"name": f"bench-{time.monotonic_ns()}", "registry": registry},
+        "ratelimit": {"limit": "1000000/minute", "registry": shared},
+        "breaker": {"name": f"bench-{time.monotonic_ns()}", "registry": shared},
         "retry": True,
     }
     return {c: options[c] for c in concerns}
 
 
 def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
-    def build(env: _Env) -> Any:
-        from . import httpx as kitmw_httpx
+    def build(env: Env) -> Any:
+        from .. import httpx as kitmw_httpx
 
         cls = kitmw_httpx.AsyncTransport if is_async else kitmw_httpx.Transport
         return cls(transport=_mock(), **_client_options(env, concerns))
@@ -68,7 +68,7 @@ def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
 
 
 def _otel(is_async: bool, retry: bool = False) -> Builder:
-    def build(env: _Env) -> Any:
+    def build(env: Env) -> Any:
         from opentelemetry.instrumentation.httpx import (
             AsyncOpenTelemetryTransport,
             SyncOpenTelemetryTransport,
@@ -82,7 +82,7 @@ def _otel(is_async: bool, retry: bool = False) -> Builder:
 
 
 def _retries() -> Builder:
-    def build(env: _Env) -> Any:
+    def build(env: Env) -> Any:
         from httpx_retries import RetryTransport
 
         return RetryTransport(transport=_mock())
@@ -90,9 +90,9 @@ def _retries() -> Builder:
     return build
 
 
-def configurations() -> list[tuple[str, str, Builder, bool]]:
+def configurations() -> list[Configuration]:
     """(name, group, builder, is_async); builders get the env and return a transport."""
-    configs: list[tuple[str, str, Builder, bool]] = []
+    configs: list[Configuration] = []
     for is_async in (False, True):
         kind = "async" if is_async else "sync"
         cls = "AsyncTransport" if is_async else "Transport"
@@ -164,58 +164,33 @@ def _async_driver(transport: Any) -> Callable[[int], Any]:
     return drive
 
 
-def run(
-    *,
-    rounds: int = 15,
-    requests_per_round: int = 300,
-    only: Callable[[str], bool] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[Result]:
-    """Run every httpx configuration, interleaved; ratios to the bare MockTransport of
-    the same kind (sync or async)."""
-    import asyncio
-
+async def _check(transport: Any, is_async: bool) -> None:
+    """One call through a real client: it must answer ``200 ok``."""
     import httpx
 
-    env = _Env()
-    results: list[Result] = []
-    kinds: dict[str, bool] = {}
+    if is_async:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            response = await client.get(PATH)
+    else:
+        with httpx.Client(transport=transport, base_url=BASE_URL) as client:
+            response = client.get(PATH)
+    if response.status_code != 200 or response.content != b"ok":
+        raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
 
-    async def check(transport: Any, is_async: bool) -> None:
-        """One call through a real client: it must answer ``200 ok``."""
-        if is_async:
-            async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-                response = await client.get(PATH)
-        else:
-            with httpx.Client(transport=transport, base_url=BASE_URL) as client:
-                response = client.get(PATH)
-        if response.status_code != 200 or response.content != b"ok":
-            raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
 
-    async def main() -> None:
-        prepared: list[tuple[Result, Callable[[int], Any]]] = []
-        for name, group, build, is_async in configurations():
-            if only is not None and group != "bare" and not only(name):
-                continue
-            result = Result(name=name, group=group)
-            results.append(result)
-            kinds[name] = is_async
-            try:
-                await check(build(env), is_async)
-                transport = build(env)
-                drive = _async_driver(transport) if is_async else _sync_driver(transport)
-                value = drive(20)  # warm up
-                if asyncio.iscoroutine(value):
-                    await value
-            except Exception as exc:  # a missing peer package or a broken configuration
-                result.skip(exc)
-                continue
-            prepared.append((result, drive))
-        await interleave(prepared, rounds, requests_per_round, progress)
+async def _ready(make: Callable[[], Any], is_async: bool, token: Callable[[], str]) -> Callable[[int], Any]:
+    await _check(make(), is_async)  # through a real client, which closes it
+    transport = make()
+    if is_async:
+        drive = _async_driver(transport)
+        await drive(20)  # warm up
+        return drive
+    drive_sync = _sync_driver(transport)
+    drive_sync(20)  # warm up
+    return drive_sync
 
-    asyncio.run(main())
-    for is_async in (False, True):
-        side = [r for r in results if kinds[r.name] is is_async]
-        bare = next((r for r in side if r.group == "bare" and not r.skipped), None)
-        summarize(side, bare)
-    return results
+
+#: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it; sync and
+#: async configurations are compared with the bare MockTransport of their kind.
+SUITE = Suite(configurations, _ready, baseline=lambda is_async: is_async)
+run = SUITE.run

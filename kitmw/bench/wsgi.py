@@ -4,7 +4,7 @@ Every configuration wraps the same Flask app (one route, ``/items/<int:item_id>`
 way the Flask docs and kitmw's ``docs/flask.md`` say (``app.wsgi_app = Layer(app.wsgi_app)``)
 and is driven directly through PEP 3333: build the environ, call the app, iterate the
 body, ``close()`` it. No server, no sockets. Rounds are interleaved and each figure is the
-median over rounds, as in the ASGI suite (:mod:`kitmw._bench`); overhead and ratio are
+median over rounds (:mod:`kitmw.bench.harness`); overhead and ratio are
 against the bare Flask app of the same run.
 
 django-prometheus is not measured here: it is Django middleware (it needs a configured
@@ -19,21 +19,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ._bench import (
-    Result,
-    _concern_options,
-    _Env,
-    _hs256_token,
-    _kitmw_options,
-    clock,
-    interleave,
-    per_request,
-    summarize,
-)
+from .harness import SIX, Configuration, Env, Suite, clock, concern_options, kitmw_options, per_request
 
-__all__ = ["configurations", "environ", "run"]
+__all__ = ["SUITE", "configurations", "environ", "flask_app", "run"]
 
-SIX = ("tracing", "access_log", "metrics", "ratelimit", "auth", "breaker")
 _TITLES = {
     "access_log": "kitmw.wsgi.AccessLog",
     "metrics": "kitmw.wsgi.Metrics",
@@ -43,7 +32,7 @@ _TITLES = {
     "breaker": "kitmw.wsgi.CircuitBreaker",
 }
 
-Builder = Callable[[_Env], Any]
+Builder = Callable[[Env], Any]
 
 
 def flask_app() -> Any:
@@ -64,7 +53,7 @@ def _raw_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> lis
     return [b"ok"]
 
 
-def _noop_middleware(env: _Env) -> Any:
+def _noop_middleware(env: Env) -> Any:
     app = flask_app()
     inner = app.wsgi_app
 
@@ -82,8 +71,8 @@ def _wrapped(wrap: Callable[[Any], Any]) -> Any:
 
 
 def _kitmw_one(concern: str) -> Builder:
-    def build(env: _Env) -> Any:
-        from . import wsgi
+    def build(env: Env) -> Any:
+        from .. import wsgi
 
         cls = {
             "access_log": wsgi.AccessLog,
@@ -93,29 +82,29 @@ def _kitmw_one(concern: str) -> Builder:
             "auth": wsgi.Auth,
             "breaker": wsgi.CircuitBreaker,
         }[concern]
-        return _wrapped(lambda inner: cls(inner, **_kitmw_options(env, concern)))
+        return _wrapped(lambda inner: cls(inner, **kitmw_options(env, concern)))
 
     return build
 
 
 def _kitmw_stack(concerns: tuple[str, ...]) -> Builder:
-    def build(env: _Env) -> Any:
-        from .stack import stack
+    def build(env: Env) -> Any:
+        from ..stack import stack
 
-        return _wrapped(lambda inner: stack(inner, **_concern_options(env, concerns)))
+        return _wrapped(lambda inner: stack(inner, **concern_options(env, concerns)))
 
     return build
 
 
-def _peer_otel(env: _Env) -> Any:
+def _peer_otel(env: Env) -> Any:
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
     return _wrapped(lambda inner: OpenTelemetryMiddleware(inner, tracer_provider=env.provider))
 
 
-def configurations() -> list[tuple[str, str, Builder, bool]]:
+def configurations() -> list[Configuration]:
     """(name, group, builder, needs_token); builders get the env and return a WSGI app."""
-    configs: list[tuple[str, str, Builder, bool]] = [
+    configs: list[Configuration] = [
         ("bare Flask app", "bare", lambda env: flask_app(), False),
         ("bare raw WSGI app", "reference", lambda env: _raw_app, False),
         ("no-op WSGI middleware", "reference", _noop_middleware, False),
@@ -212,39 +201,17 @@ def _discard(data: bytes) -> None:
     return None
 
 
-def run(
-    *,
-    rounds: int = 15,
-    requests_per_round: int = 300,
-    only: Callable[[str], bool] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> list[Result]:
-    """Run every WSGI configuration, interleaved; overheads and ratios to the bare Flask app."""
-    env = _Env()
-    token: str | None = None
-    results: list[Result] = []
-    prepared: list[tuple[Result, Callable[[int], Any]]] = []
-    for name, group, build, needs_token in configurations():
-        if only is not None and group != "bare" and not only(name):
-            continue
-        result = Result(name=name, group=group)
-        results.append(result)
-        try:
-            if needs_token and token is None:
-                token = _hs256_token()
-            app = build(env)
-            base = environ(token if needs_token else None)
-            _check(app, base)
-            drive = _driver(app, base)
-            drive(20)  # warm up
-        except Exception as exc:  # a missing peer package or a broken configuration
-            result.skip(exc)
-            continue
-        prepared.append((result, drive))
+def _ready(
+    make: Callable[[], Any], needs_token: bool, token: Callable[[], str]
+) -> Callable[[int], tuple[float, float]]:
+    app = make()
+    base = environ(token() if needs_token else None)
+    _check(app, base)
+    drive = _driver(app, base)
+    drive(20)  # warm up
+    return drive
 
-    import asyncio
 
-    asyncio.run(interleave(prepared, rounds, requests_per_round, progress))
-    bare = next((r for r in results if r.group == "bare" and not r.skipped), None)
-    summarize(results, bare)
-    return results
+#: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it.
+SUITE = Suite(configurations, _ready)
+run = SUITE.run

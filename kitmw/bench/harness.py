@@ -1,0 +1,377 @@
+"""What the suites share: the result of a configuration, the interleaved rounds, the tables,
+and the options and dependencies every kitmw configuration is built with.
+
+Rounds are interleaved across configurations so drift in machine speed hits every
+configuration alike; each figure is the median over rounds of the mean µs per request
+within a round, with the interquartile range over rounds as the spread. Both wall time
+and the benchmark thread's CPU time are read: on a shared machine the CPU figure does
+not count the time other processes held the core. Overhead is the configuration's (wall)
+figure minus its baseline's (the bare app of the same run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import inspect
+import io
+import logging
+import statistics
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "JWT_SECRET",
+    "SIX",
+    "Configuration",
+    "Env",
+    "Prepare",
+    "Result",
+    "Suite",
+    "clock",
+    "concern_options",
+    "format_table",
+    "hs256_token",
+    "interleave",
+    "kitmw_options",
+    "measure",
+    "missing_note",
+    "per_request",
+    "registry",
+    "summarize",
+]
+
+JWT_SECRET = "kitmw-bench-secret-0123456789abcdef"
+#: The six server concerns in canonical order (``stack()`` of 6).
+SIX = ("tracing", "access_log", "metrics", "ratelimit", "auth", "breaker")
+
+
+@dataclass
+class Result:
+    name: str
+    group: str
+    us_per_request: float = 0.0
+    overhead_us: float = 0.0
+    ratio: float = 0.0
+    #: interquartile range of the per-round figures (µs): how much rounds disagree
+    iqr_us: float = 0.0
+    #: CPU time of the benchmark thread per request (median, µs) and its IQR: unlike
+    #: wall time it does not count the time other processes held the core
+    cpu_us_per_request: float = 0.0
+    cpu_iqr_us: float = 0.0
+    #: the configuration this one's overhead and ratio are measured against
+    baseline: str = ""
+    #: per round: wall µs per request, and CPU µs per request
+    samples: list[float] = field(default_factory=list)
+    cpu_samples: list[float] = field(default_factory=list)
+    skipped: str | None = None
+    #: the top-level module a skipped configuration could not import (a peer package)
+    missing: str | None = None
+
+    def skip(self, exc: Exception) -> None:
+        """Record why this configuration cannot run (a missing peer package, or another failure)."""
+        if isinstance(exc, ImportError) and exc.name:
+            self.missing = exc.name.split(".")[0]
+            self.skipped = f"{self.missing} is not installed"
+        else:
+            self.skipped = f"{type(exc).__name__}: {exc}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["samples"] = [round(v, 2) for v in self.samples]
+        data["cpu_samples"] = [round(v, 2) for v in self.cpu_samples]
+        return data
+
+
+# -- what every kitmw configuration is built with --------------------------------------------
+
+
+class Env:
+    """Shared dependencies built once: a tracer provider with a no-op exporter, a log handler."""
+
+    def __init__(self) -> None:
+        self._provider: Any = None
+        self._log_ready = False
+
+    @property
+    def provider(self) -> Any:
+        if self._provider is None:
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+            class NoopExporter(SpanExporter):
+                def export(self, spans: Any) -> SpanExportResult:
+                    return SpanExportResult.SUCCESS
+
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(NoopExporter()))
+            self._provider = provider
+        return self._provider
+
+    def access_logger(self) -> logging.Logger:
+        """The access logger with a real handler (JSON formatter) writing to a null stream."""
+        logger = logging.getLogger("kitmw.bench.access")
+        if not self._log_ready:
+            from ..logging import configure
+
+            class Null(io.StringIO):
+                def write(self, s: str) -> int:
+                    return len(s)
+
+            configure(format="json", logger=logger, stream=Null(), level=logging.INFO)
+            logger.propagate = False
+            self._log_ready = True
+        return logger
+
+
+def registry() -> Any:
+    """A fresh prometheus-client registry (each configuration writes its own series)."""
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()
+
+
+def hs256_token() -> str:
+    """A valid HS256 token for :data:`JWT_SECRET`, good for a day."""
+    import jwt
+
+    return jwt.encode(
+        {"sub": "bench-user", "scope": "read write", "exp": int(time.time()) + 86400},
+        JWT_SECRET,
+        algorithm="HS256",
+    )
+
+
+def kitmw_options(env: Env, concern: str) -> dict[str, Any]:
+    """Options of one kitmw server concern as the targets in issue #6 fix them."""
+    if concern == "tracing":
+        return {"tracer_provider": env.provider}
+    if concern == "access_log":
+        return {"logger": env.access_logger()}
+    if concern == "metrics":
+        return {"registry": registry()}
+    if concern == "ratelimit":
+        return {"limit": "1000000/minute"}
+    if concern == "auth":
+        from ..auth import JWT
+
+        return {"backend": JWT(key=JWT_SECRET, algorithms=["HS256"])}
+    if concern == "breaker":
+        return {"name": f"bench-{time.monotonic_ns()}"}
+    raise ValueError(concern)
+
+
+def concern_options(env: Env, concerns: Iterable[str]) -> dict[str, Any]:
+    """``stack()`` keyword arguments for ``concerns`` (concern names)."""
+    return {c: kitmw_options(env, c) for c in concerns}
+
+
+# -- rounds and figures --------------------------------------------------------------------
+
+
+# -- a suite ---------------------------------------------------------------------------------
+
+#: (name, group, build, detail): ``build(env)`` makes what is measured; ``detail`` is the
+#: suite's own (whether it needs a token, whether it is async). The group "bare" is the
+#: baseline, always kept.
+Configuration = tuple[str, str, Callable[[Env], Any], Any]
+#: ``ready(make, detail, token)``: make what is measured (``make()``, as often as it needs),
+#: check and warm it up, and return its ``drive(n)`` (or an awaitable of it); ``token()``
+#: gives a valid bearer token.
+Ready = Callable[[Callable[[], Any], Any, Callable[[], str]], Any]
+
+
+class Suite:
+    """One in-process suite: its configurations, and how one is made ready to drive.
+
+    :param configurations: returns the :data:`Configuration` list.
+    :param ready: see :data:`Ready`.
+    :param baseline: maps a configuration's ``detail`` to the baseline it is compared
+        with (the httpx suite compares sync and async configurations with the bare
+        transport of their kind); default one baseline for all.
+    """
+
+    def __init__(
+        self,
+        configurations: Callable[[], list[Configuration]],
+        ready: Ready,
+        *,
+        baseline: Callable[[Any], Hashable] = lambda detail: None,
+    ) -> None:
+        self.configurations = configurations
+        self._ready = ready
+        self._baseline = baseline
+
+    def run(
+        self,
+        *,
+        rounds: int = 15,
+        requests_per_round: int = 300,
+        only: Callable[[str], bool] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> list[Result]:
+        """Run every configuration ``only`` keeps (the bare ones always), interleaved;
+        each figure is the median of ``rounds`` rounds of ``requests_per_round`` requests,
+        with overhead and ratio to its baseline."""
+        env = Env()
+        token = functools.cache(hs256_token)
+        ready = self._ready
+
+        def prepare(build: Callable[[Env], Any], detail: Any) -> Prepare:
+            return lambda: ready(lambda: build(env), detail, token)
+
+        found = self.configurations()
+        sides = {name: self._baseline(detail) for name, _, _, detail in found}
+        configs = [(name, group, prepare(build, detail)) for name, group, build, detail in found]
+        results = measure(
+            configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress
+        )
+        for side in dict.fromkeys(sides.values()):
+            summarize([r for r in results if sides[r.name] == side])
+        return results
+
+
+def clock() -> tuple[int, int]:
+    """(wall ns, CPU ns of this thread): the two clocks every driver reads."""
+    return time.perf_counter_ns(), time.thread_time_ns()
+
+
+def per_request(start: tuple[int, int], n: int) -> tuple[float, float]:
+    """(wall µs, CPU µs) per request since ``start`` (from :func:`clock`)."""
+    wall, cpu = clock()
+    return (wall - start[0]) / n / 1000.0, (cpu - start[1]) / n / 1000.0
+
+
+#: Prepares one configuration: builds it, checks that it answers, warms it up, and returns
+#: its ``drive(n)`` (or an awaitable of it); raises if it cannot run.
+Prepare = Callable[[], Any]
+
+
+def measure(
+    configs: Iterable[tuple[str, str, Prepare]],
+    *,
+    rounds: int,
+    requests_per_round: int,
+    only: Callable[[str], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[Result]:
+    """Prepare every configuration (name, group, prepare) that ``only`` keeps (the bare
+    ones always), then drive them in interleaved rounds on one event loop. A configuration
+    whose preparation fails is a skipped result. Summarizing is left to the suite (it
+    knows its baselines)."""
+    results: list[Result] = []
+
+    async def main() -> None:
+        prepared: list[tuple[Result, Callable[[int], Any]]] = []
+        for name, group, prepare in configs:
+            if only is not None and group != "bare" and not only(name):
+                continue
+            result = Result(name=name, group=group)
+            results.append(result)
+            try:
+                drive = prepare()
+                if inspect.isawaitable(drive):
+                    drive = await drive
+            except Exception as exc:  # a missing peer package or a broken configuration
+                result.skip(exc)
+                continue
+            prepared.append((result, drive))
+        await interleave(prepared, rounds, requests_per_round, progress)
+
+    asyncio.run(main())
+    return results
+
+
+async def interleave(
+    prepared: list[tuple[Result, Callable[[int], Any]]],
+    rounds: int,
+    requests_per_round: int,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Drive every prepared configuration once per round, in turn, with the GC paused.
+
+    ``drive(n)`` returns (wall µs, CPU µs) per request over ``n`` requests (see
+    :func:`per_request`), or an awaitable of it (the sync and async configurations of one
+    suite share the rounds and the event loop).
+    """
+    for r in range(rounds):
+        if progress:
+            progress(f"round {r + 1}/{rounds}")
+        for result, drive in prepared:
+            gc.collect()
+            gc.disable()
+            try:
+                value = drive(requests_per_round)
+                if asyncio.iscoroutine(value):
+                    value = await value
+                wall, cpu = value
+                result.samples.append(wall)
+                result.cpu_samples.append(cpu)
+            finally:
+                gc.enable()
+
+
+def summarize(results: list[Result], bare: Result | None = None) -> None:
+    """Median and interquartile range of each result's rounds; overhead and ratio to ``bare``
+    (default: the first bare configuration that ran)."""
+    if bare is None:
+        bare = next((r for r in results if r.group == "bare" and not r.skipped), None)
+    for result in results:
+        if result.skipped or not result.samples:
+            continue
+        result.us_per_request = statistics.median(result.samples)
+        result.iqr_us = _iqr(result.samples)
+        if result.cpu_samples:
+            result.cpu_us_per_request = statistics.median(result.cpu_samples)
+            result.cpu_iqr_us = _iqr(result.cpu_samples)
+    if bare is not None and bare.samples:
+        for result in results:
+            if result.samples:
+                result.baseline = bare.name
+                result.overhead_us = result.us_per_request - bare.us_per_request
+                result.ratio = result.us_per_request / bare.us_per_request
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def format_table(results: list[Result]) -> str:
+    """Markdown tables, one per baseline (the httpx suite has a sync and an async one);
+    skipped configurations close the last table."""
+    baselines = list(dict.fromkeys(r.baseline for r in results if not r.skipped)) or [""]
+    tables: list[list[str]] = []
+    for baseline in baselines:
+        lines = [
+            f"| configuration | µs/request | IQR µs | CPU µs/request | CPU IQR µs | overhead µs "
+            f"| ratio to {baseline or 'bare'} |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines.extend(
+            f"| {r.name} | {r.us_per_request:.1f} | {r.iqr_us:.1f} | {r.cpu_us_per_request:.1f} "
+            f"| {r.cpu_iqr_us:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |"
+            for r in results
+            if not r.skipped and r.baseline == baseline
+        )
+        tables.append(lines)
+    tables[-1].extend(
+        f"| {r.name} | skipped: {r.skipped} | | | | | |" for r in results if r.skipped and not r.missing
+    )
+    return "\n\n".join("\n".join(t) for t in tables)
+
+
+def missing_note(modules: set[str]) -> str:
+    """One line naming the peer packages that were not installed, and the extra that brings them."""
+    if not modules:
+        return ""
+    names = ", ".join(sorted(modules))
+    return (
+        f"Not measured, not installed: {names}. "
+        "The peers come with the bench extra: python -m pip install 'kitmw[bench]'"
+    )
