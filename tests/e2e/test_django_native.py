@@ -1,8 +1,10 @@
 """examples/django_native, a Django project that adopted kitmw in its settings only
 (``MIDDLEWARE`` and ``KITMW``; its wsgi.py and asgi.py are Django's own), served as it is
 deployed: gunicorn (gthread workers, WSGI) and uvicorn (ASGI), each a real process on
-loopback. Every concern is checked from the outside: headers, answers, /metrics and the
-JSON log lines the server prints.
+loopback. Every concern is checked from the outside: headers, answers, /metrics, the
+JSON log lines the server prints and the spans it finished (the server runs under
+tests/e2e/otel_boot.py, which installs a global OpenTelemetry SDK tracer provider the
+way ``opentelemetry-instrument`` does and writes each finished span to a file).
 """
 
 from __future__ import annotations
@@ -26,15 +28,16 @@ from prometheus_client.parser import text_string_to_metric_families
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+BOOT = Path(__file__).resolve().parent / "otel_boot.py"
 EXAMPLE = ROOT / "examples" / "django_native"
 OPS = {"X-API-Key": "e2e-ops-key"}
 READER = {"X-API-Key": "e2e-reader-key"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 SERVERS = {
-    "gunicorn": ["-m", "gunicorn", "--worker-class", "gthread", "--threads", "8", "--workers", "1",
+    "gunicorn": ["gunicorn", "--worker-class", "gthread", "--threads", "8", "--workers", "1",
                  "--no-control-socket", "--bind", "127.0.0.1:{port}", "mysite.wsgi:application"],
-    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--lifespan", "off",
+    "uvicorn": ["uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--lifespan", "off",
                 "mysite.asgi:application"],
 }  # fmt: skip
 
@@ -61,30 +64,43 @@ def _env(**extra: str) -> dict[str, str]:
 class Server:
     url: str
     proc: subprocess.Popen[bytes]
+    spans_file: Path
+    #: The server's stdout and stderr: a file, not a pipe, which fills up (64 KiB) before
+    #: the test reads it and then blocks the server in the middle of a request.
+    log_file: Path
     output: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
 
+    def spans(self) -> list[dict[str, Any]]:
+        text = self.spans_file.read_text() if self.spans_file.exists() else ""
+        return [json.loads(line) for line in text.splitlines()]
+
     def stop(self) -> None:
         self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=15)
-        self.output = out.decode()
+        self.proc.wait(timeout=15)
+        self.output = self.log_file.read_text()
         for line in self.output.splitlines():
             if line.startswith("{"):
                 self.lines.append(json.loads(line))
 
 
 @pytest.fixture(params=list(SERVERS))
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
     port = free_port()
-    argv = [sys.executable, *(arg.format(port=port) for arg in SERVERS[request.param])]
-    proc = subprocess.Popen(argv, cwd=EXAMPLE, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    running = Server(f"http://127.0.0.1:{port}", proc)
+    spans = tmp_path / "spans.jsonl"
+    argv = [sys.executable, str(BOOT), *(arg.format(port=port) for arg in SERVERS[request.param])]
+    env = _env(SPANS_FILE=str(spans))
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=EXAMPLE, env=env, stdout=out, stderr=subprocess.STDOUT)
+    running = Server(f"http://127.0.0.1:{port}", proc, spans, log)
     try:
         wait_for_port(port, timeout=30)
         yield running
     finally:
         if proc.poll() is None:
             running.stop()
+        print(running.output[-6000:])  # shown when the test fails
 
 
 def _sample(exposition: str, name: str, **labels: str) -> float:
@@ -112,11 +128,15 @@ def test_every_concern_from_settings_only(server: Server, request: pytest.Fixtur
         headers={"X-Request-ID": "e2e-item", "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"},
     )
     assert item.json() == {"id": 7} and item.headers["x-request-id"] == "e2e-item"
+    generated = c.get("/items/8").headers["x-request-id"]  # none sent: kitmw makes one
+    assert len(generated) >= 16
     # rate limit headers on an allowed answer
     assert item.headers["ratelimit-policy"] == '"default";q=60;w=60'
 
     # auth: the catalogue is public, orders need a key granting orders:read
-    assert c.get("/orders").status_code == 401
+    anonymous = c.get("/orders")
+    assert anonymous.status_code == 401 and anonymous.json() == {"error": "unauthorized"}
+    assert anonymous.headers["www-authenticate"].startswith("APIKey")
     assert c.get("/orders", headers=READER).json() == {"error": "forbidden"}
     assert c.get("/orders", headers=OPS).json() == {"orders": [], "for": "ops"}
 
@@ -145,7 +165,10 @@ def test_every_concern_from_settings_only(server: Server, request: pytest.Fixtur
     statuses = [c.get("/items/3").status_code for _ in range(70)]
     assert 429 in statuses
     limited = c.get("/items/3")
-    assert limited.json() == {"error": "rate_limited"} and int(limited.headers["retry-after"]) > 0
+    assert limited.status_code == 429 and limited.json() == {"error": "rate_limited"}
+    assert int(limited.headers["retry-after"]) > 0
+    assert limited.headers["ratelimit-policy"] == '"default";q=60;w=60'
+    assert limited.headers["ratelimit"].startswith('"default";r=0;t=')
 
     # metrics: labelled by the URL pattern; the concerns' own instruments
     metrics = c.get("/metrics").text
@@ -176,6 +199,21 @@ def test_every_concern_from_settings_only(server: Server, request: pytest.Fixtur
     assert principals == {None, "reader", "ops"}
     failing = [line for line in access if line["path"] == "/inventory" and line["status"] == 500]
     assert [line["error"] for line in failing] == ["ConnectionError", "ConnectionError"]
+    generated_line = [line for line in access if line.get("request_id") == generated]
+    assert [line["path"] for line in generated_line] == ["/items/8"]
+
+    # tracing: one server span per request, named by the URL pattern Django matched, the
+    # traced request's a child of the caller's span
+    spans = server.spans()
+    (traced,) = [s for s in spans if s["trace_id"] == TRACE_ID]
+    assert traced["name"] == "GET /items/<int:pk>" and traced["kind"] == "SERVER"
+    assert traced["parent_id"] == "00f067aa0ba902b7" and traced["route"] == "/items/<int:pk>"
+    assert traced["status"] == 200
+    broken = [s for s in spans if s["name"] == "GET /inventory" and s["status"] == 500]
+    assert [(s["status_code"], s["exceptions"]) for s in broken] == [("ERROR", ["ConnectionError"])] * 2
+    assert {s["name"] for s in spans} >= {"GET /orders", "GET /report", "GET /events"}
+    assert all(s["kind"] == "SERVER" for s in spans)
+    assert not [s for s in spans if s["route"] == "/metrics"]  # excluded
 
 
 def test_the_entry_points_are_djangos_own() -> None:
