@@ -897,6 +897,74 @@ def test_manage_py_check_runs_kitmws_check_when_the_app_is_installed() -> None:
     assert "(kitmw.E001) settings.KITMW: ratelimit: limit:" in str(raised.value)
 
 
+def test_the_settings_type_has_exactly_the_options_the_middleware_takes() -> None:
+    """``KITMW: kitmw.django.Options``: stack()'s options (StackOptions) but those the
+    middleware refuses, each of which it refuses naming it."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from kitmw.django import Options, _config
+    from kitmw.stack import StackOptions
+
+    left_out = set(StackOptions.__optional_keys__) - set(Options.__optional_keys__)
+    assert left_out == set(_config._NOT_HERE) == {"protocol", "handle_errors"}
+    assert set(Options.__optional_keys__) <= set(StackOptions.__optional_keys__)
+    assert not Options.__required_keys__
+    for name in left_out:
+        with project({"metrics": True, name: None}), pytest.raises(ImproperlyConfigured, match=f"KITMW: {name}: "):
+            handler("wsgi")
+    with project({"metrics": True, "exclude_paths": ["/health"]}):
+        handler("wsgi")  # the one layer option it keeps
+
+
+#: A project's settings.py, annotated: ``# E: text`` marks a line mypy must reject with ``text``.
+TYPED_SETTINGS = """
+from __future__ import annotations
+
+import kitmw.auth
+from kitmw.django import Options
+
+KITMW: Options = {
+    "tracing": True,
+    "access_log": {"request_id_header": "X-Request-ID"},
+    "metrics": {"buckets": [0.1, 1.0]},
+    "timeout": 2.0,
+    "ratelimit": "100/minute",
+    "auth": {"backend": kitmw.auth.APIKey(keys={"k": "ops"}), "optional": True},
+    "concurrency": 64,
+    "breaker": {"fail_max": 5},
+    "exclude_paths": ["/metrics", "/health"],
+}
+MISSPELLED: Options = {"ratelimt": "100/minute"}  # E: Extra key "ratelimt" for TypedDict "Options"
+WRONG: Options = {"breaker": {"fail_max": "5"}}  # E: Incompatible types
+CLIENT_ONLY: Options = {"retry": 3}  # E: Extra key "retry" for TypedDict "Options"
+NOT_HERE: Options = {"protocol": "asgi"}  # E: Extra key "protocol" for TypedDict "Options"
+"""
+
+
+def test_mypy_checks_an_annotated_kitmw_setting(tmp_path: Path) -> None:
+    """Run as a user's project does it: mypy --strict on its settings.py, outside the repository."""
+    import subprocess
+    import sys
+
+    (tmp_path / "settings.py").write_text(TYPED_SETTINGS)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--python-version", "3.10", "--cache-dir", "/dev/null", "settings.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors: dict[int, str] = {}
+    for line in done.stdout.splitlines():
+        found = re.match(r"^settings\.py:(\d+): error: (.*)$", line)
+        if found:
+            errors[int(found[1])] = errors.get(int(found[1]), "") + found[2]
+    expected = {n: line.split("# E: ", 1)[1] for n, line in enumerate(TYPED_SETTINGS.splitlines(), 1) if "# E: " in line}
+    assert set(errors) == set(expected), done.stdout
+    for n, text in expected.items():
+        assert text in errors[n], (n, errors[n])
+
+
 # -- the documentation's settings ---------------------------------------------------------------
 
 
@@ -911,7 +979,7 @@ def _settings_blocks() -> list[dict[str, Any]]:
         if "get_asgi_application" in block.source or "get_wsgi_application" in block.source:
             continue  # the wrapping form's entry points
         exec(compile(block.source, block.id, "exec"), ns)
-        if "KITMW = " in block.source:
+        if re.search(r"^KITMW(: \w+)? = ", block.source, re.M):
             found.append({"MIDDLEWARE": ns["MIDDLEWARE"], "KITMW": ns["KITMW"]})
     return found
 

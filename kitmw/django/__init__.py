@@ -8,7 +8,7 @@
     MIDDLEWARE = ["kitmw.django.Middleware", ...]   # first: it sees every response
     KITMW = {"access_log": True, "metrics": True, "ratelimit": "100/minute"}
 
-``KITMW`` takes the options of :func:`kitmw.stack`. :class:`Middleware` runs under WSGI
+``KITMW`` takes the options of :func:`kitmw.stack` (typed: :class:`Options`). :class:`Middleware` runs under WSGI
 and ASGI alike; :func:`principal` gives a view the caller kitmw's auth verified, under
 this middleware or under ``kitmw.stack()`` wrapping Django's application.
 
@@ -22,14 +22,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._config import Options
     from .middleware import Middleware, principal
 
-__all__ = ["Middleware", "principal"]
+__all__ = ["Middleware", "Options", "principal"]
 
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        value = getattr(importlib.import_module(".middleware", __name__), name)
+        # Options is for settings.py: it comes without importing Django's request machinery.
+        module = "._config" if name == "Options" else ".middleware"
+        value = getattr(importlib.import_module(module, __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,19 +7,28 @@ would raise when Django loads it (the concern, the option and the closest valid 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..concerns import ServerConcerns
 from ..errors import ConfigError
 from ..exchange import Policy
 from ..stack import build_policies
 
-__all__ = ["MIDDLEWARE", "SETTING", "policies"]
+__all__ = ["MIDDLEWARE", "SETTING", "Options", "policies"]
 
 #: The setting kitmw reads.
 SETTING = "KITMW"
 #: The dotted path that goes in ``settings.MIDDLEWARE``.
 MIDDLEWARE = "kitmw.django.Middleware"
+
+class Options(ServerConcerns, total=False):
+    """``settings.KITMW``, typed (``KITMW: Options = {...}``): the options of
+    :func:`kitmw.stack` (:class:`kitmw.stack.StackOptions`) but the two that mean
+    nothing inside Django, ``protocol`` and ``handle_errors``."""
+
+    exclude_paths: Iterable[str] | str | None
+
 
 #: ``stack()`` options that mean nothing inside Django, and why.
 _NOT_HERE = {

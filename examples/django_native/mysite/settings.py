@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import kitmw.auth
+from kitmw.django import Options  # kitmw (optional): the type of KITMW, for editors and mypy
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,7 @@ MIDDLEWARE = [
 
 # kitmw: the options of kitmw.stack(), one per concern (the environment variables let
 # the end-to-end tests tighten them).
-KITMW = {
+KITMW: Options = {
     "tracing": True,  # spans go to the global tracer provider (opentelemetry-instrument sets it)
     "access_log": True,
     "metrics": True,  # also serves /metrics
