@@ -237,3 +237,28 @@ def test_manage_py_check_validates_kitmw() -> None:
     )
     assert bad.returncode == 1
     assert "(kitmw.E001) settings.KITMW: ratelimit: limit:" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ('KITMW["ratelimt"] = KITMW.pop("ratelimit")', "unknown concern(s): ratelimt; did you mean 'ratelimit'?"),
+        ('KITMW["breaker"] = {"fail_mx": 3}', "breaker: unknown option 'fail_mx'; did you mean 'fail_max'?"),
+        ('KITMW["protocol"] = "asgi"', "protocol: not a Django option"),
+        ('MIDDLEWARE.remove("kitmw.django.Middleware")', None),
+    ],
+)
+def test_manage_py_check_names_the_misconfigured_option(tmp_path: Path, change: str, message: str | None) -> None:
+    """The example's settings with one mistake (a settings module importing them), checked
+    by Django's own command: the error names the concern and the option."""
+    (tmp_path / "broken_settings.py").write_text(f"from mysite.settings import *  # noqa: F403\n{change}\n")
+    env = _env(DJANGO_SETTINGS_MODULE="broken_settings")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=EXAMPLE, env=env, capture_output=True, text=True, timeout=60
+    )
+    if message is None:  # KITMW set, the middleware left out: a warning, the check passes
+        assert done.returncode == 0 and "(kitmw.W001)" in done.stderr, done.stderr
+        return
+    assert done.returncode == 1, done.stderr
+    assert f"(kitmw.E001) settings.KITMW: {message}" in done.stderr, done.stderr
