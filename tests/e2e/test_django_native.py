@@ -5,6 +5,10 @@ loopback. Every concern is checked from the outside: headers, answers, /metrics,
 JSON log lines the server prints and the spans it finished (the server runs under
 tests/e2e/otel_boot.py, which installs a global OpenTelemetry SDK tracer provider the
 way ``opentelemetry-instrument`` does and writes each finished span to a file).
+
+Each server runs the example twice: as it is, and with its settings changed in
+``MIDDLEWARE`` and ``KITMW`` only (without the optional ``"kitmw.django"`` app and
+``LOGGING``; the server's logging configuration prints the lines, as in a deployment).
 """
 
 from __future__ import annotations
@@ -40,6 +44,31 @@ SERVERS = {
     "uvicorn": ["uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--lifespan", "off",
                 "mysite.asgi:application"],
 }  # fmt: skip
+#: The project's settings before kitmw but MIDDLEWARE and KITMW: the example's settings
+#: without its optional kitmw lines ("kitmw.django" in INSTALLED_APPS, LOGGING). The log
+#: lines then come from the server's own logging configuration (docs/operations.md: The
+#: server's own lines as JSON), as a deployment sets it outside the project.
+MINIMAL_SETTINGS = """\
+from mysite.settings import *  # noqa: F403
+
+INSTALLED_APPS.remove("kitmw.django")  # noqa: F405
+del LOGGING  # noqa: F821
+"""
+UVICORN_LOG_CONFIG = ROOT / "docs" / "snippets" / "uvicorn-logging.json"
+GUNICORN_CONF = f"""\
+import json
+
+logconfig_dict = json.loads(open({str(UVICORN_LOG_CONFIG)!r}).read())
+logconfig_dict["loggers"] = {{
+    "gunicorn.error": {{"level": "INFO", "handlers": ["json"], "propagate": False}},
+    "gunicorn.access": {{"level": "INFO", "handlers": [], "propagate": False}},
+}}
+"""
+#: The server's arguments of the minimal variant: its logging configuration.
+MINIMAL_ARGS = {
+    "gunicorn": ["--config", "{tmp}/gunicorn.conf.py"],
+    "uvicorn": ["--log-config", str(UVICORN_LOG_CONFIG)],
+}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -84,12 +113,22 @@ class Server:
                 self.lines.append(json.loads(line))
 
 
-@pytest.fixture(params=list(SERVERS))
+@pytest.fixture(params=[*SERVERS, *(f"{name}-minimal" for name in SERVERS)])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """The example under one server: as it is (``gunicorn``, ``uvicorn``), or with its
+    settings changed in MIDDLEWARE and KITMW only (``-minimal``)."""
+    name, _, variant = request.param.partition("-")
     port = free_port()
     spans = tmp_path / "spans.jsonl"
-    argv = [sys.executable, str(BOOT), *(arg.format(port=port) for arg in SERVERS[request.param])]
+    args = [arg.format(port=port) for arg in SERVERS[name]]
     env = _env(SPANS_FILE=str(spans))
+    if variant == "minimal":
+        (tmp_path / "minimal_settings.py").write_text(MINIMAL_SETTINGS)
+        (tmp_path / "gunicorn.conf.py").write_text(GUNICORN_CONF)
+        args[-1:-1] = [arg.format(tmp=tmp_path) for arg in MINIMAL_ARGS[name]]
+        env["DJANGO_SETTINGS_MODULE"] = "minimal_settings"
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    argv = [sys.executable, str(BOOT), *args]
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=EXAMPLE, env=env, stdout=out, stderr=subprocess.STDOUT)
