@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import free_port, wait_for_port
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
@@ -225,7 +226,14 @@ def test_every_concern_from_settings_only(server: Server, request: pytest.Fixtur
     assert _sample(metrics, "kitmw_timeouts_total") == 1
     assert _sample(metrics, "http_server_requests_total", route="/metrics") == 0  # excluded
     openmetrics = c.get("/metrics", headers={"Accept": "application/openmetrics-text"}).text
-    assert f'trace_id="{TRACE_ID}"' in openmetrics  # an exemplar of the traced request
+    # exemplars: each duration bucket keeps the trace of its latest request (a span of the server's)
+    exemplars = {
+        s.exemplar.labels["trace_id"]
+        for f in openmetrics_families(openmetrics)
+        for s in f.samples
+        if s.exemplar is not None and s.labels.get("route") == "/items/<int:pk>"
+    }
+    assert exemplars
     c.close()
 
     server.stop()
@@ -244,6 +252,7 @@ def test_every_concern_from_settings_only(server: Server, request: pytest.Fixtur
     # tracing: one server span per request, named by the URL pattern Django matched, the
     # traced request's a child of the caller's span
     spans = server.spans()
+    assert exemplars <= {s["trace_id"] for s in spans if s["route"] == "/items/<int:pk>"}
     (traced,) = [s for s in spans if s["trace_id"] == TRACE_ID]
     assert traced["name"] == "GET /items/<int:pk>" and traced["kind"] == "SERVER"
     assert traced["parent_id"] == "00f067aa0ba902b7" and traced["route"] == "/items/<int:pk>"
