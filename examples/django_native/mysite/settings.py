@@ -1,8 +1,9 @@
 """Settings of the example project: ``django-admin startproject``'s, plus the project's
 own app (``catalog``). Adopting kitmw took the lines marked ``# kitmw``: the first entry
 of ``MIDDLEWARE`` and ``KITMW``; ``"kitmw.django"`` in ``INSTALLED_APPS`` (so that
-``manage.py check`` validates ``KITMW``) and ``LOGGING`` (to print the access log with
-the request id on every record) are optional.
+``manage.py check`` validates ``KITMW``), the ``Options`` type of ``KITMW`` and
+``LOGGING`` (to print the access log with the request id on every record; the server's
+own logging configuration can do that instead) are optional.
 """
 
 import os
