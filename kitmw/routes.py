@@ -10,7 +10,8 @@
   starlette_exporter does; a sub-router that matches nothing leaves the request
   unmatched. FastAPI's ``include_router()`` branches are walked through their effective
   route contexts (prefixed routes, websocket routes and mounts).
-* Django: ``django.urls.resolve`` on the path (the resolver is pure computation).
+* Django: ``django.urls.resolve`` on the path (the resolver is pure computation), or the
+  match Django made (``kitmw.django``), both spelled by :func:`django_template`.
 * Flask (WSGI): the app's ``url_map`` bound to the environ.
 
 Results of walks are cached per (router, type, method, root_path, path), and Django's per
@@ -26,7 +27,7 @@ from typing import Any
 
 from ._cache import LRUCache
 
-__all__ = ["django_route", "flask_route", "starlette_route", "url_map_route"]
+__all__ = ["django_route", "django_template", "flask_route", "starlette_route", "url_map_route"]
 
 _MAX_CACHE = 2048
 _MISSING: Any = object()
@@ -167,7 +168,7 @@ def django_route(path: str) -> str | None:
         route = getattr(match, "route", None)
         if route is None:
             return None
-        return "/" + str(route).lstrip("^").rstrip("$")
+        return django_template(route)
 
     urlconf = get_urlconf() or getattr(settings, "ROOT_URLCONF", "")
     key = (hash(str(urlconf)), path)
@@ -175,6 +176,13 @@ def django_route(path: str) -> str | None:
     if template is _MISSING:
         template = _django.put(key, compute())
     return template  # type: ignore[no-any-return]
+
+
+def django_template(route: object) -> str:
+    """The label of a Django ``ResolverMatch.route`` (``items/<int:pk>`` -> ``/items/<int:pk>``,
+    a regex pattern without its anchors): one spelling for the wrapping form, which
+    resolves the path, and ``kitmw.django``, which reads the match Django made."""
+    return "/" + str(route).lstrip("^").rstrip("$")
 
 
 def flask_route(flask_app: Any, environ: dict[str, Any]) -> str | None:

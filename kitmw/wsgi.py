@@ -53,6 +53,7 @@ __all__ = [
     "Timeout",
     "Tracing",
     "WsgiExchange",
+    "layer_of",
 ]
 
 _INTERNAL_ERROR = Rejection(500, "internal_error")
@@ -592,6 +593,14 @@ def _inner_layer(layer: Middleware) -> bool:
 
 
 _BODY_KEY = "kitmw.body"
+
+
+def layer_of(environ: WSGIEnviron) -> tuple[WsgiExchange, list[Pending]] | None:
+    """The exchange a kitmw layer opened for the request of ``environ``, while it runs, and
+    the exits it runs when the body is over: what a framework's own middleware
+    (``kitmw.django``) joins instead of opening a second exchange."""
+    body = environ.get(_BODY_KEY)
+    return (body.ex, body.exits) if isinstance(body, _Body) else None
 
 
 def _pass_file(body: _Body, result: Any) -> Iterable[bytes] | None:

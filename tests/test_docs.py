@@ -542,6 +542,7 @@ DEPLOYMENT_EXAMPLES = [
     "examples/fastapi_app.py",
     "examples/fastapi_service.py",
     "examples/flask_app.py",
+    "examples/django_native/mysite/settings.py",
     "examples/django_wsgi/kitmw_example/asgi.py",
     "examples/django_wsgi/kitmw_example/wsgi.py",
 ]

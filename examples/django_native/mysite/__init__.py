@@ -1,0 +1,1 @@
+"""A Django project that adopted kitmw in its settings only (``MIDDLEWARE`` and ``KITMW``)."""

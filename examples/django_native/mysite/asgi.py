@@ -1,0 +1,10 @@
+"""ASGI entry point, as ``django-admin startproject`` writes it:
+``uvicorn mysite.asgi:application``."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+
+application = get_asgi_application()
