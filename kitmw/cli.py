@@ -78,7 +78,12 @@ def _bench(args: argparse.Namespace) -> int:
     for suite in suites:
         try:
             results = run_suite(
-                suite, rounds=args.rounds, requests_per_round=args.requests, only=only, progress=progress
+                suite,
+                rounds=args.rounds,
+                requests_per_round=args.requests,
+                only=only,
+                progress=progress,
+                gc_mode=args.gc,
             )
         finally:
             progress.done()
@@ -145,6 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["asgi", "wsgi", "httpx", "all"],
         default="asgi",
         help="ASGI middlewares (default), WSGI middlewares, httpx transports, or all three",
+    )
+    bench.add_argument(
+        "--gc",
+        choices=["paused", "counted"],
+        default="paused",
+        help="paused (default): the cyclic garbage collector is off during a round; counted: it runs, "
+        "and collecting what a round left is timed into it",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress on stderr, only the tables")
