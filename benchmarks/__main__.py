@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
         missing.update(r.missing for r in results if r.missing)
         data["suites"][suite] = [r.as_dict() for r in results]
+        if suite == "wsgi":
+            from kitmw.bench.wsgi import comparisons, format_comparisons
+
+            data["wsgi_comparisons"] = comparisons(results)
+            print("\nkitmw's overhead next to its peer's (same run):\n")
+            print(format_comparisons(data["wsgi_comparisons"]))
     if missing:
         print(f"\n{missing_note(missing)}")
     from kitmw.bench import garbage

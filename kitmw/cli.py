@@ -90,6 +90,13 @@ def _bench(args: argparse.Namespace) -> int:
         if len(suites) > 1:
             print(f"\n{suite}:" if figures else f"{suite}:")
         print(format_table(results))
+        if suite == "wsgi":
+            from .bench.wsgi import comparisons, format_comparisons
+
+            rows = comparisons(results)
+            if rows:
+                print("\nkitmw's overhead next to its peer's (same run):\n")
+                print(format_comparisons(rows))
         missing.update(r.missing for r in results if r.missing)
         figures[suite] = [r.as_dict() for r in results]
     note = missing_note(missing)
