@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gc",
         choices=["paused", "counted"],
         default="paused",
-        help="paused: the cyclic GC is off during a round; counted: collecting what a round left is timed into it",
+        help="paused: the cyclic GC is off during a round; counted: it runs during the round, timed with it",
     )
     parser.add_argument("--no-server", action="store_true", help="skip the throughput part")
     parser.add_argument("--server-rounds", type=int, default=3)

@@ -162,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--gc",
         choices=["paused", "counted"],
         default="paused",
-        help="paused (default): the cyclic garbage collector is off during a round; counted: it runs, "
-        "and collecting what a round left is timed into it",
+        help="paused (default): the cyclic garbage collector is off during a round; counted: it runs "
+        "during the round, as in a server, and its collections are timed with the requests",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress on stderr, only the tables")

@@ -309,10 +309,10 @@ async def interleave(
     suite share the rounds and the event loop).
 
     ``gc_mode``: ``"paused"`` (default): the cyclic collector is off during a round, so its
-    cost is left out; ``"counted"``: it runs as in a server during the round, and the
-    collection of what the round left is timed and added to it, so a configuration that
-    leaves cyclic garbage pays for it (the full collection also costs every configuration
-    the same scan of the process's heap, spread over the round's requests).
+    cost is left out; ``"counted"``: it runs during the round as in a server (its automatic
+    collections, triggered by allocations, are timed with the requests), so a configuration
+    that allocates more, or leaves cyclic garbage, pays for collecting it. Either way a
+    full collection before each round starts every configuration from the same heap.
     """
     if gc_mode not in GC_MODES:
         raise ValueError(f"gc_mode: expected one of {', '.join(GC_MODES)}, got {gc_mode!r}")
@@ -329,12 +329,6 @@ async def interleave(
                 if asyncio.iscoroutine(value):
                     value = await value
                 wall, cpu = value
-                if counted:
-                    start = clock()
-                    gc.collect()
-                    extra_wall, extra_cpu = per_request(start, requests_per_round)
-                    wall += extra_wall
-                    cpu += extra_cpu
                 result.samples.append(wall)
                 result.cpu_samples.append(cpu)
             finally:
