@@ -1,6 +1,6 @@
 """WSGI A/B: two kitmw trees in one process, interleaved rounds (Flask app driven through PEP 3333).
 
-usage: python -m benchmarks.ab_wsgi BEFORE_DIR AFTER_DIR [rounds] [requests]
+usage: python -m benchmarks.ab_wsgi BEFORE_DIR AFTER_DIR [rounds] [requests] [paused|counted]
 
 Each DIR holds a ``kitmw`` package (``git worktree add /tmp/before <commit>`` makes one);
 BEFORE is copied and imported as ``kitmw_before``, AFTER as ``kitmw``. Both build the same
@@ -24,6 +24,7 @@ def main(argv: list[str]) -> None:
     before_dir, after_dir = argv[0], argv[1]
     rounds = int(argv[2]) if len(argv) > 2 else 15
     requests = int(argv[3]) if len(argv) > 3 else 300
+    counted = len(argv) > 4 and argv[4] == "counted"
     tmp = tempfile.mkdtemp(prefix="kitmw_ab_")
     shutil.copytree(
         os.path.join(before_dir, "kitmw"),
@@ -71,14 +72,16 @@ def main(argv: list[str]) -> None:
     for _ in range(rounds):
         for _, drive, samples in runs:
             gc.collect()
-            gc.disable()
+            if not counted:
+                gc.disable()
             try:
                 samples.append(drive(requests)[1])
             finally:
                 gc.enable()
     medians = {name: statistics.median(samples) for name, _, samples in runs}
     floor = medians["bare"]
-    print(f"CPU µs/request over bare Flask ({floor:.1f}), median of {rounds} rounds x {requests}")
+    mode = "GC counted" if counted else "GC paused"
+    print(f"CPU µs/request over bare Flask ({floor:.1f}), median of {rounds} rounds x {requests}, {mode}")
     for label in sets:
         old, new = medians[f"{label} before"] - floor, medians[f"{label} after"] - floor
         print(f"{label:12s} before {old:7.1f}  after {new:7.1f}  ({(new - old) / old * 100:+.0f} %)")
