@@ -75,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--suite", choices=[*SUITES, "all"], default="all", help="in-process suite(s) to run (default all)"
     )
+    parser.add_argument(
+        "--gc",
+        choices=["paused", "counted"],
+        default="paused",
+        help="paused: the cyclic GC is off during a round; counted: it runs during the round, timed with it",
+    )
     parser.add_argument("--no-server", action="store_true", help="skip the throughput part")
     parser.add_argument("--server-rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="seconds of wrk per measurement")
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "server_rounds": args.server_rounds,
             "duration_s": args.duration,
             "connections": args.connections,
+            "gc": args.gc,
         },
         "suites": {},
     }
@@ -104,15 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     for suite in suites:
         print(f"{suite}: in-process overhead per request (median of interleaved rounds)", file=sys.stderr)
         try:
-            results = run_suite(suite, rounds=args.rounds, requests_per_round=args.requests, progress=progress)
+            results = run_suite(
+                suite, rounds=args.rounds, requests_per_round=args.requests, progress=progress, gc_mode=args.gc
+            )
         finally:
             progress.done()
         print(f"\n{suite}:\n")
         print(format_table(results))
         missing.update(r.missing for r in results if r.missing)
         data["suites"][suite] = [r.as_dict() for r in results]
+        if suite == "wsgi":
+            from kitmw.bench.wsgi import comparisons, format_comparisons
+
+            data["wsgi_comparisons"] = comparisons(results)
+            print("\nkitmw's overhead next to its peer's (same run):\n")
+            print(format_comparisons(data["wsgi_comparisons"]))
     if missing:
         print(f"\n{missing_note(missing)}")
+    from kitmw.bench import garbage
+
+    rows = garbage.run()
+    print("\ncyclic garbage per request:\n")
+    print(garbage.format_table(rows))
+    data["garbage"] = rows
     if not args.no_server:
         rows = throughput.run(rounds=args.server_rounds, duration=args.duration, connections=args.connections)
         print("\nthroughput:\n")

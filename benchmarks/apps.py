@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kitmw.bench import asgi
+from kitmw.bench import asgi, wsgi
 from kitmw.bench.asgi import starlette_app
 from kitmw.bench.harness import SIX, Env, concern_options
 from kitmw.bench.wsgi import flask_app
@@ -54,6 +54,13 @@ def flask_bare() -> Any:
 
 def flask_kitmw_stack() -> Any:
     import kitmw
+
     app = flask_app()
     app.wsgi_app = kitmw.stack(app.wsgi_app, **concern_options(_env, SIX))
     return app
+
+
+def flask_peer_stack() -> Any:
+    """The WSGI peer stack (FlaskInstrumentor, request-id hooks + JSON line, prometheus-flask-exporter,
+    Flask-Limiter, flask-jwt-extended, pybreaker): kitmw.bench.wsgi.peer_stack."""
+    return wsgi.peer_stack(_env)

@@ -1,7 +1,9 @@
 """Requests per second under a real server on 127.0.0.1, with wrk as the load generator.
 
 ASGI configurations run under uvicorn (httptools, asyncio loop, one worker); WSGI ones
-under gunicorn (one ``gthread`` worker, 4 threads). Each measurement gets a fresh server
+under gunicorn (one ``gthread`` worker, 4 threads). Each server's configurations are
+compared with its peer stack (:data:`PEER_STACKS`): the ASGI one of
+:func:`kitmw.bench.asgi.peer_stack`, the Flask one of :func:`kitmw.bench.wsgi.peer_stack`. Each measurement gets a fresh server
 process; wrk runs for a fixed duration with a fixed connection count (one thread, keep-
 alive), bounded by a timeout. Configurations are measured in interleaved rounds and the
 median taken, with the interquartile range over rounds.
@@ -45,8 +47,11 @@ CONFIGS: dict[str, tuple[str, str, str]] = {
         "flask_kitmw_stack",
         "bare Flask app (gunicorn gthread)",
     ),
+    "Flask peer stack (gunicorn gthread)": ("gunicorn", "flask_peer_stack", "bare Flask app (gunicorn gthread)"),
 }
 PEER_STACK = "peer stack (all six peers)"
+#: the peer stack each server's configurations are compared with
+PEER_STACKS = {"uvicorn": PEER_STACK, "gunicorn": "Flask peer stack (gunicorn gthread)"}
 
 
 def _token() -> str:
@@ -237,7 +242,7 @@ def run(
             "baseline": baseline,
             "ratio_to_bare": rps / medians[baseline] if baseline in medians else None,
             "ratio_to_peer_stack": (
-                rps / medians[PEER_STACK] if server == "uvicorn" and PEER_STACK in medians else None
+                rps / medians[PEER_STACKS[server]] if PEER_STACKS.get(server) in medians else None
             ),
             "server_cpu": _median([m["server_cpu"] for m in runs[name]]),
             "server_us_per_request": _median([m["server_us"] for m in runs[name]]),

@@ -269,8 +269,12 @@ def _body_classes(module: ModuleType) -> tuple[type, type]:
             finally:
                 exits, self._exits = self._exits, None
                 if exits is not None:  # once
-                    _ended(self._ex)
-                    finish(self._ex, exits, self._ex.error)
+                    ex = self._ex
+                    _ended(ex)
+                    try:
+                        finish(ex, exits, ex.error)
+                    finally:
+                        _released(ex)
 
     class AsyncBody(module.AsyncByteStream):  # type: ignore[name-defined,misc]
         """The async twin of ``SyncBody``."""
@@ -304,13 +308,25 @@ def _body_classes(module: ModuleType) -> tuple[type, type]:
             finally:
                 exits, self._exits = self._exits, None
                 if exits is not None:
-                    _ended(self._ex)
-                    if self._awaits:
-                        await _shielded(afinish(self._ex, exits, self._ex.error))
-                    else:
-                        finish(self._ex, exits, self._ex.error)
+                    ex = self._ex
+                    _ended(ex)
+                    try:
+                        if self._awaits:
+                            await _shielded(afinish(ex, exits, ex.error))
+                        else:
+                            finish(ex, exits, ex.error)
+                    finally:
+                        _released(ex)
 
     return SyncBody, AsyncBody
+
+
+def _released(ex: ClientExchange) -> None:
+    """Let go of what the exits needed once they ran: the response holds its body, which
+    holds the exchange; the error's traceback holds the frames that hold it. Without
+    these links the exchange is freed by reference counting, not the cyclic collector."""
+    ex.response = None
+    ex.error = None
 
 
 def _ended(ex: ClientExchange) -> None:
@@ -568,9 +584,14 @@ class _SyncDriver(_Driver):
         except BaseException as exc:
             error = self.failed(ex, exc)
             finish(ex, exits, error)
+            _released(ex)
             if error is exc:
+                del error
                 raise
-            raise error from None
+            try:
+                raise error from None
+            finally:
+                del error  # this frame joins its traceback
         if exits:
             if self.responded(ex, response):
                 finish(ex, exits)
@@ -608,9 +629,14 @@ class _AsyncDriver(_Driver):
                 await _shielded(afinish(ex, exits, error))
             else:
                 finish(ex, exits, error)
+            _released(ex)
             if error is exc:
+                del error
                 raise
-            raise error from None
+            try:
+                raise error from None
+            finally:
+                del error  # this frame joins its traceback
         if exits:
             if self.responded(ex, response):
                 if self.exits_await:

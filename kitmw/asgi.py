@@ -302,6 +302,7 @@ class Middleware:
                 await afinish(ex, exits, ex.error)
             else:
                 finish(ex, exits, ex.error)
+            ex.error = None  # its traceback holds the frames that hold ex: no cycle
 
     async def _serve(self, ex: AsgiExchange, scope: Scope, receive: Receive, send: Send) -> None:
         """Send the answer of the policy serving in place of the application.

@@ -78,13 +78,25 @@ def _bench(args: argparse.Namespace) -> int:
     for suite in suites:
         try:
             results = run_suite(
-                suite, rounds=args.rounds, requests_per_round=args.requests, only=only, progress=progress
+                suite,
+                rounds=args.rounds,
+                requests_per_round=args.requests,
+                only=only,
+                progress=progress,
+                gc_mode=args.gc,
             )
         finally:
             progress.done()
         if len(suites) > 1:
             print(f"\n{suite}:" if figures else f"{suite}:")
         print(format_table(results))
+        if suite == "wsgi":
+            from .bench.wsgi import comparisons, format_comparisons
+
+            rows = comparisons(results)
+            if rows:
+                print("\nkitmw's overhead next to its peer's (same run):\n")
+                print(format_comparisons(rows))
         missing.update(r.missing for r in results if r.missing)
         figures[suite] = [r.as_dict() for r in results]
     note = missing_note(missing)
@@ -145,6 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["asgi", "wsgi", "httpx", "all"],
         default="asgi",
         help="ASGI middlewares (default), WSGI middlewares, httpx transports, or all three",
+    )
+    bench.add_argument(
+        "--gc",
+        choices=["paused", "counted"],
+        default="paused",
+        help="paused (default): the cyclic garbage collector is off during a round; counted: it runs "
+        "during the round, as in a server, and its collections are timed with the requests",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress on stderr, only the tables")

@@ -307,6 +307,7 @@ def _sync_wrapper(fn: Callable[..., Any], target: _Target, chain: Chain) -> Call
                 ex.end_ns = perf_counter_ns()
             _failed(ex, exc)
             finish(ex, exits, exc)
+            ex.error = None  # the traceback holds the frames that hold ex: no cycle
             raise
         _returned(ex, result)
         finish(ex, exits)
@@ -383,6 +384,7 @@ def _async_wrapper(fn: Callable[..., Any], target: _Target, chain: Chain) -> Cal
                 await _shielded(afinish(ex, exits, exc))
             else:
                 finish(ex, exits, exc)
+            ex.error = None  # the traceback holds the frames that hold ex: no cycle
             raise
         _returned(ex, result)
         if exits_await:

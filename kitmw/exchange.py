@@ -98,7 +98,11 @@ class Exchange:
     exchange, whoever started it: policies further in may add attributes to it),
     ``principal``/``scopes``/``claims``/``user``. Response side
     (filled by the driver): ``status`` (0 until known), ``error``, ``bytes_in``,
-    ``bytes_out``, ``start_ns``/``end_ns`` and :attr:`duration`.
+    ``bytes_out``, ``start_ns``/``end_ns`` and :attr:`duration`. Once every exit has run
+    the drivers set ``error`` back to ``None`` (the httpx driver ``response`` too): the
+    error's traceback holds the frames that hold the exchange, and without that link a
+    finished exchange is freed by reference counting, not by the cyclic collector. A
+    policy that needs the error later copies it in its ``exit``.
     """
 
     __slots__ = (

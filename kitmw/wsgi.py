@@ -28,6 +28,7 @@ from http import HTTPStatus
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
+from ._cache import LRUCache
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .chain import Chain, Pending, compile_chain, finish
 from .concerns import build, build_all, concern_class
@@ -59,6 +60,8 @@ __all__ = [
 _INTERNAL_ERROR = Rejection(500, "internal_error")
 _STATUS_LINES = {int(s): f"{int(s)} {s.phrase}" for s in HTTPStatus}
 _MAX_WALK = 16
+#: Request lines (method, host, mount, path) whose Flask route is remembered.
+_MAX_ROUTES = 1024
 _log = logging.getLogger("kitmw")
 
 
@@ -113,15 +116,22 @@ def _find_router(app: Any) -> tuple[Any, bool]:
 class WsgiExchange(Exchange):
     """An exchange over a WSGI ``environ``: headers are read from the environ on demand."""
 
-    __slots__ = ("_django", "_flask", "_start_headers", "environ")
+    __slots__ = ("_django", "_flask", "_routes", "_start_headers", "environ")
     protocol = "wsgi"
 
-    def __init__(self, environ: WSGIEnviron, flask_app: Any = None, django: bool = False) -> None:
+    def __init__(
+        self,
+        environ: WSGIEnviron,
+        flask_app: Any = None,
+        django: bool = False,
+        routes: LRUCache[tuple[str, str, str, str], str | None] | None = None,
+    ) -> None:
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         super().__init__(environ.get("REQUEST_METHOD", "GET"), _decode_path(path or "/"))
         self.environ = environ
         self._flask = flask_app
         self._django = django
+        self._routes = routes
         self._start_headers: list[tuple[str, str]] | None = None
 
     def header(self, name: str) -> str | None:
@@ -181,7 +191,22 @@ class WsgiExchange(Exchange):
                 failed = getattr(request, "routing_exception", None)
                 if failed is not None and not getattr(failed, "valid_methods", None):
                     return None  # no rule (a 405 names one: matched again below)
-            return flask_route(flask_app, self.environ)
+            routes = self._routes
+            if routes is None:
+                return flask_route(flask_app, self.environ)
+            # Before dispatch (a breaker per route): werkzeug's matcher costs a few µs and
+            # leaves a reference cycle per match (its recursive closure), so a request
+            # line seen before is not matched again.
+            environ = self.environ
+            key = (
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("HTTP_HOST") or environ.get("SERVER_NAME", ""),
+                environ.get("SCRIPT_NAME", ""),
+                environ.get("PATH_INFO", ""),
+            )
+            if key in routes:
+                return routes.get(key)
+            return routes.put(key, flask_route(flask_app, environ))
         if self._django:
             return django_route(_decode_path(self.environ.get("PATH_INFO", "") or "/"))
         return None
@@ -394,7 +419,19 @@ class _Body:
             ex.status = 500
             if ex.error is None:
                 ex.error = NoResponse()
-        finish(ex, self.exits, primary)
+        try:
+            finish(ex, self.exits, primary)
+        finally:
+            # The environ holds this body and the counting input, both hold the exchange,
+            # and the exchange holds the environ: unlinked now, the request is freed by
+            # reference counting instead of waiting for the cyclic garbage collector.
+            ex.error = None  # its traceback holds the frames that hold the exchange
+            environ = ex.environ
+            if environ.get(_BODY_KEY) is self:
+                del environ[_BODY_KEY]
+            stream = environ.get("wsgi.input")
+            if type(stream) is _CountingInput:
+                environ["wsgi.input"] = stream._stream
 
 
 class _FileBody:
@@ -457,6 +494,9 @@ class Middleware:
         self.policies: tuple[Policy, ...] = tuple(policies)
         self.handle_errors = bool(handle_errors)
         self._flask, self._django = _find_router(app)
+        self._routes: LRUCache[tuple[str, str, str, str], str | None] | None = (
+            None if self._flask is None else LRUCache(_MAX_ROUTES)
+        )
         self._chain: Chain = compile_chain(self.policies, "wsgi", is_async=False)
         self._inner: bool | None = None  # another kitmw layer inside (found on first use)
 
@@ -470,7 +510,7 @@ class Middleware:
         outer = environ.get(_BODY_KEY)
         if outer is not None:
             return self._join(outer, environ, start_response)
-        ex = WsgiExchange(environ, self._flask, self._django)
+        ex = WsgiExchange(environ, self._flask, self._django, self._routes)
         ex.start_ns = perf_counter_ns()
         chain = self._chain
         ex.applied = chain.keys
@@ -479,13 +519,21 @@ class Middleware:
         if chain.counts_request_bytes and "wsgi.input" in environ:
             environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], ex)
 
-        def call() -> Iterable[bytes]:
-            if ex.serving is None:
-                return self.app(environ, body.start_response)
-            return self._serve(ex, environ, body.start_response)
-
         try:
-            result = chain.run_sync(ex, call, body.exits)
+            if chain.inline:  # no around: enter, then call the app here (no closure, no frame between)
+                chain.enter(ex, body.exits)
+                if ex.serving is None:
+                    result = self.app(environ, body.start_response)
+                else:
+                    result = self._serve(ex, environ, body.start_response)
+            else:
+
+                def call() -> Iterable[bytes]:
+                    if ex.serving is None:
+                        return self.app(environ, body.start_response)
+                    return self._serve(ex, environ, body.start_response)
+
+                result = chain.run_sync(ex, call, body.exits)
         except Rejected as refusal:
             if refusal.rejection is ex.rejection:
                 return body._answer(refusal.rejection)
@@ -510,7 +558,10 @@ class Middleware:
                 pass  # the server refused the answer: fall back to re-raising
         body._closed = True
         body._close(primary=exc)  # closes what the app returned, if it got that far
-        raise exc
+        try:
+            raise exc
+        finally:
+            del exc, body  # this frame joins the traceback: it must not hold the exception
 
     def _serve(self, ex: WsgiExchange, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         """The answer of the policy serving in place of the application (``/metrics``).

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,6 +52,39 @@ def test_wsgi_suite_measures_each_kitmw_class_the_stack_and_the_otel_peer() -> N
         "kitmw stack() of 6",
         "OpenTelemetryMiddleware (WSGI)",
     } <= names
+
+
+def test_wsgi_suite_runs_every_flask_peer_and_compares_each_with_kitmw() -> None:
+    from kitmw.bench.wsgi import PAIRS, comparisons, format_comparisons
+
+    results = run_suite("wsgi", rounds=ROUNDS, requests_per_round=5)
+    _check_all_ran(results)
+    rows = comparisons(results)
+    assert [(r["kitmw"], r["peer"]) for r in rows] == list(PAIRS)  # every peer ran (none skipped)
+    assert "peer stack (FlaskInstrumentor, flask-jwt-extended)" in format_comparisons(rows)
+
+
+def test_gc_counted_mode_leaves_the_collector_running_during_the_round() -> None:
+    import gc
+
+    from kitmw.bench.harness import measure
+
+    seen: list[bool] = []
+
+    def prepare() -> Any:
+        def drive(n: int) -> tuple[float, float]:
+            seen.append(gc.isenabled())
+            return 1.0, 1.0
+
+        return drive
+
+    enabled = gc.isenabled()
+    measure([("bare", "bare", prepare)], rounds=2, requests_per_round=1)
+    measure([("bare", "bare", prepare)], rounds=2, requests_per_round=1, gc_mode="counted")
+    assert seen == [False, False, True, True]
+    assert gc.isenabled() == enabled
+    with pytest.raises(ValueError, match="gc_mode"):
+        measure([("bare", "bare", prepare)], rounds=1, requests_per_round=1, gc_mode="off")
 
 
 def test_httpx_suite_compares_sync_and_async_with_their_own_bare_transport() -> None:
@@ -185,7 +219,7 @@ def test_cli_bench_suite_writes_the_figures_as_json(
             "--requests",
             "3",
             "--only",
-            "stack",
+            "stack()",
             "--quiet",
             "--json",
             str(out),

@@ -1208,3 +1208,68 @@ async def test_a_service_called_in_process_on_the_same_path_gets_its_own_span(sp
     assert inner.context.trace_id == outer.context.trace_id
     (client_span,) = [s for s in finished if s.kind is SpanKind.CLIENT]
     assert inner.parent.span_id == client_span.context.span_id
+
+
+WSGI_PARITY_ENVIRONS = [
+    pytest.param({}, id="plain"),
+    pytest.param({"RAW_URI": "/items/42?a=1", "QUERY_STRING": "a=1"}, id="raw-uri-query"),
+    pytest.param({"REQUEST_URI": "/items/42"}, id="request-uri"),
+    pytest.param({"QUERY_STRING": "token=s3cret&x=%41"}, id="query"),
+    pytest.param({"REQUEST_METHOD": "purge"}, id="unknown-method"),
+    pytest.param({"REQUEST_METHOD": "get"}, id="lowercase-method"),
+    pytest.param({"HTTP_HOST": ""}, id="no-host"),
+    pytest.param({"HTTP_HOST": "user:pw@example.com:8443", "SERVER_PORT": "8443"}, id="host-port-creds"),
+    pytest.param({"HTTP_USER_AGENT": "Googlebot/2.1"}, id="bot"),
+    pytest.param({"HTTP_USER_AGENT": ""}, id="no-ua"),
+    pytest.param({"REMOTE_HOST": "peer.example"}, id="remote-host"),
+    pytest.param({"REMOTE_PORT": ""}, id="no-remote-port"),
+    pytest.param({"SERVER_PROTOCOL": "HTTP/2"}, id="http2"),
+    pytest.param({"wsgi.url_scheme": "https", "SERVER_PORT": "443"}, id="https"),
+    pytest.param({"SCRIPT_NAME": ""}, id="no-mount"),
+    pytest.param({"PATH_INFO": "/caf\xc3\xa9 x/<a>"}, id="path-to-quote"),
+    pytest.param({"PATH_INFO": "/u/me@example.com"}, id="path-with-at"),
+    pytest.param({"REQUEST_METHOD": " get"}, id="spaced-method"),
+    pytest.param({"REQUEST_METHOD": ""}, id="no-method"),
+    pytest.param({"REMOTE_PORT": "x"}, id="odd-remote-port"),
+]
+
+
+def _wsgi_parity_environ() -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "/mount",
+        "PATH_INFO": "/items/42",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "svc.local",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "203.0.113.7",
+        "REMOTE_PORT": "51000",
+        "HTTP_HOST": "svc.local:8000",
+        "HTTP_USER_AGENT": "curl/8.5",
+        "wsgi.url_scheme": "http",
+    }
+
+
+@pytest.mark.parametrize("mode", ["default", "http", "http/dup"])
+@pytest.mark.parametrize("overrides", WSGI_PARITY_ENVIRONS)
+def test_cached_wsgi_attributes_equal_contribs_on_every_request(mode: str, overrides: dict[str, Any]) -> None:
+    """The WSGI collector's per-site cache (server, Host, user agent) gives contrib's own
+    attributes on every request, and never leaks one request's line or peer into another."""
+    from opentelemetry.instrumentation.wsgi import collect_request_attributes
+
+    from kitmw._cache import BoundedCache
+    from kitmw.tracing._semconv import Semconv as _Semconv
+    from kitmw.tracing._wsgi import cached_collector
+
+    stability = _stability_modes()
+    sc = _Semconv(mode)
+    collect = cached_collector(collect_request_attributes, sc.mode, BoundedCache(256))
+    assert collect is not None
+    first = _wsgi_parity_environ()
+    first.update(overrides)
+    # The same site (a cache hit), another request line and peer.
+    second = dict(first, PATH_INFO="/other/2", QUERY_STRING="q=%41", REQUEST_METHOD="POST", REMOTE_ADDR="198.51.100.9")
+    second["REMOTE_PORT"] = "4000"
+    for environ in (first, second, first):
+        assert collect(environ, sc.mode) == collect_request_attributes(environ, stability[mode])

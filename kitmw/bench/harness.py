@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
+    "GC_MODES",
     "JWT_SECRET",
     "SIX",
     "Configuration",
@@ -47,6 +48,8 @@ __all__ = [
 JWT_SECRET = "kitmw-bench-secret-0123456789abcdef"
 #: The six server concerns in canonical order (``stack()`` of 6).
 SIX = ("tracing", "access_log", "metrics", "ratelimit", "auth", "breaker")
+#: How rounds treat the cyclic garbage collector (see :func:`interleave`).
+GC_MODES = ("paused", "counted")
 
 
 @dataclass
@@ -212,10 +215,11 @@ class Suite:
         requests_per_round: int = 300,
         only: Callable[[str], bool] | None = None,
         progress: Callable[[str], None] | None = None,
+        gc_mode: str = "paused",
     ) -> list[Result]:
         """Run every configuration ``only`` keeps (the bare ones always), interleaved;
         each figure is the median of ``rounds`` rounds of ``requests_per_round`` requests,
-        with overhead and ratio to its baseline."""
+        with overhead and ratio to its baseline. ``gc_mode``: see :func:`interleave`."""
         env = Env()
         token = functools.cache(hs256_token)
         ready = self._ready
@@ -227,7 +231,12 @@ class Suite:
         sides = {name: self._baseline(detail) for name, _, _, detail in found}
         configs = [(name, group, prepare(build, detail)) for name, group, build, detail in found]
         results = measure(
-            configs, rounds=rounds, requests_per_round=requests_per_round, only=only, progress=progress
+            configs,
+            rounds=rounds,
+            requests_per_round=requests_per_round,
+            only=only,
+            progress=progress,
+            gc_mode=gc_mode,
         )
         for side in dict.fromkeys(sides.values()):
             summarize([r for r in results if sides[r.name] == side])
@@ -257,6 +266,7 @@ def measure(
     requests_per_round: int,
     only: Callable[[str], bool] | None = None,
     progress: Callable[[str], None] | None = None,
+    gc_mode: str = "paused",
 ) -> list[Result]:
     """Prepare every configuration (name, group, prepare) that ``only`` keeps (the bare
     ones always), then drive them in interleaved rounds on one event loop. A configuration
@@ -279,7 +289,7 @@ def measure(
                 result.skip(exc)
                 continue
             prepared.append((result, drive))
-        await interleave(prepared, rounds, requests_per_round, progress)
+        await interleave(prepared, rounds, requests_per_round, progress, gc_mode)
 
     asyncio.run(main())
     return results
@@ -290,19 +300,30 @@ async def interleave(
     rounds: int,
     requests_per_round: int,
     progress: Callable[[str], None] | None = None,
+    gc_mode: str = "paused",
 ) -> None:
-    """Drive every prepared configuration once per round, in turn, with the GC paused.
+    """Drive every prepared configuration once per round, in turn.
 
     ``drive(n)`` returns (wall µs, CPU µs) per request over ``n`` requests (see
     :func:`per_request`), or an awaitable of it (the sync and async configurations of one
     suite share the rounds and the event loop).
+
+    ``gc_mode``: ``"paused"`` (default): the cyclic collector is off during a round, so its
+    cost is left out; ``"counted"``: it runs during the round as in a server (its automatic
+    collections, triggered by allocations, are timed with the requests), so a configuration
+    that allocates more, or leaves cyclic garbage, pays for collecting it. Either way a
+    full collection before each round starts every configuration from the same heap.
     """
+    if gc_mode not in GC_MODES:
+        raise ValueError(f"gc_mode: expected one of {', '.join(GC_MODES)}, got {gc_mode!r}")
+    counted = gc_mode == "counted"
     for r in range(rounds):
         if progress:
             progress(f"round {r + 1}/{rounds}")
         for result, drive in prepared:
             gc.collect()
-            gc.disable()
+            if not counted:
+                gc.disable()
             try:
                 value = drive(requests_per_round)
                 if asyncio.iscoroutine(value):

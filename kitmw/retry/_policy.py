@@ -85,43 +85,48 @@ class _RetryPolicy(Policy):
                 ex.deadline = until  # the drivers fit each attempt in what remains
         attempt = 0
         last: Exception | None = None  # the previous attempt's error
-        while True:
-            attempt += 1
-            refused = False
-            try:
-                result = yield CALL
-            except Rejected:
-                if last is None:
-                    raise
-                refused = True
-            except Exception as exc:
-                if attempt >= retry.attempts or not self._retries(ex, exc):
-                    raise
-                delay = retry.backoff(attempt)
-                why = _refused_ahead(ex, delay)
-                if why is not None:
-                    _not_retried(exc, why)
-                    raise
-                if not self._may_retry(ex, delay, own):
-                    raise
-                last = exc
-                yield from self._wait(delay)
-                continue
-            if refused:  # opened meanwhile, by other calls: end with this call's own error
-                assert last is not None
-                _not_retried(last, "the circuit breaker is open")
-                raise last  # outside the handler: its context stays its own
-            last = None
-            if attempt < retry.attempts and ex.status in retry.statuses:
-                delay_or_none = retry.delay(attempt, ex.response_header("retry-after"))
-                if (
-                    delay_or_none is not None
-                    and _refused_ahead(ex, delay_or_none) is None
-                    and self._may_retry(ex, delay_or_none, own)
-                ):
-                    yield from self._wait(delay_or_none)
+        try:
+            while True:
+                attempt += 1
+                refused = False
+                try:
+                    result = yield CALL
+                except Rejected:
+                    if last is None:
+                        raise
+                    refused = True
+                except Exception as exc:
+                    if attempt >= retry.attempts or not self._retries(ex, exc):
+                        raise
+                    delay = retry.backoff(attempt)
+                    why = _refused_ahead(ex, delay)
+                    if why is not None:
+                        _not_retried(exc, why)
+                        raise
+                    if not self._may_retry(ex, delay, own):
+                        raise
+                    last = exc
+                    yield from self._wait(delay)
                     continue
-            return result
+                if refused:  # opened meanwhile, by other calls: end with this call's own error
+                    assert last is not None
+                    _not_retried(last, "the circuit breaker is open")
+                    raise last  # outside the handler: its context stays its own
+                last = None
+                if attempt < retry.attempts and ex.status in retry.statuses:
+                    delay_or_none = retry.delay(attempt, ex.response_header("retry-after"))
+                    if (
+                        delay_or_none is not None
+                        and _refused_ahead(ex, delay_or_none) is None
+                        and self._may_retry(ex, delay_or_none, own)
+                    ):
+                        yield from self._wait(delay_or_none)
+                        continue
+                return result
+        finally:
+            # The frame of a generator that raised joins the traceback: an earlier
+            # attempt's error kept here would hold that traceback, and it this frame.
+            last = None
 
     def _may_retry(self, ex: Exchange, delay: float, own: float | None) -> bool:
         """The retry fits in the deadlines and the budget has one (then it is counted)."""
