@@ -31,14 +31,18 @@ __all__ = [
     "Prepare",
     "Result",
     "Suite",
+    "Target",
     "clock",
     "concern_options",
+    "counting_processor",
     "format_table",
+    "format_targets",
     "hs256_token",
     "interleave",
     "kitmw_options",
     "measure",
     "missing_note",
+    "null_stream",
     "per_request",
     "registry",
     "summarize",
@@ -89,12 +93,50 @@ class Result:
 # -- what every kitmw configuration is built with --------------------------------------------
 
 
+def null_stream() -> io.StringIO:
+    """A text stream that keeps nothing: log lines are formatted and written, then dropped."""
+
+    class Null(io.StringIO):
+        def write(self, s: str) -> int:
+            return len(s)
+
+    return Null()
+
+
+def counting_processor() -> Any:
+    """A span processor that counts ended spans and keeps none: every span goes through the
+    SDK's span objects, with no exporter cost on top (the second tracing configuration)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class CountingProcessor(SpanProcessor):
+        def __init__(self) -> None:
+            self.ended = 0
+
+        def on_end(self, span: Any) -> None:
+            self.ended += 1
+
+    return CountingProcessor()
+
+
 class Env:
-    """Shared dependencies built once: a tracer provider with a no-op exporter, a log handler."""
+    """Shared dependencies built once: tracer providers (a ``SimpleSpanProcessor`` with a
+    no-op exporter, and a counting processor), a log handler."""
 
     def __init__(self) -> None:
         self._provider: Any = None
+        self._counting_provider: Any = None
         self._log_ready = False
+
+    @property
+    def counting_provider(self) -> Any:
+        """A tracer provider whose only processor counts ended spans (see :func:`counting_processor`)."""
+        if self._counting_provider is None:
+            from opentelemetry.sdk.trace import TracerProvider
+
+            provider = TracerProvider()
+            provider.add_span_processor(counting_processor())
+            self._counting_provider = provider
+        return self._counting_provider
 
     @property
     def provider(self) -> Any:
@@ -117,11 +159,7 @@ class Env:
         if not self._log_ready:
             from ..logging import configure
 
-            class Null(io.StringIO):
-                def write(self, s: str) -> int:
-                    return len(s)
-
-            configure(format="json", logger=logger, stream=Null(), level=logging.INFO)
+            configure(format="json", logger=logger, stream=null_stream(), level=logging.INFO)
             logger.propagate = False
             self._log_ready = True
         return logger
@@ -145,10 +183,11 @@ def hs256_token() -> str:
     )
 
 
-def kitmw_options(env: Env, concern: str) -> dict[str, Any]:
-    """Options of one kitmw server concern as the targets in issue #6 fix them."""
+def kitmw_options(env: Env, concern: str, *, counting: bool = False) -> dict[str, Any]:
+    """Options of one kitmw server concern as the targets in issue #6 fix them
+    (``counting``: tracing through :attr:`Env.counting_provider`)."""
     if concern == "tracing":
-        return {"tracer_provider": env.provider}
+        return {"tracer_provider": env.counting_provider if counting else env.provider}
     if concern == "access_log":
         return {"logger": env.access_logger()}
     if concern == "metrics":
@@ -164,9 +203,9 @@ def kitmw_options(env: Env, concern: str) -> dict[str, Any]:
     raise ValueError(concern)
 
 
-def concern_options(env: Env, concerns: Iterable[str]) -> dict[str, Any]:
+def concern_options(env: Env, concerns: Iterable[str], *, counting: bool = False) -> dict[str, Any]:
     """``stack()`` keyword arguments for ``concerns`` (concern names)."""
-    return {c: kitmw_options(env, c) for c in concerns}
+    return {c: kitmw_options(env, c, counting=counting) for c in concerns}
 
 
 # -- rounds and figures --------------------------------------------------------------------
@@ -200,10 +239,13 @@ class Suite:
         ready: Ready,
         *,
         baseline: Callable[[Any], Hashable] = lambda detail: None,
+        targets: Iterable[Target] = (),
     ) -> None:
         self.configurations = configurations
         self._ready = ready
         self._baseline = baseline
+        #: the targets read from a run of this suite (:func:`format_targets`)
+        self.targets = list(targets)
 
     def run(
         self,
@@ -348,14 +390,15 @@ def format_table(results: list[Result]) -> str:
     baselines = list(dict.fromkeys(r.baseline for r in results if not r.skipped)) or [""]
     tables: list[list[str]] = []
     for baseline in baselines:
+        last = f"ratio to {baseline}" if baseline else "(plain calls: no baseline)"
         lines = [
-            f"| configuration | µs/request | IQR µs | CPU µs/request | CPU IQR µs | overhead µs "
-            f"| ratio to {baseline or 'bare'} |",
+            f"| configuration | µs/request | IQR µs | CPU µs/request | CPU IQR µs | overhead µs | {last} |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         lines.extend(
             f"| {r.name} | {r.us_per_request:.1f} | {r.iqr_us:.1f} | {r.cpu_us_per_request:.1f} "
-            f"| {r.cpu_iqr_us:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |"
+            f"| {r.cpu_iqr_us:.1f} | "
+            + (f"{r.overhead_us:+.1f} | {r.ratio:.2f} |" if baseline else "| |")
             for r in results
             if not r.skipped and r.baseline == baseline
         )
@@ -375,3 +418,75 @@ def missing_note(modules: set[str]) -> str:
         f"Not measured, not installed: {names}. "
         "The peers come with the bench extra: python -m pip install 'kitmw[bench]'"
     )
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of a suite, read from the results of one run.
+
+    ``kind``:
+
+    * ``"ratio"``: overhead of ``subject`` / overhead of ``reference`` (both over their
+      baseline) must be <= ``limit``;
+    * ``"us"``: overhead of ``subject`` over ``reference`` (µs) must be <= ``limit``;
+    * ``"share"``: kitmw's own share, (overhead of ``subject`` - ``reference``'s µs per
+      call) / ``reference``'s µs per call, must be <= ``limit`` (``reference`` is a
+      dependency floor, a direct call);
+    * ``"direct"``: ``subject``'s µs per call / ``reference``'s µs per call (two direct
+      calls, no baseline) must be <= ``limit``.
+    """
+
+    label: str
+    subject: str
+    reference: str
+    limit: float
+    kind: str = "ratio"
+
+
+def _target_figures(target: Target, by_name: dict[str, Result]) -> tuple[float, float, float] | None:
+    subject, reference = by_name.get(target.subject), by_name.get(target.reference)
+    if subject is None or reference is None or subject.skipped or reference.skipped:
+        return None
+    if not subject.samples or not reference.samples:
+        return None
+    if target.kind == "ratio":
+        a, b = subject.overhead_us, reference.overhead_us
+        return a, b, (a / b if b else float("inf"))
+    if target.kind == "us":
+        a = subject.us_per_request - reference.us_per_request
+        return a, reference.us_per_request, a
+    if target.kind == "share":
+        a, b = subject.overhead_us, reference.us_per_request
+        return a, b, ((a - b) / b if b else float("inf"))
+    if target.kind == "direct":
+        a, b = subject.us_per_request, reference.us_per_request
+        return a, b, (a / b if b else float("inf"))
+    raise ValueError(f"kind: {target.kind!r}")
+
+
+def format_targets(targets: Iterable[Target], results: list[Result]) -> str:
+    """A markdown table of ``targets`` against ``results``: the two figures (µs), the
+    measured value, the limit and whether it is met; a target one of whose
+    configurations did not run is left out."""
+    by_name = {r.name: r for r in results}
+    lines = [
+        "| target | kitmw µs | reference µs | measured | limit | met |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for target in targets:
+        figures = _target_figures(target, by_name)
+        if figures is None:
+            continue
+        a, b, value = figures
+        if target.kind == "us":
+            measured, limit = f"{value:.1f} µs", f"{target.limit:g} µs"
+        elif target.kind == "share":
+            measured, limit = f"{value * 100:.0f} %", f"{target.limit * 100:.0f} %"
+        else:
+            measured, limit = f"{value:.3f}", f"{target.limit:g}"
+        met = "yes" if value <= target.limit else "no"
+        lines.append(f"| {target.label} | {a:.1f} | {b:.1f} | {measured} | {limit} | {met} |")
+    return "\n".join(lines) if len(lines) > 2 else ""

@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .harness import Configuration, Env, Suite, clock, per_request, registry
+from .harness import Configuration, Env, Suite, Target, clock, per_request, registry
 
-__all__ = ["CONCERNS", "SUITE", "configurations", "run"]
+__all__ = ["CONCERNS", "SUITE", "TARGETS", "configurations", "run"]
 
 BASE_URL = "http://bench.local"
 PATH = "/items/42"
@@ -192,5 +192,22 @@ async def _ready(make: Callable[[], Any], is_async: bool, token: Callable[[], st
 
 #: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it; sync and
 #: async configurations are compared with the bare MockTransport of their kind.
-SUITE = Suite(configurations, _ready, baseline=lambda is_async: is_async)
+def _targets() -> list[Target]:
+    targets: list[Target] = []
+    for kind, cls, otel in (
+        ("sync", "Transport", "SyncOpenTelemetryTransport"),
+        ("async", "AsyncTransport", "AsyncOpenTelemetryTransport"),
+    ):
+        targets += [
+            Target(f"{kind}: no-concern cost", f"kitmw {cls}, no concern", f"bare MockTransport ({kind})", 3.0, "us"),
+            Target(f"{kind}: tracing vs {otel}", f"kitmw {cls} (tracing)", otel, 0.4),
+            Target(f"{kind}: all six vs {otel} alone", f"kitmw {cls}, all six", otel, 1.0),
+        ]
+    return targets
+
+
+#: Targets of issue 16 read from one run.
+TARGETS = _targets()
+
+SUITE = Suite(configurations, _ready, baseline=lambda is_async: is_async, targets=TARGETS)
 run = SUITE.run
