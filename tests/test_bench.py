@@ -83,11 +83,11 @@ def test_every_target_names_configurations_of_its_suite_and_is_read_from_a_run(s
 
 
 def test_format_targets_reads_each_kind_of_target() -> None:
-    bare = Result("bare", "bare", samples=[10.0])
-    kitmw = Result("kitmw", "kitmw", samples=[13.0])
-    peer = Result("peer", "peer", samples=[20.0])
+    bare = Result("bare", "bare", samples=[10.0], cpu_samples=[9.0])
+    kitmw = Result("kitmw", "kitmw", samples=[13.0], cpu_samples=[11.0])
+    peer = Result("peer", "peer", samples=[20.0], cpu_samples=[19.0])
     summarize([bare, kitmw, peer], bare)
-    floor = Result("floor", "floor", samples=[2.0])
+    floor = Result("floor", "floor", samples=[2.0], cpu_samples=[2.0])
     summarize([floor])
     table = format_targets(
         [
@@ -99,10 +99,10 @@ def test_format_targets_reads_each_kind_of_target() -> None:
         ],
         [bare, kitmw, peer, floor],
     )
-    assert "| ratio | 3.0 | 10.0 | 0.300 | 0.2 | no |" in table
-    assert "| us | 3.0 | 10.0 | 3.0 µs | 3 µs | yes |" in table
-    assert "| share | 3.0 | 2.0 | 50 % | 50 % | yes |" in table
-    assert "| direct | 2.0 | 13.0 | 0.154 | 1.1 | yes |" in table
+    assert "| ratio | 3.0 | 10.0 | 0.300 | 0.200 | 0.2 | no |" in table
+    assert "| us | 3.0 | 10.0 | 3.0 µs | 2.0 µs | 3 µs | yes |" in table
+    assert "| share | 3.0 | 2.0 | 50 % | 0 % | 50 % | yes |" in table
+    assert "| direct | 2.0 | 13.0 | 0.154 | 0.182 | 1.1 | yes |" in table
     assert "absent" not in table
 
 
