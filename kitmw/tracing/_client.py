@@ -11,6 +11,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .._cache import BoundedCache
 from ..errors import Rejection
 from ..exchange import Exchange, Policy
 from ._common import (
@@ -52,6 +53,8 @@ class ClientTracingPolicy(Traced, Policy):
 
     __slots__ = (
         "_all_methods",
+        "_origins",
+        "_origins_get",
         "_propagator",
         "_provider",
         "_sc",
@@ -87,6 +90,8 @@ class ClientTracingPolicy(Traced, Policy):
         self.response_hook = response_hook
         self._sc = Semconv(semconv)
         self._all_methods = capture_all_methods()
+        self._origins: BoundedCache[str, tuple[str | None, int | None]] = BoundedCache(256)
+        self._origins_get = self._origins.get
 
     def enter(self, ex: Exchange) -> Rejection | None:
         if otel_context.get_current() and not is_http_instrumentation_enabled():
@@ -112,9 +117,19 @@ class ClientTracingPolicy(Traced, Policy):
         sc = self._sc
         method = ex.method
         known = method if method in KNOWN_METHODS else "_OTHER"
+        url = ex.url  # scheme://host[:port]/path: no user info, no query
         query = ex.query
-        url = redact(ex.url + ("?" + query if query else ""))
-        host, port = host_port(ex.url)
+        if query:
+            url = redact(url + "?" + query)
+        elif "@" in url:  # not from kitmw's httpx exchange; redact as contrib does
+            url = redact(url)
+        # host and port depend on the origin only: worked out once per origin
+        end = url.find("/", url.find("://") + 3)
+        origin = url if end < 0 else url[:end]
+        found = self._origins_get(origin)
+        if found is None:
+            found = self._origins.put(origin, host_port(origin))
+        host, port = found
         attrs: dict[str, Any] = {}
         if sc.old:
             attrs["http.method"] = known
