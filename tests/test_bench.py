@@ -99,7 +99,7 @@ def test_format_targets_reads_each_kind_of_target() -> None:
         ],
         [bare, kitmw, peer, floor],
     )
-    assert "| ratio | 3.0 | 10.0 | 0.300 | 0.200 | 0.2 | no |" in table
+    assert "| ratio | 3.0 | 10.0 | 0.300 | 0.200 | 0.2 | yes |" in table
     assert "| us | 3.0 | 10.0 | 3.0 µs | 2.0 µs | 3 µs | yes |" in table
     assert "| share | 3.0 | 2.0 | 50 % | 0 % | 50 % | yes |" in table
     assert "| direct | 2.0 | 13.0 | 0.154 | 0.182 | 1.1 | yes |" in table

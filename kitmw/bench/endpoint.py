@@ -89,6 +89,33 @@ def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
     return build
 
 
+def _driver_only(env: Env) -> Callable[[], Any]:
+    """The driver's own cost: the exchange, the enter and exit loops, one empty ``exit``."""
+    import kitmw
+    from kitmw.exchange import Exchange, Policy
+
+    class Noop(Policy):
+        name = "noop"
+
+        def exit(self, ex: Exchange) -> None:
+            return None
+
+    fn = kitmw.endpoint("f", policies=[Noop()])(_f)
+    return lambda: fn(1, 2)
+
+
+def _access_log_off(env: Env) -> Callable[[], Any]:
+    """The access log with its logger's level above the record's: the check only."""
+    import logging
+
+    import kitmw
+
+    logger = logging.getLogger("kitmw.bench.endpoint.off")
+    logger.setLevel(logging.WARNING)
+    fn = kitmw.endpoint("f", access_log={"logger": logger})(_f)
+    return lambda: fn(1, 2)
+
+
 def _peer(concerns: tuple[str, ...]) -> Builder:
     def build(env: Env) -> Callable[[], Any]:
         parts = peer_parts(env.counting_provider, registry())
@@ -139,6 +166,8 @@ def configurations() -> list[Configuration]:
     configs: list[Configuration] = [
         ("bare function", "bare", lambda env: lambda: _f(1, 2), False),
         ("kitmw endpoint, no concern", "reference", _kitmw((), False), False),
+        ("kitmw endpoint, one no-op exit (the driver)", "reference", _driver_only, False),
+        ("kitmw endpoint, access log (level off)", "reference", _access_log_off, False),
     ]
     for concern in FOUR:
         configs.append((f"kitmw endpoint ({concern})", "kitmw", _kitmw((concern,), False), False))
