@@ -161,6 +161,7 @@ def configurations() -> list[Configuration]:
         ("pybreaker-guarded endpoint", "peer", _peer_pybreaker, False),
         ("peer stack (all six peers)", "peer", peer_stack, True),
         ("peer stack (all six peers, counting processor)", "peer", _peer_stack_counting, True),
+        ("peer stack without the access line (the previous rounds' peer stack)", "peer", _peer_stack_no_line, True),
     ]
     configs += floors()
     configs += jwt_calls()
@@ -323,13 +324,14 @@ def _peer_pybreaker(env: Env) -> Any:
     return _with_middleware(guard=True)
 
 
-def peer_stack(env: Env, counting: bool = False) -> Any:
+def peer_stack(env: Env, counting: bool = False, line: bool = True) -> Any:
     """What a user stitches together from peers to do the same six jobs (the access log is
-    asgi-correlation-id plus a JSON access-log middleware, as kitmw writes a line too)."""
+    asgi-correlation-id plus a JSON access-log middleware, as kitmw writes a line too;
+    ``line=False``: the correlation id alone, as the previous rounds measured)."""
+    access = [_mw_correlation_id(env), _mw_access_log()] if line else [_mw_correlation_id(env)]
     return _with_middleware(
         _mw_otel(env, counting=counting),
-        _mw_correlation_id(env),
-        _mw_access_log(),
+        *access,
         _mw_exporter(env),
         _mw_slowapi(env),
         _mw_auth(env),
@@ -340,6 +342,10 @@ def peer_stack(env: Env, counting: bool = False) -> Any:
 
 def _peer_stack_counting(env: Env) -> Any:
     return peer_stack(env, counting=True)
+
+
+def _peer_stack_no_line(env: Env) -> Any:
+    return peer_stack(env, line=False)
 
 
 def _peer_access_pair(env: Env) -> Any:
