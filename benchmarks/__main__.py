@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from kitmw.bench import SUITES, format_table, missing_note, run_suite
+from kitmw.bench import SUITES, format_table, missing_note, run_suite, suite_targets
 from kitmw.cli import Progress
 
 from . import throughput
@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             progress.done()
         print(f"\n{suite}:\n")
         print(format_table(results))
+        targets = suite_targets(suite, results)
+        if targets:
+            print(f"\n{suite} targets (issue 16):\n")
+            print(targets)
         missing.update(r.missing for r in results if r.missing)
         data["suites"][suite] = [r.as_dict() for r in results]
         if suite == "wsgi":

@@ -1,8 +1,8 @@
 """The tables of ``docs/performance.md`` from a results file:
 ``python -m benchmarks.report [results.json]`` (default benchmarks/results/latest.json).
 
-Prints the machine, the commit and the settings, then one Markdown table per suite and
-the throughput table, so a rerun's figures can be pasted into the page as they are.
+Prints the machine, the commit and the settings, then one Markdown table per suite (and
+the table of its targets) and the throughput table, so a rerun's figures can be pasted into the page as they are.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from kitmw.bench import Result, format_table
+from kitmw.bench import SUITES, Result, format_table, suite_targets
 
 from . import throughput
 from .plot import DEFAULT_JSON
@@ -22,6 +22,7 @@ HEADINGS = {
     "asgi": "ASGI middlewares, in-process (Starlette app)",
     "wsgi": "WSGI middlewares, in-process (Flask app)",
     "httpx": "httpx transports, in-process (over httpx.MockTransport)",
+    "endpoint": "kitmw.endpoint, in-process (a function that returns at once)",
 }
 
 
@@ -38,6 +39,9 @@ def report(data: dict[str, Any]) -> str:
     for suite, rows in data.get("suites", {}).items():
         results = [Result(**row) for row in rows]
         parts.append(f"### {HEADINGS.get(suite, suite)}\n\n{format_table(results)}")
+        targets = suite_targets(suite, results) if suite in SUITES else ""
+        if targets:
+            parts.append(f"Targets ({suite}):\n\n{targets}")
     if data.get("throughput"):
         parts.append(f"### Throughput\n\n{throughput.format_table(data['throughput'])}")
     return "\n\n".join(parts)

@@ -62,7 +62,7 @@ def _bar(message: str, width: int = 20) -> str:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import SUITES, format_table, missing_note, run_suite
+    from .bench import SUITES, format_table, missing_note, run_suite, suite_targets
 
     progress = Progress(sys.stderr, quiet=args.quiet)
     only = None
@@ -97,6 +97,9 @@ def _bench(args: argparse.Namespace) -> int:
             if rows:
                 print("\nkitmw's overhead next to its peer's (same run):\n")
                 print(format_comparisons(rows))
+        targets = suite_targets(suite, results)
+        if targets:
+            print(f"\ntargets:\n\n{targets}")
         missing.update(r.missing for r in results if r.missing)
         figures[suite] = [r.as_dict() for r in results]
     note = missing_note(missing)
@@ -154,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--only", help="only configurations whose name contains this (the bare app is kept)")
     bench.add_argument(
         "--suite",
-        choices=["asgi", "wsgi", "httpx", "all"],
+        choices=["asgi", "wsgi", "httpx", "endpoint", "all"],
         default="asgi",
-        help="ASGI middlewares (default), WSGI middlewares, httpx transports, or all three",
+        help="ASGI middlewares (default), WSGI middlewares, httpx transports, kitmw.endpoint, or all four",
     )
     bench.add_argument(
         "--gc",

@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import kitmw
-from kitmw.auth import JWT
+from kitmw.auth import JWT, AuthError
 from kitmw.errors import ConfigError
 
 SECRET = b"kitmw-test-secret-0123456789abcdef"
@@ -221,3 +221,46 @@ def test_keys_are_judged_alike_on_every_version(build: Callable[[], Any], needle
     with pytest.raises(ConfigError, match=needle):
         build()
 
+
+
+def test_a_header_seen_before_is_not_decoded_again_and_a_refused_one_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tokens of one issuer share their JOSE header: a token missing the claims cache
+    reuses the checked (alg, kid) of its header segment (issue 16: uncached verification
+    cost). A refused header is decoded (and refused) every time; the cache is bounded."""
+    import kitmw.auth.jwt as jwt_module
+
+    decoded: list[str] = []
+    real = jwt_module._decode_head
+
+    def counting(head: str) -> dict[str, Any]:
+        decoded.append(head)
+        return real(head)
+
+    monkeypatch.setattr(jwt_module, "_decode_head", counting)
+    secret = "a-secret-of-at-least-48-bytes-0123456789abcdefghij"
+    backend = JWT(key=secret, algorithms=["HS256"], cache_size=0)
+
+    class Ex:
+        def __init__(self, token: str) -> None:
+            self.value = "Bearer " + token
+
+        def header(self, name: str) -> str | None:
+            return self.value
+
+    exp = int(time.time()) + 600
+    for i in range(3):
+        token = jwt.encode({"sub": f"user-{i}", "exp": exp}, secret, algorithm="HS256")
+        principal = backend.authenticate(Ex(token))  # type: ignore[arg-type]
+        assert principal is not None and principal.identity == f"user-{i}"
+    assert len(decoded) == 1
+    bad = jwt.encode({"sub": "x", "exp": exp}, secret, algorithm="HS384")
+    for _ in range(2):
+        with pytest.raises(AuthError, match="algorithm not allowed"):
+            backend.authenticate(Ex(bad))  # type: ignore[arg-type]
+    assert len(decoded) == 3
+    for i in range(200):  # distinct accepted headers (a kid each): the cache stays bounded
+        token = jwt.encode({"sub": "u", "exp": exp}, secret, algorithm="HS256", headers={"kid": f"k{i}"})
+        backend.authenticate(Ex(token))  # type: ignore[arg-type]
+    assert len(backend._joses) <= jwt_module._JOSE_CACHE_SIZE

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from kitmw.bench import SUITES, Result, format_table, run_suite, summarize
+from kitmw.bench import SUITES, Result, format_table, format_targets, run_suite, suite_targets, summarize
+from kitmw.bench.harness import Target
 from kitmw.cli import main as cli_main
 
 ROUNDS = 2
@@ -29,7 +30,8 @@ def _check_all_ran(results: list[Result]) -> None:
     for r in results:
         assert len(r.samples) == len(r.cpu_samples) == ROUNDS, r.name
         assert r.us_per_request > 0, r.name
-        assert r.baseline, r.name
+        # plain calls (dependency floors, JWT verification) have no bare baseline
+        assert r.baseline or r.group in ("floor", "jwt"), r.name
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
@@ -98,6 +100,66 @@ def test_httpx_suite_compares_sync_and_async_with_their_own_bare_transport() -> 
     }
 
 
+@pytest.mark.parametrize("suite", ["asgi", "httpx", "endpoint"])
+def test_every_target_names_configurations_of_its_suite_and_is_read_from_a_run(suite: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"kitmw.bench.{suite}")
+    names = {name for name, *_ in module.configurations()}
+    assert module.TARGETS
+    for target in module.TARGETS:
+        assert {target.subject, target.reference} <= names, target.label
+    wanted = {n for t in module.TARGETS for n in (t.subject, t.reference)}
+    results = run_suite(suite, rounds=1, requests_per_round=3, only=lambda n: n in wanted)
+    table = suite_targets(suite, results)
+    for target in module.TARGETS:
+        assert f"| {target.label} |" in table
+
+
+def test_format_targets_reads_each_kind_of_target() -> None:
+    bare = Result("bare", "bare", samples=[10.0], cpu_samples=[9.0])
+    kitmw = Result("kitmw", "kitmw", samples=[13.0], cpu_samples=[11.0])
+    peer = Result("peer", "peer", samples=[20.0], cpu_samples=[19.0])
+    summarize([bare, kitmw, peer], bare)
+    floor = Result("floor", "floor", samples=[2.0], cpu_samples=[2.0])
+    summarize([floor])
+    table = format_targets(
+        [
+            Target("ratio", "kitmw", "peer", 0.2),
+            Target("us", "kitmw", "bare", 3.0, "us"),
+            Target("share", "kitmw", "floor", 0.5, "share"),
+            Target("direct", "floor", "kitmw", 1.1, "direct"),
+            Target("absent", "kitmw", "nowhere", 1.0),
+        ],
+        [bare, kitmw, peer, floor],
+    )
+    assert "| ratio | 3.0 | 10.0 | 0.300 | 0.200 | 0.2 | yes |" in table
+    assert "| us | 3.0 | 10.0 | 3.0 µs | 2.0 µs | 3 µs | yes |" in table
+    assert "| share | 3.0 | 2.0 | 50 % | 0 % | 50 % | yes |" in table
+    assert "| direct | 2.0 | 13.0 | 0.154 | 0.182 | 1.1 | yes |" in table
+    assert "absent" not in table
+
+
+def test_the_access_log_peer_writes_one_json_line_with_the_correlation_id() -> None:
+    import asyncio
+    import logging
+
+    from kitmw.bench.asgi import _mw_access_log, _mw_correlation_id, _with_middleware, drive, request_scope
+    from kitmw.bench.harness import Env
+
+    env = Env()
+    app = _with_middleware(_mw_correlation_id(env), _mw_access_log())
+    lines: list[str] = []
+    handler = logging.getLogger("kitmw.bench.peer.access").handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.stream = type("Keep", (io.StringIO,), {"write": lambda self, s: lines.append(s) or len(s)})()
+    asyncio.run(drive(app, request_scope(None), 2))
+    records = [json.loads(line) for line in "".join(lines).splitlines()]
+    assert len(records) == 2
+    assert records[0]["message"] == "request" and records[0]["status"] == 200
+    assert records[0]["request_id"] and records[0]["request_id"] != records[1]["request_id"]
+
+
 def test_summarize_reports_median_and_interquartile_range() -> None:
     bare = Result("bare", "bare", samples=[10.0, 10.0, 10.0])
     other = Result("other", "kitmw", samples=[11.0, 12.0, 13.0, 14.0, 15.0])
@@ -125,7 +187,7 @@ def test_format_table_leaves_out_configurations_whose_peer_is_not_installed() ->
 WITHOUT_BENCH_EXTRA = """
 import sys
 PEERS = {"asgi_correlation_id", "starlette_exporter", "prometheus_fastapi_instrumentator", "slowapi",
-         "httpx_retries", "matplotlib", "opentelemetry.instrumentation.asgi",
+         "httpx_retries", "matplotlib", "pythonjsonlogger", "opentelemetry.instrumentation.asgi",
          "opentelemetry.instrumentation.httpx"}
 class Block:
     def find_spec(self, name, path=None, target=None):

@@ -367,6 +367,7 @@ def test_the_wheel_runs_kitmw_bench_and_ships_no_other_benchmark_code(
     assert bench == [
         "kitmw/bench/__init__.py",
         "kitmw/bench/asgi.py",
+        "kitmw/bench/endpoint.py",
         "kitmw/bench/garbage.py",
         "kitmw/bench/harness.py",
         "kitmw/bench/httpx.py",

@@ -591,6 +591,38 @@ def test_client_span_stable_semconv_attributes(spans: Any) -> None:
     assert attrs["http.response.status_code"] == 201
 
 
+def test_client_span_host_and_port_are_worked_out_once_per_origin(
+    spans: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 (httpx tracing cost): the URL is parsed for host and port once per origin,
+    and a URL without query or user info is not sent through the redaction; the
+    attributes are those of every call parsed on its own."""
+    from kitmw.tracing._common import host_port as real
+
+    parsed: list[str] = []
+
+    def counting(url: str) -> tuple[str | None, int | None]:
+        parsed.append(url)
+        return real(url)
+
+    monkeypatch.setattr("kitmw.tracing._client.host_port", counting)
+    provider, exporter = spans
+    policy = ClientTracingPolicy(tracer_provider=provider, semconv="http/dup")
+    for url in ("http://API.example:8080/a", "http://api.example:8080/b?Signature=s", "http://u:p@api.example:8080/c"):
+        ex = NeutralClientExchange("GET", url) if "@" in url else kitmw.httpx.ClientExchange(httpx.Request("GET", url))
+        policy.enter(ex)
+        ex.status = 200
+        policy.exit(ex)
+    assert parsed == ["http://api.example:8080"]
+    first, second, third = (s.attributes for s in exporter.get_finished_spans())
+    assert first["http.url"] == first["url.full"] == "http://api.example:8080/a"
+    assert second["url.full"] == "http://api.example:8080/b?Signature=REDACTED"
+    assert "p@" not in third["url.full"]
+    for attrs in (first, second, third):
+        assert (attrs["net.peer.name"], attrs["net.peer.port"]) == ("api.example", 8080)
+        assert (attrs["server.address"], attrs["server.port"]) == ("api.example", 8080)
+
+
 def test_client_span_is_child_of_current_span(spans: Any) -> None:
     provider, exporter = spans
     policy = ClientTracingPolicy(tracer_provider=provider)

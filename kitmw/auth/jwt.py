@@ -56,6 +56,8 @@ _WAIT = 2  # another caller is fetching: wait for it
 KeyEntry = tuple[Any, tuple[str, ...]]
 
 #: A compact JWS (RFC 7515 §7.1): three base64url segments, no padding (§2).
+#: Distinct accepted JOSE headers remembered per backend (see ``JWT._jose``).
+_JOSE_CACHE_SIZE = 64
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)")
 #: The last character of a segment 2 or 3 characters past a multiple of 4 carries unused
 #: bits, which must be zero: a token then has one spelling. (PyJWT < 2.14 decodes the
@@ -67,6 +69,12 @@ _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1", 
 
 def _jose_header(token: str) -> dict[str, Any]:
     """The JOSE header of ``token``, once its shape is one every PyJWT version reads alike."""
+    return _decode_head(_compact_head(token))
+
+
+def _compact_head(token: str) -> str:
+    """The header segment of ``token``, once its shape is one every PyJWT version reads
+    alike (three canonical base64url segments)."""
     match = _COMPACT.fullmatch(token)
     if match is None:
         raise AuthError("malformed token")
@@ -74,7 +82,11 @@ def _jose_header(token: str) -> dict[str, Any]:
         extra = len(segment) % 4
         if extra == 1 or (extra and segment[-1] not in _LAST[extra]):
             raise AuthError("malformed token (not canonical base64url)")
-    head = match.group(1)
+    return match.group(1)
+
+
+def _decode_head(head: str) -> dict[str, Any]:
+    """The JOSE header in the header segment ``head``: a UTF-8 JSON object."""
     try:
         # UTF-8 (RFC 7515 §4): PyJWT's json.loads(bytes) would also take UTF-16/32.
         header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)).decode())
@@ -520,6 +532,8 @@ class JWT(Backend):
         "_decode_options",
         "_header",
         "_issuers",
+        "_jose_get",
+        "_joses",
         "_jwks",
         "_key",
         "_leeway",
@@ -616,6 +630,11 @@ class JWT(Backend):
         # verified tokens cost a signature check to make again: the oldest goes first
         self._cache: BoundedCache[str, tuple[Principal, float]] = BoundedCache(cache_size or 1, evict="oldest")
         self._cache_get = self._cache.get  # bound once: a plain dict's lookup per request
+        # Header segment -> (alg, kid), checked: the tokens of one issuer share a handful
+        # of headers, so a token missing the cache above skips decoding its header again.
+        # Only accepted headers are kept; bounded against a caller churning headers.
+        self._joses: BoundedCache[str, tuple[str, str | None]] = BoundedCache(_JOSE_CACHE_SIZE)
+        self._jose_get = self._joses.get
         self._max_age = ttl
         if (
             isinstance(max_token_length, bool)
@@ -800,7 +819,14 @@ class JWT(Backend):
         accepts those) and the ``crit``/``b64`` extensions (RFC 7515 §4.1.11, RFC 7797;
         kitmw implements none, PyJWT < 2.12 ignores ``crit``) are refused.
         """
-        header = _jose_header(token)
+        head = _compact_head(token)
+        found = self._jose_get(head)
+        if found is None:
+            found = self._joses.put(head, self._check_jose(_decode_head(head)))
+        return found
+
+    def _check_jose(self, header: dict[str, Any]) -> tuple[str, str | None]:
+        """:meth:`_jose`'s checks of a decoded header: its ``alg`` and ``kid``."""
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError("algorithm not allowed")

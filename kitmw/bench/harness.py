@@ -32,14 +32,18 @@ __all__ = [
     "Prepare",
     "Result",
     "Suite",
+    "Target",
     "clock",
     "concern_options",
+    "counting_processor",
     "format_table",
+    "format_targets",
     "hs256_token",
     "interleave",
     "kitmw_options",
     "measure",
     "missing_note",
+    "null_stream",
     "per_request",
     "registry",
     "summarize",
@@ -65,6 +69,8 @@ class Result:
     #: wall time it does not count the time other processes held the core
     cpu_us_per_request: float = 0.0
     cpu_iqr_us: float = 0.0
+    #: the CPU figure minus its baseline's
+    cpu_overhead_us: float = 0.0
     #: the configuration this one's overhead and ratio are measured against
     baseline: str = ""
     #: per round: wall µs per request, and CPU µs per request
@@ -92,12 +98,50 @@ class Result:
 # -- what every kitmw configuration is built with --------------------------------------------
 
 
+def null_stream() -> io.StringIO:
+    """A text stream that keeps nothing: log lines are formatted and written, then dropped."""
+
+    class Null(io.StringIO):
+        def write(self, s: str) -> int:
+            return len(s)
+
+    return Null()
+
+
+def counting_processor() -> Any:
+    """A span processor that counts ended spans and keeps none: every span goes through the
+    SDK's span objects, with no exporter cost on top (the second tracing configuration)."""
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class CountingProcessor(SpanProcessor):
+        def __init__(self) -> None:
+            self.ended = 0
+
+        def on_end(self, span: Any) -> None:
+            self.ended += 1
+
+    return CountingProcessor()
+
+
 class Env:
-    """Shared dependencies built once: a tracer provider with a no-op exporter, a log handler."""
+    """Shared dependencies built once: tracer providers (a ``SimpleSpanProcessor`` with a
+    no-op exporter, and a counting processor), a log handler."""
 
     def __init__(self) -> None:
         self._provider: Any = None
+        self._counting_provider: Any = None
         self._log_ready = False
+
+    @property
+    def counting_provider(self) -> Any:
+        """A tracer provider whose only processor counts ended spans (see :func:`counting_processor`)."""
+        if self._counting_provider is None:
+            from opentelemetry.sdk.trace import TracerProvider
+
+            provider = TracerProvider()
+            provider.add_span_processor(counting_processor())
+            self._counting_provider = provider
+        return self._counting_provider
 
     @property
     def provider(self) -> Any:
@@ -120,11 +164,7 @@ class Env:
         if not self._log_ready:
             from ..logging import configure
 
-            class Null(io.StringIO):
-                def write(self, s: str) -> int:
-                    return len(s)
-
-            configure(format="json", logger=logger, stream=Null(), level=logging.INFO)
+            configure(format="json", logger=logger, stream=null_stream(), level=logging.INFO)
             logger.propagate = False
             self._log_ready = True
         return logger
@@ -148,10 +188,11 @@ def hs256_token() -> str:
     )
 
 
-def kitmw_options(env: Env, concern: str) -> dict[str, Any]:
-    """Options of one kitmw server concern as the targets in issue #6 fix them."""
+def kitmw_options(env: Env, concern: str, *, counting: bool = False) -> dict[str, Any]:
+    """Options of one kitmw server concern as the targets in issue #6 fix them
+    (``counting``: tracing through :attr:`Env.counting_provider`)."""
     if concern == "tracing":
-        return {"tracer_provider": env.provider}
+        return {"tracer_provider": env.counting_provider if counting else env.provider}
     if concern == "access_log":
         return {"logger": env.access_logger()}
     if concern == "metrics":
@@ -167,9 +208,9 @@ def kitmw_options(env: Env, concern: str) -> dict[str, Any]:
     raise ValueError(concern)
 
 
-def concern_options(env: Env, concerns: Iterable[str]) -> dict[str, Any]:
+def concern_options(env: Env, concerns: Iterable[str], *, counting: bool = False) -> dict[str, Any]:
     """``stack()`` keyword arguments for ``concerns`` (concern names)."""
-    return {c: kitmw_options(env, c) for c in concerns}
+    return {c: kitmw_options(env, c, counting=counting) for c in concerns}
 
 
 # -- rounds and figures --------------------------------------------------------------------
@@ -203,10 +244,13 @@ class Suite:
         ready: Ready,
         *,
         baseline: Callable[[Any], Hashable] = lambda detail: None,
+        targets: Iterable[Target] = (),
     ) -> None:
         self.configurations = configurations
         self._ready = ready
         self._baseline = baseline
+        #: the targets read from a run of this suite (:func:`format_targets`)
+        self.targets = list(targets)
 
     def run(
         self,
@@ -353,6 +397,7 @@ def summarize(results: list[Result], bare: Result | None = None) -> None:
             if result.samples:
                 result.baseline = bare.name
                 result.overhead_us = result.us_per_request - bare.us_per_request
+                result.cpu_overhead_us = result.cpu_us_per_request - bare.cpu_us_per_request
                 result.ratio = result.us_per_request / bare.us_per_request
 
 
@@ -369,14 +414,15 @@ def format_table(results: list[Result]) -> str:
     baselines = list(dict.fromkeys(r.baseline for r in results if not r.skipped)) or [""]
     tables: list[list[str]] = []
     for baseline in baselines:
+        last = f"ratio to {baseline}" if baseline else "(plain calls: no baseline)"
         lines = [
-            f"| configuration | µs/request | IQR µs | CPU µs/request | CPU IQR µs | overhead µs "
-            f"| ratio to {baseline or 'bare'} |",
+            f"| configuration | µs/request | IQR µs | CPU µs/request | CPU IQR µs | overhead µs | {last} |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         lines.extend(
             f"| {r.name} | {r.us_per_request:.1f} | {r.iqr_us:.1f} | {r.cpu_us_per_request:.1f} "
-            f"| {r.cpu_iqr_us:.1f} | {r.overhead_us:+.1f} | {r.ratio:.2f} |"
+            f"| {r.cpu_iqr_us:.1f} | "
+            + (f"{r.overhead_us:+.1f} | {r.ratio:.2f} |" if baseline else "| |")
             for r in results
             if not r.skipped and r.baseline == baseline
         )
@@ -396,3 +442,89 @@ def missing_note(modules: set[str]) -> str:
         f"Not measured, not installed: {names}. "
         "The peers come with the bench extra: python -m pip install 'kitmw[bench]'"
     )
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of a suite, read from the results of one run.
+
+    ``kind``:
+
+    * ``"ratio"``: overhead of ``subject`` / overhead of ``reference`` (both over their
+      baseline) must be <= ``limit``;
+    * ``"us"``: overhead of ``subject`` over ``reference`` (µs) must be <= ``limit``;
+    * ``"share"``: kitmw's own share, (overhead of ``subject`` - ``reference``'s µs per
+      call) / ``reference``'s µs per call, must be <= ``limit`` (``reference`` is a
+      dependency floor, a direct call);
+    * ``"direct"``: ``subject``'s µs per call / ``reference``'s µs per call (two direct
+      calls, no baseline) must be <= ``limit``.
+    """
+
+    label: str
+    subject: str
+    reference: str
+    limit: float
+    kind: str = "ratio"
+
+
+def _target_figures(
+    target: Target, by_name: dict[str, Result], cpu: bool = False
+) -> tuple[float, float, float] | None:
+    subject, reference = by_name.get(target.subject), by_name.get(target.reference)
+    if subject is None or reference is None or subject.skipped or reference.skipped:
+        return None
+    if not subject.samples or not reference.samples:
+        return None
+    if cpu:
+        s_total, r_total = subject.cpu_us_per_request, reference.cpu_us_per_request
+        s_over, r_over = subject.cpu_overhead_us, reference.cpu_overhead_us
+    else:
+        s_total, r_total = subject.us_per_request, reference.us_per_request
+        s_over, r_over = subject.overhead_us, reference.overhead_us
+    if target.kind == "ratio":
+        return s_over, r_over, (s_over / r_over if r_over else float("inf"))
+    if target.kind == "us":
+        return s_total - r_total, r_total, s_total - r_total
+    if target.kind == "share":
+        return s_over, r_total, ((s_over - r_total) / r_total if r_total else float("inf"))
+    if target.kind == "direct":
+        return s_total, r_total, (s_total / r_total if r_total else float("inf"))
+    raise ValueError(f"kind: {target.kind!r}")
+
+
+def _shown(target: Target, value: float) -> str:
+    if target.kind == "us":
+        return f"{value:.1f} µs"
+    if target.kind == "share":
+        return f"{value * 100:.0f} %"
+    return f"{value:.3f}"
+
+
+def format_targets(targets: Iterable[Target], results: list[Result]) -> str:
+    """A markdown table of ``targets`` against ``results``: the two (wall) figures in µs,
+    the measured value from wall time and from the benchmark thread's CPU time, the
+    limit, and whether the CPU figure meets it (it leaves out the time other processes
+    held the core: on a shared machine the wall figure of one round can be twice
+    another's); a target one of whose configurations did not run is left out."""
+    by_name = {r.name: r for r in results}
+    lines = [
+        "| target | kitmw µs | reference µs | measured | measured (CPU) | limit | met (CPU) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+    ]
+    for target in targets:
+        figures = _target_figures(target, by_name)
+        cpu = _target_figures(target, by_name, cpu=True)
+        if figures is None or cpu is None:
+            continue
+        a, b, value = figures
+        limit = target.limit
+        shown_limit = f"{limit:g} µs" if target.kind == "us" else f"{limit * 100:.0f} %" if target.kind == "share" else f"{limit:g}"
+        met = "yes" if cpu[2] <= limit else "no"
+        lines.append(
+            f"| {target.label} | {a:.1f} | {b:.1f} | {_shown(target, value)} | {_shown(target, cpu[2])} "
+            f"| {shown_limit} | {met} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""

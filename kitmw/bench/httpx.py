@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .harness import Configuration, Env, Suite, clock, per_request, registry
+from .harness import Configuration, Env, Suite, Target, clock, per_request, registry
 
-__all__ = ["CONCERNS", "SUITE", "configurations", "run"]
+__all__ = ["CONCERNS", "SUITE", "TARGETS", "configurations", "run"]
 
 BASE_URL = "http://bench.local"
 PATH = "/items/42"
@@ -67,6 +67,26 @@ def _kitmw(concerns: tuple[str, ...], is_async: bool) -> Builder:
     return build
 
 
+def _noop_exit(is_async: bool) -> Builder:
+    """The driver with one policy whose ``exit`` does nothing: what finishing an exchange
+    when the response is closed costs before any concern does anything."""
+
+    def build(env: Env) -> Any:
+        from .. import httpx as kitmw_httpx
+        from ..exchange import Exchange, Policy
+
+        class Noop(Policy):
+            name = "noop"
+
+            def exit(self, ex: Exchange) -> None:
+                return None
+
+        cls = kitmw_httpx.AsyncTransport if is_async else kitmw_httpx.Transport
+        return cls(transport=_mock(), policies=[Noop()])
+
+    return build
+
+
 def _otel(is_async: bool, retry: bool = False) -> Builder:
     def build(env: Env) -> Any:
         from opentelemetry.instrumentation.httpx import (
@@ -99,6 +119,7 @@ def configurations() -> list[Configuration]:
         otel = "AsyncOpenTelemetryTransport" if is_async else "SyncOpenTelemetryTransport"
         configs.append((f"bare MockTransport ({kind})", "bare", lambda env: _mock(), is_async))
         configs.append((f"kitmw {cls}, no concern", "reference", _kitmw((), is_async), is_async))
+        configs.append((f"kitmw {cls}, one no-op exit policy", "reference", _noop_exit(is_async), is_async))
         for concern in CONCERNS:
             configs.append((f"kitmw {cls} ({concern})", "kitmw", _kitmw((concern,), is_async), is_async))
         configs += [
@@ -108,7 +129,38 @@ def configurations() -> list[Configuration]:
             (f"httpx-retries RetryTransport ({kind})", "peer", _retries(), is_async),
             (f"{otel} over RetryTransport", "peer", _otel(is_async, retry=True), is_async),
         ]
+    configs.append(("floor: SDK client span, traceparent injected", "floor", _floor_client_span, CALL))
     return configs
+
+
+#: ``detail`` of a plain call (a dependency floor), timed call by call.
+CALL = "call"
+
+
+def _floor_client_span(env: Env) -> Callable[[], Any]:
+    """What any client-side tracing must ask of the SDK per call: a CLIENT span with the
+    4 attributes of the old semantic conventions, the W3C headers injected through the
+    global propagator, the status attribute, the end."""
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind
+
+    tracer = env.provider.get_tracer("kitmw.bench.floor")
+    attributes = {
+        "http.method": "GET",
+        "http.url": BASE_URL + PATH,
+        "net.peer.name": "bench.local",
+        "net.peer.port": 80,
+    }
+    in_context = trace.set_span_in_context
+
+    def call() -> None:
+        span = tracer.start_span("GET", kind=SpanKind.CLIENT, attributes=attributes)
+        headers: dict[str, str] = {}
+        propagate.get_global_textmap().inject(headers, context=in_context(span))
+        span.set_attribute("http.status_code", 200)
+        span.end()
+
+    return call
 
 
 _TIMEOUT = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
@@ -178,7 +230,18 @@ async def _check(transport: Any, is_async: bool) -> None:
         raise RuntimeError(f"unexpected answer {response.status_code} {response.content[:80]!r}")
 
 
-async def _ready(make: Callable[[], Any], is_async: bool, token: Callable[[], str]) -> Callable[[int], Any]:
+async def _ready(make: Callable[[], Any], is_async: Any, token: Callable[[], str]) -> Callable[[int], Any]:
+    if is_async == CALL:
+        call = make()
+
+        def drive_calls(n: int) -> tuple[float, float]:
+            start = clock()
+            for _ in range(n):
+                call()
+            return per_request(start, n)
+
+        drive_calls(20)
+        return drive_calls
     await _check(make(), is_async)  # through a real client, which closes it
     transport = make()
     if is_async:
@@ -192,5 +255,29 @@ async def _ready(make: Callable[[], Any], is_async: bool, token: Callable[[], st
 
 #: The suite; ``run(rounds=, requests_per_round=, only=, progress=)`` runs it; sync and
 #: async configurations are compared with the bare MockTransport of their kind.
-SUITE = Suite(configurations, _ready, baseline=lambda is_async: is_async)
+def _targets() -> list[Target]:
+    targets: list[Target] = []
+    for kind, cls, otel in (
+        ("sync", "Transport", "SyncOpenTelemetryTransport"),
+        ("async", "AsyncTransport", "AsyncOpenTelemetryTransport"),
+    ):
+        targets += [
+            Target(f"{kind}: no-concern cost", f"kitmw {cls}, no concern", f"bare MockTransport ({kind})", 3.0, "us"),
+            Target(f"{kind}: tracing vs {otel}", f"kitmw {cls} (tracing)", otel, 0.4),
+            Target(
+                f"{kind}: floor share, tracing",
+                f"kitmw {cls} (tracing)",
+                "floor: SDK client span, traceparent injected",
+                0.5,
+                "share",
+            ),
+            Target(f"{kind}: all six vs {otel} alone", f"kitmw {cls}, all six", otel, 1.0),
+        ]
+    return targets
+
+
+#: Targets of issue 16 read from one run.
+TARGETS = _targets()
+
+SUITE = Suite(configurations, _ready, baseline=lambda is_async: is_async, targets=TARGETS)
 run = SUITE.run

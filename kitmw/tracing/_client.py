@@ -11,6 +11,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from .._cache import BoundedCache
 from ..errors import Rejection
 from ..exchange import Exchange, Policy
 from ._common import (
@@ -62,6 +63,8 @@ class ClientTracingPolicy(Traced, Policy):
         "_all_methods",
         "_capture_request",
         "_capture_response",
+        "_origins",
+        "_origins_get",
         "_propagator",
         "_provider",
         "_sc",
@@ -103,6 +106,8 @@ class ClientTracingPolicy(Traced, Policy):
         self._capture_request, self._capture_response = captures(
             "client", capture_request_headers, capture_response_headers, sanitize_headers
         )
+        self._origins: BoundedCache[str, tuple[str | None, int | None]] = BoundedCache(256)
+        self._origins_get = self._origins.get
 
     def enter(self, ex: Exchange) -> Rejection | None:
         if otel_context.get_current() and not is_http_instrumentation_enabled():
@@ -132,9 +137,19 @@ class ClientTracingPolicy(Traced, Policy):
         sc = self._sc
         method = ex.method
         known = method if method in KNOWN_METHODS else "_OTHER"
+        url = ex.url  # scheme://host[:port]/path: no user info, no query
         query = ex.query
-        url = redact(ex.url + ("?" + query if query else ""))
-        host, port = host_port(ex.url)
+        if query:
+            url = redact(url + "?" + query)
+        elif "@" in url:  # not from kitmw's httpx exchange; redact as contrib does
+            url = redact(url)
+        # host and port depend on the origin only: worked out once per origin
+        end = url.find("/", url.find("://") + 3)
+        origin = url if end < 0 else url[:end]
+        found = self._origins_get(origin)
+        if found is None:
+            found = self._origins.put(origin, host_port(origin))
+        host, port = found
         attrs: dict[str, Any] = {}
         if sc.old:
             attrs["http.method"] = known
