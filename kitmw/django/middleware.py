@@ -238,11 +238,12 @@ def _end(run: _Run, primary: BaseException | None = None) -> None:
         ex.end_ns = perf_counter_ns()
     exits = run.exits
     if not exits:
+        _release(run)
         return
     why = _SENT if primary is None else primary
     loop = run.loop
     if loop is not None:  # some exit awaits: on the loop, in the run's context
-        coro = _in_context(afinish(ex, exits, why), run.ctx)
+        coro = _in_context(_afinish(run, why), run.ctx)
         try:
             here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -254,10 +255,13 @@ def _end(run: _Run, primary: BaseException | None = None) -> None:
         else:
             asyncio.run_coroutine_threadsafe(coro, loop).result()
         return
-    if run.ctx is None:
-        finish(ex, exits, why)
-    else:
-        run.ctx.run(finish, ex, exits, why)
+    try:
+        if run.ctx is None:
+            finish(ex, exits, why)
+        else:
+            run.ctx.run(finish, ex, exits, why)
+    finally:
+        _release(run)
 
 
 async def _aend(run: _Run, primary: BaseException | None = None) -> None:
@@ -270,14 +274,40 @@ async def _aend(run: _Run, primary: BaseException | None = None) -> None:
         ex.end_ns = perf_counter_ns()
     exits = run.exits
     if not exits:
+        _release(run)
         return
     why = _SENT if primary is None else primary
     if run.loop is not None:
-        await _in_context(afinish(ex, exits, why), run.ctx)
-    elif run.ctx is None:
-        finish(ex, exits, why)
-    else:
-        run.ctx.run(finish, ex, exits, why)
+        await _in_context(_afinish(run, why), run.ctx)
+        return
+    try:
+        if run.ctx is None:
+            finish(ex, exits, why)
+        else:
+            run.ctx.run(finish, ex, exits, why)
+    finally:
+        _release(run)
+
+
+async def _afinish(run: _Run, why: object) -> None:
+    try:
+        await afinish(run.ex, run.exits, why)
+    finally:
+        _release(run)
+
+
+def _release(run: _Run) -> None:
+    """Once the exits have run, drop what links the exchange back to the request (the
+    request holds the run) and the error (its traceback holds the frames that hold
+    both), so that reference counting frees a request: no cycle per request."""
+    run.failure = None
+    if run.outer != _OWN:
+        return  # the outer layer's exchange: it is released by that layer
+    ex = run.ex
+    ex.error = None
+    if isinstance(ex, DjangoExchange):
+        ex.request = None
+        ex._response = None
 
 
 def _failed(run: _Run, exc: BaseException) -> None:
