@@ -42,6 +42,14 @@ def report(data: dict[str, Any]) -> str:
         targets = suite_targets(suite, results) if suite in SUITES else ""
         if targets:
             parts.append(f"Targets ({suite}):\n\n{targets}")
+        if suite == "wsgi" and data.get("wsgi_comparisons"):
+            from kitmw.bench.wsgi import format_comparisons
+
+            parts.append(f"kitmw next to its WSGI peers (same run):\n\n{format_comparisons(data['wsgi_comparisons'])}")
+    if data.get("garbage"):
+        from kitmw.bench import garbage
+
+        parts.append(f"### Cyclic garbage per request\n\n{garbage.format_table(data['garbage'])}")
     if data.get("throughput"):
         parts.append(f"### Throughput\n\n{throughput.format_table(data['throughput'])}")
     return "\n\n".join(parts)
