@@ -527,6 +527,24 @@ def test_tracing_gives_one_server_span_named_by_the_pattern_with_the_views_spans
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
 
 
+def test_tracing_captures_the_views_response_headers_and_the_request_headers(serve: Any, spans: Any) -> None:
+    provider, exporter = spans
+    tracing = {
+        "tracer_provider": provider,
+        "capture_request_headers": ["x-probe"],
+        "capture_response_headers": ["content-type", "x-request-id"],
+    }
+    with serve({"tracing": tracing, "access_log": True}) as url:
+        response = httpx.get(url + "/items/7", headers={"x-probe": "p1"}, timeout=10)
+        assert response.status_code == 200
+        wait_until(lambda: len(exporter.get_finished_spans()) == 1)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["http.request.header.x_probe"] == ("p1",)
+    assert span.attributes["http.response.header.content_type"] == ("text/plain",)
+    # a header a policy added (the access log's request id) is captured too
+    assert span.attributes["http.response.header.x_request_id"] == (response.headers["x-request-id"],)
+
+
 def test_a_span_the_view_starts_is_a_child_of_the_server_span(serve: Any, spans: Any) -> None:
     provider, exporter = spans
     from opentelemetry import trace
