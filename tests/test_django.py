@@ -910,6 +910,17 @@ def test_check_warns_when_the_middleware_is_missing_not_first_or_idle() -> None:
     assert idle.id == "kitmw.W003"
 
 
+def test_check_knows_the_middleware_by_its_module_path_too() -> None:
+    """``kitmw.django.middleware.Middleware`` is the same class: listed that way, it is
+    neither missing (W001) nor out of place (W002)."""
+    assert _check(kitmw_settings={"metrics": True}, middleware=["kitmw.django.middleware.Middleware"]) == []
+    (late,) = _check(
+        kitmw_settings={"metrics": True},
+        middleware=["django.middleware.common.CommonMiddleware", "kitmw.django.middleware.Middleware"],
+    )
+    assert late.id == "kitmw.W002"
+
+
 def test_manage_py_check_runs_kitmws_check_when_the_app_is_installed() -> None:
     """``"kitmw.django"`` in INSTALLED_APPS: Django's check command reports KITMW."""
     from django.core.management import call_command
