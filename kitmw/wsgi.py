@@ -62,6 +62,7 @@ _STATUS_LINES = {int(s): f"{int(s)} {s.phrase}" for s in HTTPStatus}
 _MAX_WALK = 16
 #: Request lines (method, host, mount, path) whose Flask route is remembered.
 _MAX_ROUTES = 1024
+_NO_ROUTE_YET: Any = object()
 _log = logging.getLogger("kitmw")
 
 
@@ -204,8 +205,11 @@ class WsgiExchange(Exchange):
                 environ.get("SCRIPT_NAME", ""),
                 environ.get("PATH_INFO", ""),
             )
-            if key in routes:
-                return routes.get(key)
+            # One read, no membership test first: another thread's get() takes the entry
+            # out and puts it back, and a check then a get could read None ("no route").
+            found = routes.get(key, _NO_ROUTE_YET)
+            if found is not _NO_ROUTE_YET:
+                return found  # type: ignore[no-any-return]
             return routes.put(key, flask_route(flask_app, environ))
         if self._django:
             return django_route(_decode_path(self.environ.get("PATH_INFO", "") or "/"))

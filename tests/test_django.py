@@ -527,6 +527,24 @@ def test_tracing_gives_one_server_span_named_by_the_pattern_with_the_views_spans
     assert span.parent is not None and f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
 
 
+def test_tracing_captures_the_views_response_headers_and_the_request_headers(serve: Any, spans: Any) -> None:
+    provider, exporter = spans
+    tracing = {
+        "tracer_provider": provider,
+        "capture_request_headers": ["x-probe"],
+        "capture_response_headers": ["content-type", "x-request-id"],
+    }
+    with serve({"tracing": tracing, "access_log": True}) as url:
+        response = httpx.get(url + "/items/7", headers={"x-probe": "p1"}, timeout=10)
+        assert response.status_code == 200
+        wait_until(lambda: len(exporter.get_finished_spans()) == 1)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["http.request.header.x_probe"] == ("p1",)
+    assert span.attributes["http.response.header.content_type"] == ("text/plain",)
+    # a header a policy added (the access log's request id) is captured too
+    assert span.attributes["http.response.header.x_request_id"] == (response.headers["x-request-id"],)
+
+
 def test_a_span_the_view_starts_is_a_child_of_the_server_span(serve: Any, spans: Any) -> None:
     provider, exporter = spans
     from opentelemetry import trace
@@ -890,6 +908,17 @@ def test_check_warns_when_the_middleware_is_missing_not_first_or_idle() -> None:
     assert late.id == "kitmw.W002" and "django.middleware.common.CommonMiddleware" in late.msg
     (idle,) = _check(kitmw_settings=None)
     assert idle.id == "kitmw.W003"
+
+
+def test_check_knows_the_middleware_by_its_module_path_too() -> None:
+    """``kitmw.django.middleware.Middleware`` is the same class: listed that way, it is
+    neither missing (W001) nor out of place (W002)."""
+    assert _check(kitmw_settings={"metrics": True}, middleware=["kitmw.django.middleware.Middleware"]) == []
+    (late,) = _check(
+        kitmw_settings={"metrics": True},
+        middleware=["django.middleware.common.CommonMiddleware", "kitmw.django.middleware.Middleware"],
+    )
+    assert late.id == "kitmw.W002"
 
 
 def test_manage_py_check_runs_kitmws_check_when_the_app_is_installed() -> None:

@@ -109,6 +109,7 @@ async def test_labels_after_metrics_made_without_them_are_a_config_error(registr
         ({"1service": "x"}, "not a Prometheus label name"),
         ({"service-name": "x"}, "not a Prometheus label name"),
         ({"__service": "x"}, "not a Prometheus label name"),
+        ({"service\n": "x"}, "not a Prometheus label name"),  # '$' matches before a final newline
         ({"": "x"}, "non-empty string"),
         ({"route": "x"}, "already sets"),  # kitmw's own
         ({"status": "x"}, "already sets"),

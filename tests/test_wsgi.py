@@ -634,6 +634,51 @@ def test_route_resolved_before_dispatch_uses_the_url_map() -> None:
     assert early.route == "/items/<int:item_id>"
 
 
+def test_route_cache_read_while_another_thread_reads_it_gives_the_route() -> None:
+    """The Flask route cache under a threaded server: another thread's ``get`` takes an
+    entry out and puts it back (LRU order). A request reading the cache at that moment
+    must match again, never take the missing entry for "no route"."""
+    from kitmw._cache import LRUCache
+
+    class Contended(LRUCache[Any, Any]):
+        """Another thread's get() starts its pop at this thread's first look at the key."""
+
+        armed = False
+        stolen: Any = None
+
+        def _other_thread_pops(self, key: Any) -> None:
+            if self.armed and dict.__contains__(self, key):
+                self.armed = False
+                self.stolen = (key, dict.pop(self, key))
+
+        def __contains__(self, key: object) -> bool:
+            found = dict.__contains__(self, key)
+            self._other_thread_pops(key)  # lands right after the check
+            return found
+
+        def get(self, key: Any, default: Any = None, /) -> Any:
+            self._other_thread_pops(key)  # lands before this read
+            return super().get(key, default)
+
+    class EarlyRoute(Policy):
+        def __init__(self) -> None:
+            self.routes: list[str | None] = []
+
+        def enter(self, ex: Exchange) -> Rejection | None:
+            self.routes.append(ex.route)
+            return None
+
+    early = EarlyRoute()
+    mw = Middleware(flask_app(), early)
+    cache = mw._routes = Contended(8)
+    with client(mw) as c:
+        c.get("/items/3")  # remembered
+        cache.armed = True
+        c.get("/items/3")
+    assert cache.stolen is not None  # the contention happened
+    assert early.routes == ["/items/<int:item_id>", "/items/<int:item_id>"]
+
+
 def test_plain_wsgi_app_has_no_route() -> None:
     routes = RouteOf()
     with client(Middleware(hello, routes)) as c:

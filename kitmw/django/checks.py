@@ -24,12 +24,16 @@ from . import _config
 
 __all__ = ["check_settings"]
 
+#: The dotted paths ``MIDDLEWARE`` may name the middleware by (the class's own module too).
+_PATHS = (_config.MIDDLEWARE, "kitmw.django.middleware.Middleware")
+
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """What is wrong with ``settings.KITMW`` and the middleware's place."""
     found: list[checks.CheckMessage] = []
     middleware = list(getattr(settings, "MIDDLEWARE", None) or ())
-    listed = _config.MIDDLEWARE in middleware
+    at = next((i for i, entry in enumerate(middleware) if entry in _PATHS), None)
+    listed = at is not None
     config = getattr(settings, _config.SETTING, None)
     try:
         enabled = _config.policies(config)
@@ -51,11 +55,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="kitmw.W001",
             )
         )
-    if listed and middleware[0] != _config.MIDDLEWARE:
+    if at:  # listed, not first
         found.append(
             checks.Warning(
                 f"{_config.MIDDLEWARE!r} is not the first middleware: the answers of the ones before it"
-                f" ({', '.join(middleware[: middleware.index(_config.MIDDLEWARE)])}) are neither logged,"
+                f" ({', '.join(middleware[:at])}) are neither logged,"
                 " counted nor traced, and their time is not measured.",
                 hint=f"Move {_config.MIDDLEWARE!r} to the top of MIDDLEWARE,"
                 " or silence kitmw.W002 if that is what you want.",

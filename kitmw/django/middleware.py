@@ -140,6 +140,12 @@ class DjangoExchange(Exchange):
         value = response.headers.get(name)
         return None if value is None else str(value)
 
+    def response_headers(self) -> list[tuple[str, str]]:
+        response = self._response
+        if response is None:
+            return []
+        return [(key.lower(), str(value)) for key, value in response.headers.items()]
+
 
 class _WsgiExchange(DjangoExchange):
     __slots__ = ()

@@ -100,7 +100,7 @@ _SPECS = _spec_table()
 
 HISTOGRAMS_WITH_BUCKETS = ("server_duration", "client_duration", "endpoint_duration")
 
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 #: Names a constant label cannot take: kitmw's own labels, the ones prometheus-client adds
 #: (histogram buckets, multiprocess ``liveall`` gauges) and the ones Prometheus sets on
 #: every scraped series (a label of the same name would be renamed ``exported_job``).
@@ -144,7 +144,7 @@ def check_labels(labels: Any, option: str = "labels", *, prometheus: bool = True
     for name, value in labels.items():
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{option}: a label name must be a non-empty string, got {name!r}")
-        if prometheus and (not _LABEL_NAME.match(name) or name.startswith("__")):
+        if prometheus and (not _LABEL_NAME.fullmatch(name) or name.startswith("__")):
             raise ConfigError(
                 f"{option}: {name!r} is not a Prometheus label name (letters, digits and '_',"
                 " not starting with a digit or '__')"
