@@ -903,3 +903,24 @@ async def test_a_trace_id_too_long_for_an_exemplar_counts_the_request_once(
     families = openmetrics_families(r.text)
     assert all(s.exemplar is None for family in families for s in family.samples)
     assert requests_total(samples(registry), "/items/{item_id}") == 1
+
+
+def test_a_scrape_in_multiprocess_mode_skips_a_file_a_worker_has_just_created(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker creates its file empty, then sizes it: a scrape in between must still
+    answer with every other worker's values (it answered 500 under gunicorn in CI)."""
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from kitmw.metrics import render
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    written = MmapedDict(str(tmp_path / "counter_100.db"))  # a worker's real file
+    key = mmap_key("orders", "orders_total", ["route"], ["/pay"], "orders taken")
+    written.write_value(key, 3.0, 0.0)
+    written.close()
+    (tmp_path / "counter_101.db").write_bytes(b"")  # another worker, mid-creation
+    body, _, _ = render()
+    (family,) = [f for f in text_string_to_metric_families(body.decode()) if f.name == "orders"]
+    assert [(s.labels, s.value) for s in family.samples] == [({"route": "/pay"}, 3.0)]

@@ -20,6 +20,7 @@ from ._backends import instruments
 from ._endpoint import EndpointMetricsPolicy
 from ._exposition import (
     MetricsServer,
+    WorkerFilesCollector,
     gunicorn_child_exit,
     mark_process_dead,
     metrics_app,
@@ -51,6 +52,7 @@ __all__ = [
     "MetricsPolicy",
     "MetricsServer",
     "OTelInstruments",
+    "WorkerFilesCollector",
     "gunicorn_child_exit",
     "instruments",
     "mark_process_dead",

@@ -7,9 +7,11 @@ and the separate metrics port (:func:`start_server`).
 
 from __future__ import annotations
 
+import glob
 import gzip
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterable
 from socketserver import ThreadingMixIn
@@ -25,6 +27,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "MetricsServer",
+    "WorkerFilesCollector",
     "gunicorn_child_exit",
     "mark_process_dead",
     "metrics_app",
@@ -45,15 +48,47 @@ def multiprocess_dir() -> str | None:
     return env.get("PROMETHEUS_MULTIPROC_DIR") or env.get("prometheus_multiproc_dir") or None
 
 
+class WorkerFilesCollector:
+    """prometheus-client's multiprocess collector, without failing a scrape that meets a
+    worker writing its files: a file a worker has just created is still empty (it is
+    truncated to its size after it is opened), and an entry being appended can be read
+    half-written. Empty files hold no value yet and are skipped; a read that fails on a
+    file being written is read again (``MultiProcessCollector.merge`` does the work)."""
+
+    ATTEMPTS = 3
+
+    def __init__(self, path: str) -> None:
+        if not os.path.isdir(path):
+            raise ValueError(f"PROMETHEUS_MULTIPROC_DIR={path!r} is not a directory")
+        self.path = path
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        for attempt in range(1, self.ATTEMPTS + 1):
+            files = []
+            for name in glob.glob(os.path.join(self.path, "*.db")):
+                try:
+                    if os.path.getsize(name) >= 8:  # the header: how much of the file is used
+                        files.append(name)
+                except OSError:  # removed since the glob (a dead worker's live gauge)
+                    continue
+            try:
+                return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+            except (struct.error, ValueError, RuntimeError):  # a file being written
+                if attempt == self.ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _collecting_registry(registry: CollectorRegistry) -> Any:
     """The registry to expose: the given one, or every worker's files in multiprocess mode."""
-    if multiprocess_dir() is None:
+    path = multiprocess_dir()
+    if path is None:
         return registry
-    from prometheus_client import multiprocess
-
     # Per client_python's docs: a fresh registry per scrape, never one metrics are on.
     fresh = CollectorRegistry()
-    multiprocess.MultiProcessCollector(fresh)  # type: ignore[no-untyped-call]
+    fresh.register(WorkerFilesCollector(path))  # type: ignore[arg-type]
     return fresh
 
 
