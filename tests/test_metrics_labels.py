@@ -135,8 +135,13 @@ def test_an_otel_only_label_may_be_any_attribute_key_but_not_kitmws() -> None:
     provider = MeterProvider()
     policy = MetricsPolicy(backend="otel", meter_provider=provider, labels={"deployment.environment": "prod"})
     assert policy.instruments.constant_labels == {"deployment.environment": "prod"}
-    with pytest.raises(ConfigError, match=r"labels: 'http\.route'"):
+    with pytest.raises(ConfigError, match=r"labels: 'http\.route' is an attribute kitmw records"):
         MetricsPolicy(backend="otel", meter_provider=MeterProvider(), labels={"http.route": "/x"})
+    # Names only Prometheus or its scraper reserve are attribute keys like any other.
+    other = MeterProvider()
+    scraped = MetricsPolicy(backend="otel", meter_provider=other, labels={"job": "batch", "instance": "a"})
+    assert scraped.instruments.constant_labels == {"job": "batch", "instance": "a"}
+    other.shutdown()
     # Both backends: the Prometheus rules hold.
     with pytest.raises(ConfigError, match="not a Prometheus label name"):
         MetricsPolicy(

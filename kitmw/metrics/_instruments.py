@@ -149,10 +149,15 @@ def check_labels(labels: Any, option: str = "labels", *, prometheus: bool = True
                 f"{option}: {name!r} is not a Prometheus label name (letters, digits and '_',"
                 " not starting with a digit or '__')"
             )
-        if name in _RESERVED_LABELS or name in _RESERVED_ATTRIBUTES:
+        if prometheus and name in _RESERVED_LABELS:
             raise ConfigError(
                 f"{option}: {name!r} is a label kitmw, prometheus-client or the scraper already sets"
                 f" (reserved: {', '.join(sorted(_RESERVED_LABELS))})"
+            )
+        if name in _RESERVED_ATTRIBUTES:
+            raise ConfigError(
+                f"{option}: {name!r} is an attribute kitmw records"
+                f" (reserved: {', '.join(sorted(_RESERVED_ATTRIBUTES))})"
             )
         if not isinstance(value, str):
             raise ConfigError(f"{option}: the value of {name!r} must be a string, got {value!r}")
