@@ -234,65 +234,64 @@ async def _in_context(awaitable: Awaitable[Any], ctx: contextvars.Context | None
 # -- the end of an exchange -----------------------------------------------------------------
 
 
-def _end(run: _Run, primary: BaseException | None = None) -> None:
-    """Finish the exchange, once, from synchronous code in any thread."""
+def _ending(run: _Run, primary: BaseException | None) -> object:
+    """Mark the run done; the ``primary`` error to finish its exits with, or ``None`` when
+    there is nothing to finish (done already, or no exit)."""
     if run.done:
-        return
+        return None
     run.done = True
     ex = run.ex
     if not ex.end_ns:
         ex.end_ns = perf_counter_ns()
-    exits = run.exits
-    if not exits:
+    if not run.exits:
         _release(run)
-        return
-    why = _SENT if primary is None else primary
-    loop = run.loop
-    if loop is not None:  # some exit awaits: on the loop, in the run's context
-        coro = _in_context(_afinish(run, why), run.ctx)
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        if here is loop:  # closed from inside the loop: it cannot wait for itself
-            task = loop.create_task(coro)
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
-        else:
-            asyncio.run_coroutine_threadsafe(coro, loop).result()
-        return
+        return None
+    return _SENT if primary is None else primary
+
+
+def _finish_here(run: _Run, why: object) -> None:
+    """Run the exits (none awaits) in the run's context, then let go of the request."""
     try:
         if run.ctx is None:
-            finish(ex, exits, why)
+            finish(run.ex, run.exits, why)
         else:
-            run.ctx.run(finish, ex, exits, why)
+            run.ctx.run(finish, run.ex, run.exits, why)
     finally:
         _release(run)
+
+
+def _end(run: _Run, primary: BaseException | None = None) -> None:
+    """Finish the exchange, once, from synchronous code in any thread."""
+    why = _ending(run, primary)
+    if why is None:
+        return
+    loop = run.loop
+    if loop is None:
+        _finish_here(run, why)
+        return
+    # Some exit awaits: on the loop, in the run's context.
+    coro = _in_context(_afinish(run, why), run.ctx)
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if here is loop:  # closed from inside the loop: it cannot wait for itself
+        task = loop.create_task(coro)
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+    else:
+        asyncio.run_coroutine_threadsafe(coro, loop).result()
 
 
 async def _aend(run: _Run, primary: BaseException | None = None) -> None:
     """:func:`_end` from the event loop."""
-    if run.done:
+    why = _ending(run, primary)
+    if why is None:
         return
-    run.done = True
-    ex = run.ex
-    if not ex.end_ns:
-        ex.end_ns = perf_counter_ns()
-    exits = run.exits
-    if not exits:
-        _release(run)
-        return
-    why = _SENT if primary is None else primary
-    if run.loop is not None:
+    if run.loop is None:
+        _finish_here(run, why)
+    else:
         await _in_context(_afinish(run, why), run.ctx)
-        return
-    try:
-        if run.ctx is None:
-            finish(ex, exits, why)
-        else:
-            run.ctx.run(finish, ex, exits, why)
-    finally:
-        _release(run)
 
 
 async def _afinish(run: _Run, why: object) -> None:
