@@ -1258,9 +1258,12 @@ def test_the_middleware_leaves_no_cyclic_garbage(mode: str, path: str, registry:
         bare = _cyclic_garbage_per_request(handler(mode), mode, path)
     with project(every):
         with_kitmw = _cyclic_garbage_per_request(handler(mode), mode, path)
-    # Django's ASGI handler leaves its own cycle on a 404 (the Resolver404's traceback holds
-    # its frames, about 87 objects): the context those frames ran in still holds kitmw's
-    # exchange, so the exchange waits for the collector with Django's garbage, not in a
-    # cycle of kitmw's making (docs/django.md, "Memory").
-    retained_by_django = 6 if (mode, path) == ("asgi", "/nowhere") else 0
-    assert with_kitmw <= bare + retained_by_django, (mode, path, bare, with_kitmw)
+    if bare == 0:
+        assert with_kitmw == 0, (mode, path, with_kitmw)
+        return
+    # Django leaves cyclic garbage of its own here (under ASGI: asgiref's and asyncio's; on
+    # a 404 the Resolver404's traceback; on Python 3.10 asgiref.local's exceptions hold
+    # the handler's frames): those frames hold the request, which held kitmw's run, so the
+    # run and its exchange wait for the collector with Django's garbage. That is at most
+    # what one request's run holds, never a cycle of kitmw's making (docs/django.md).
+    assert with_kitmw <= bare + 40, (mode, path, bare, with_kitmw)

@@ -421,10 +421,8 @@ class JSONAccessLog:
 
 
 def _json_logger_formatter() -> logging.Formatter:
-    try:  # python-json-logger >= 3
-        from pythonjsonlogger.json import JsonFormatter
-    except ImportError:  # pragma: no cover - 2.x
-        from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[no-redef,attr-defined]
+    from pythonjsonlogger.json import JsonFormatter  # python-json-logger >= 3.1 (the bench extra)
+
     formatter: logging.Formatter = JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     return formatter
 

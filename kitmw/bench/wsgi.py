@@ -150,10 +150,7 @@ PEERS = ("tracing", "access_log", "metrics", "ratelimit", "auth", "breaker")
 def _json_access_logger() -> Any:
     import logging
 
-    try:
-        from pythonjsonlogger.json import JsonFormatter
-    except ImportError:  # python-json-logger < 3.1
-        from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[no-redef,attr-defined]
+    from pythonjsonlogger.json import JsonFormatter  # python-json-logger >= 3.1 (the bench extra)
 
     class Null(io.StringIO):
         def write(self, s: str) -> int:

@@ -29,8 +29,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from opentelemetry.util.http import (
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST,
-    OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST,
     OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_RESPONSE,
@@ -42,6 +40,11 @@ from opentelemetry.util.http import (
 from .._cache import BoundedCache
 from ..errors import ConfigError
 from ..exchange import Exchange
+
+# The client variables' names: opentelemetry-util-http exports them only after 0.60b0, the
+# lowest version kitmw supports (the server ones and the helpers are there).
+OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST"
+OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE"
 
 __all__ = ["ALWAYS_REDACTED", "REDACTED", "HeaderCapture", "Pair", "captures", "neutral_request_pairs"]
 

@@ -72,6 +72,25 @@ _SITE_KEYS = (
 _PLAIN_PATH = re.compile(r"[A-Za-z0-9_.\-~/;=,]*")
 
 
+def _paths_from_target(collect: Callable[..., dict[str, Any]]) -> bool:
+    """True if contrib's collector takes ``url.path`` from the request target."""
+    try:
+        from opentelemetry.instrumentation._semconv import _StabilityMode
+
+        probe = {
+            "REQUEST_METHOD": "GET",
+            "RAW_URI": "/target?t=1",
+            "PATH_INFO": "/path",
+            "QUERY_STRING": "q=1",
+            "SERVER_NAME": "probe",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+        }
+        return collect(probe, _StabilityMode.HTTP).get("url.path") == "/target"
+    except Exception:  # pragma: no cover - contrib reorganised: today's behaviour
+        return False
+
+
 def cached_collector(
     collect: Callable[..., dict[str, Any]], mode: Any, cache: BoundedCache[Any, Any]
 ) -> Callable[..., dict[str, Any]] | None:
@@ -89,12 +108,15 @@ def cached_collector(
         from opentelemetry.util.http import redact_url
     except ImportError:  # pragma: no cover - contrib reorganised: its collector per request
         return None
-    from urllib.parse import quote
+    from urllib.parse import quote, urlparse
     from wsgiref.util import application_uri
 
     get = cache.get
     old = bool(_report_old(mode))
     new = bool(_report_new(mode))
+    # contrib before 0.61b0 takes url.path and url.query from the request target
+    # (RAW_URI/REQUEST_URI), later releases from PATH_INFO and QUERY_STRING: asked once.
+    from_target = _paths_from_target(collect)
     all_methods = capture_all_methods()
     plain_path = _PLAIN_PATH.fullmatch
 
@@ -120,10 +142,13 @@ def cached_collector(
             if old:
                 result["http.target"] = target
             if new:
-                path = environ.get("PATH_INFO")
+                if from_target:
+                    parsed = urlparse(target)
+                    path, query = parsed.path, parsed.query
+                else:
+                    path, query = environ.get("PATH_INFO"), environ.get("QUERY_STRING")
                 if path:
                     result["url.path"] = path
-                query = environ.get("QUERY_STRING")
                 if query:
                     result["url.query"] = query
         elif old:  # wsgiref's request_uri(environ), the application URI cached
